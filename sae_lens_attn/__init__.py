@@ -1,0 +1,33 @@
+"""sae_lens_attn: sparse autoencoders on attention outputs (hook_z) for SAELens.
+
+Public names are imported lazily (PEP 562), so `import sae_lens_attn` stays cheap: the
+`.pth` hook imports this package at every interpreter start and must not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY_EXPORTS: dict[str, str] = {
+    "HeadLayout": "sae_lens_attn.sources.head_layout",
+    "get_plugin_manager": "sae_lens_attn.plugins",
+    "register_architectures_with_sae_lens": "sae_lens_attn.plugins",
+}
+
+__all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
+
+
+def __getattr__(name: str):  # -> Any; `typing` is not imported at start-up
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'sae_lens_attn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))

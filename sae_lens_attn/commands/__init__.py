@@ -1,0 +1,1 @@
+"""Subcommands of `sae-lens-attn`: one module each, found by `sae_lens_attn.cli`."""

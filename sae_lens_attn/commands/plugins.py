@@ -1,0 +1,39 @@
+"""`sae-lens-attn plugins`: list every loaded plugin entry by kind, and broken plugins."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        "plugins",
+        help="list architectures, activation sources, detectors and panels from plugins",
+        description="List what every installed sae_lens_attn plugin provides, by kind, "
+        "and report plugins that failed to load.",
+    )
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae_lens_attn.plugins import KIND_TO_HOOK, get_plugin_manager
+
+    manager = get_plugin_manager()
+    rows = [
+        (kind, loaded.entry.name, loaded.plugin, loaded.entry.description)
+        for kind in KIND_TO_HOOK
+        for loaded in manager.entries(kind)
+    ]
+    print(format_table(rows, ("kind", "name", "plugin", "description")))
+    if manager.load_errors:
+        print("\nPlugins that failed to load:")
+        for error in manager.load_errors:
+            print(f"  {error.plugin}: {error.error}")
+    return 0

@@ -1,0 +1,50 @@
+"""Shared fixtures: small deterministic TransformerLens models and token batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+
+def make_tiny_model(
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    d_head: int = 16,
+    d_vocab: int = 101,
+    n_ctx: int = 64,
+    attn_only: bool = False,
+    seed: int = 0,
+) -> HookedTransformer:
+    """A random-init HookedTransformer with LayerNorm and (unless attn_only) MLPs."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=None if attn_only else 4 * d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        act_fn=None if attn_only else "gelu",
+        attn_only=attn_only,
+        normalization_type="LN",
+        seed=seed,
+        device="cpu",
+    )
+    model = HookedTransformer(cfg)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> HookedTransformer:
+    """2 layers, d_model 64, 4 heads x 16, vocab 101, LayerNorm + MLPs, seed 0."""
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens() -> torch.Tensor:
+    """`[8, 32]` random token ids for `tiny_model`, seed 0."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 101, (8, 32), generator=generator)
