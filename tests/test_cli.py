@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+
 from sae_lens_attn import __version__
 from sae_lens_attn.cli import build_parser, main
 from sae_lens_attn.commands._common import parse_index_list

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from sae_lens_attn.sources.head_layout import HeadLayout, layer_of_hook_z
 
 
