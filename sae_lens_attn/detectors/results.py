@@ -1,0 +1,162 @@
+"""Detector results: one `FamilyRow` per feature and detector, saved as CSV and JSON.
+
+`families.csv` has the columns `detector, feature, family, score, evidence` (evidence as a
+JSON object). `families.json` holds `{"summary": ..., "rows": [...]}`, the summary being
+`family_summary(rows)`. Both read back with `load_family_rows`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CSV_NAME",
+    "JSON_NAME",
+    "FamilyRow",
+    "family_summary",
+    "load_family_rows",
+    "save_family_rows",
+]
+
+CSV_NAME = "families.csv"
+JSON_NAME = "families.json"
+_COLUMNS = ("detector", "feature", "family", "score", "evidence")
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """What one detector says about one feature.
+
+    `family` is the family label (None: not a member of any family this detector knows),
+    `score` the detector's strength of membership (its meaning is in the detector's
+    docstring) and `evidence` the numbers behind the decision (JSON-serialisable). Every
+    detector puts a one-line human-readable `evidence["summary"]` and, for features it did
+    not analyse because they never fire, `evidence["live"] = False`.
+    """
+
+    detector: str
+    feature: int
+    family: str | None
+    score: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return bool(self.evidence.get("live", True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "feature": self.feature,
+            "family": self.family,
+            "score": _finite_or_none(self.score),
+            "evidence": _jsonable(self.evidence),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FamilyRow:
+        score = data.get("score")
+        return cls(
+            detector=str(data["detector"]),
+            feature=int(data["feature"]),
+            family=data.get("family") or None,
+            score=math.nan if score is None or score == "" else float(score),
+            evidence=dict(data.get("evidence") or {}),
+        )
+
+
+def family_summary(rows: Iterable[FamilyRow]) -> dict[str, dict[str, Any]]:
+    """Per detector: features seen, live features, and each family's count and share.
+
+    `{detector: {"features": n, "live": n_live, "families": {family: {"count": c,
+    "share_of_live": c / n_live}}}}`; shares are of live features (see each detector for
+    what "live" means there).
+    """
+    by_detector: dict[str, list[FamilyRow]] = {}
+    for row in rows:
+        by_detector.setdefault(row.detector, []).append(row)
+    summary = {}
+    for detector, detector_rows in sorted(by_detector.items()):
+        n_live = sum(row.live for row in detector_rows)
+        counts = Counter(row.family for row in detector_rows if row.family is not None)
+        summary[detector] = {
+            "features": len(detector_rows),
+            "live": n_live,
+            "families": {
+                family: {"count": count, "share_of_live": count / n_live if n_live else 0.0}
+                for family, count in sorted(counts.items())
+            },
+        }
+    return summary
+
+
+def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `families.csv` and `families.json` into `out_dir` (created if needed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [row.to_dict() for row in rows]
+    csv_path, json_path = out_dir / CSV_NAME, out_dir / JSON_NAME
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            writer.writerow(
+                {
+                    **record,
+                    "family": record["family"] or "",
+                    "score": "" if record["score"] is None else record["score"],
+                    "evidence": json.dumps(record["evidence"], sort_keys=True),
+                }
+            )
+    document = {"summary": family_summary(rows), "rows": records}
+    json_path.write_text(json.dumps(document, indent=1, allow_nan=False), encoding="utf-8")
+    return csv_path, json_path
+
+
+def load_family_rows(path: str | Path) -> list[FamilyRow]:
+    """Rows from `families.json`, `families.csv`, or a folder holding either."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / JSON_NAME, path / CSV_NAME]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ValueError(f"{path} holds neither {JSON_NAME} nor {CSV_NAME}")
+        path = found
+    if path.suffix == ".json":
+        document = json.loads(path.read_text(encoding="utf-8"))
+        records = document["rows"] if isinstance(document, dict) else document
+        return [FamilyRow.from_dict(record) for record in records]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [
+                FamilyRow.from_dict({**record, "evidence": json.loads(record["evidence"] or "{}")})
+                for record in csv.DictReader(handle)
+            ]
+    raise ValueError(f"expected a .json or .csv file or a folder, got {path}")
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types from tensors, numpy scalars/arrays, tuples; NaN/inf -> None."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "tolist"):  # torch / numpy tensors and scalars
+        return _jsonable(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    raise TypeError(f"evidence value {value!r} of type {type(value).__name__} is not JSON-able")
