@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
+    from sae_lens_attn.dashboard.config import DashboardConfig
     from sae_lens_attn.detectors.results import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -114,8 +115,8 @@ class FeatureReport:
 class DashboardContext:
     """What every panel may read: the model, the SAE (as given, not sae_dashboard's folded
     copy), its head layout, the prompts `tokens [n_prompts, seq]`, `decode(token_id)` for
-    display (raw text: escape it), one label per SAE input head (`"L1H3"`), and whether
-    detector results were supplied."""
+    display (raw text: escape it), one label per SAE input head (`"L1H3"`), whether
+    detector results were supplied, and the page's `DashboardConfig`."""
 
     model: HookedTransformer
     sae: SAE
@@ -124,6 +125,13 @@ class DashboardContext:
     decode: Callable[[int], str]
     head_labels: Sequence[str]
     detectors_ran: bool = False
+    config: DashboardConfig = field(default_factory=lambda: _default_config())
+
+
+def _default_config() -> DashboardConfig:
+    from sae_lens_attn.dashboard.config import DashboardConfig
+
+    return DashboardConfig()
 
 
 @dataclass(frozen=True)
@@ -136,11 +144,13 @@ class PanelOutput:
 
 class DashboardPanel:
     """Base class of dashboard panels (subclassing is optional; the renderer only uses
-    these attributes). `script` is JavaScript added once per page."""
+    these attributes). `script` is JavaScript added once per page; `wide` panels take a
+    full row."""
 
     name: str = ""
     title: str = ""
     script: str = ""
+    wide: bool = False
 
     def prepare(self, context: DashboardContext, reports: Sequence[FeatureReport]) -> None:
         """Batched work for all features before any `render` (default: nothing)."""

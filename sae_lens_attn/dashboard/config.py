@@ -1,0 +1,34 @@
+"""`DashboardConfig`: how much the dashboard page shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """Sizes of the page. sae_dashboard's defaults (20 top sequences, 10 quantile groups
+    of 5, 50 bins) make pages of several MB per feature; these keep a 50-feature page
+    reasonable. `dfa_examples`: top examples per feature that get a DFA panel row;
+    `dfa_context`: tokens before the max-activating one shown there (None: whole prompt).
+    """
+
+    top_acts_group_size: int = 10
+    n_quantiles: int = 4
+    quantile_group_size: int = 3
+    buffer: tuple[int, int] = (5, 5)
+    hist_bins: int = 40
+    logits_table_rows: int = 10
+    dfa_examples: int = 5
+    dfa_context: int | None = 40
+    logit_lens_tokens: int = 10
+    minibatch_size_tokens: int = 64
+    minibatch_size_features: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.dfa_examples > self.top_acts_group_size:
+            raise ValueError(
+                f"dfa_examples={self.dfa_examples} must not exceed top_acts_group_size="
+                f"{self.top_acts_group_size} (DFA is shown for top-activating examples)"
+            )

@@ -1,0 +1,174 @@
+"""Per-feature data for our panels: DFA of the shown top examples, head attribution,
+logit-lens summary and detector verdicts (`FeatureReport`s).
+
+The top examples are the ones sae_dashboard picked for its "TOP ACTIVATIONS" group
+(prompt index and position of each), so the DFA panel explains exactly the sequences the
+page shows. Only the prompts those examples come from are run again, in minibatches,
+caching just `hook_pattern` and `hook_v` of the SAE's layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
+from sae_lens_attn.attribution.heads import sae_head_attribution
+from sae_lens_attn.attribution.logit_lens import (
+    feature_output_directions,
+    logit_weight_stats,
+    top_logit_tokens,
+)
+from sae_lens_attn.dashboard.panels import FeatureReport, LogitLensSummary, TopExample
+from sae_lens_attn.sources.head_layout import HeadLayout
+
+if TYPE_CHECKING:
+    from sae_dashboard.sae_vis_data import SaeVisData
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.detectors.results import FamilyRow
+
+# (prompt index, destination position, activation) of one shown example
+ExampleSite = tuple[int, int, float]
+
+
+def shown_top_examples(sae_vis_data: SaeVisData, n: int) -> dict[int, list[ExampleSite]]:
+    """The first `n` sequences of each feature's top-activations group, as sites."""
+    buffer = sae_vis_data.cfg.feature_centric_layout.seq_cfg.buffer
+    sites: dict[int, list[ExampleSite]] = {}
+    for feature, feature_data in sae_vis_data.feature_data_dict.items():
+        groups = feature_data.sequence_data.seq_group_data
+        shown = groups[0].seq_data[:n] if groups else []
+        sites[feature] = [
+            (
+                seq.original_index,
+                seq.qualifying_token_index,
+                float(seq.feat_acts[buffer[0] if buffer else seq.qualifying_token_index]),
+            )
+            for seq in shown
+        ]
+    return sites
+
+
+@torch.no_grad()
+def example_dfa(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    tokens: torch.Tensor,
+    sites: dict[int, list[ExampleSite]],
+    batch_size: int = 32,
+) -> dict[int, list[TopExample]]:
+    """DFA by source position and head of each site: `{feature: [TopExample, ...]}`.
+
+    `sae` must be the SAE whose activations the sites were ranked by (sae_dashboard's
+    folded copy), so that each example's DFA adds up to its activation's pre-activation.
+    """
+    pattern_name, v_name = dfa_hook_names(layout.layer)
+    prompts = sorted({prompt for found in sites.values() for prompt, _, _ in found})
+    by_prompt: dict[int, list[tuple[int, int]]] = defaultdict(list)  # prompt -> (feature, i)
+    for feature, found in sites.items():
+        for i, (prompt, _, _) in enumerate(found):
+            by_prompt[prompt].append((feature, i))
+    results: dict[int, list[TopExample | None]] = {f: [None] * len(s) for f, s in sites.items()}
+    device = sae.b_dec.device
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        _, cache = model.run_with_cache(
+            tokens[chunk].to(model.cfg.device),
+            names_filter=[pattern_name, v_name],
+            stop_at_layer=layout.layer + 1,
+        )
+        pattern, v = cache[pattern_name].to(device), cache[v_name].to(device)
+        jobs: dict[int, list[tuple[int, int]]] = defaultdict(list)  # feature -> (local, i)
+        for local, prompt in enumerate(chunk):
+            for feature, i in by_prompt[prompt]:
+                jobs[feature].append((local, i))
+        for feature, items in jobs.items():
+            local = torch.tensor([row for row, _ in items], device=device)
+            dest = torch.tensor([sites[feature][i][1] for _, i in items], device=device)
+            rows = pattern[local, :, dest].unsqueeze(2)  # [E, H, 1, k]: only the dest rows
+            dfa = feature_dfa(sae, rows, v[local], [feature], torch.zeros_like(dest), layout)
+            bias = float(dfa.b_dec_term[0] + dfa.b_enc_term[0])
+            for e, (_, i) in enumerate(items):
+                prompt, position, activation = sites[feature][i]
+                results[feature][i] = TopExample(
+                    prompt_index=prompt,
+                    dest=position,
+                    activation=activation,
+                    token_ids=tuple(tokens[prompt, : position + 1].tolist()),
+                    dfa=dfa.by_source_head[e, 0, : position + 1].cpu(),
+                    dfa_bias=bias,
+                )
+    return {feature: [ex for ex in found if ex is not None] for feature, found in results.items()}
+
+
+@torch.no_grad()
+def logit_lens_summaries(
+    model: HookedTransformer, sae: SAE, layout: HeadLayout, features: Sequence[int], k: int
+) -> list[LogitLensSummary]:
+    """Logit-lens statistics and top/bottom tokens of `features` through `W_O W_U`."""
+    index = torch.as_tensor(list(features), device=sae.b_dec.device)
+    W_O = model.W_O[layout.layer][list(layout.heads)].detach()
+    directions = feature_output_directions(sae.W_dec[index].detach(), W_O.to(sae.W_dec.device))
+    W_U = model.W_U.detach()
+    stats = logit_weight_stats(directions, W_U)
+    top_v, top_i, bottom_v, bottom_i = top_logit_tokens(directions, W_U, min(k, W_U.shape[1]))
+    return [
+        LogitLensSummary(
+            mean=float(stats.mean[n]),
+            std=float(stats.std[n]),
+            skewness=float(stats.skewness[n]),
+            kurtosis=float(stats.kurtosis[n]),
+            top=tuple(zip(top_i[n].tolist(), top_v[n].tolist(), strict=True)),
+            bottom=tuple(zip(bottom_i[n].tolist(), bottom_v[n].tolist(), strict=True)),
+        )
+        for n in range(len(index))
+    ]
+
+
+def feature_reports(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    tokens: torch.Tensor,
+    sae_vis_data: SaeVisData,
+    n_examples: int,
+    n_logit_tokens: int,
+    families: Sequence[FamilyRow] | None = None,
+) -> list[FeatureReport]:
+    """One `FeatureReport` per feature of `sae_vis_data`, in its order."""
+    features = list(sae_vis_data.feature_data_dict)
+    sites = shown_top_examples(sae_vis_data, n_examples)
+    if sae_vis_data.encoder.cfg.d_in == layout.d_in:
+        examples = example_dfa(model, sae_vis_data.encoder, layout, tokens, sites)
+    else:  # sae_dashboard ran on a copy widened to all heads: keep the SAE's own heads
+        wide = HeadLayout.for_model(model, layout.layer)
+        examples = {
+            feature: [replace(ex, dfa=ex.dfa[:, list(layout.heads)]) for ex in found]
+            for feature, found in example_dfa(
+                model, sae_vis_data.encoder, wide, tokens, sites
+            ).items()
+        }
+    decoder = sae_head_attribution(sae, layout.n_heads, features, side="decoder").cpu()
+    encoder = sae_head_attribution(sae, layout.n_heads, features, side="encoder").cpu()
+    lens = logit_lens_summaries(model, sae, layout, features, n_logit_tokens)
+    rows_by_feature: dict[int, list[FamilyRow]] = defaultdict(list)
+    for row in families or ():
+        rows_by_feature[row.feature].append(row)
+    return [
+        FeatureReport(
+            feature=feature,
+            examples=examples[feature],
+            decoder_heads=decoder[n].tolist(),
+            encoder_heads=encoder[n].tolist(),
+            logit_lens=lens[n],
+            families=rows_by_feature[feature],
+        )
+        for n, feature in enumerate(features)
+    ]

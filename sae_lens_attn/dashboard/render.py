@@ -1,0 +1,174 @@
+"""`render_dashboard`: sae_dashboard's feature-centric HTML with our panels on the same
+page (`dashboard.html`, self-contained, opens offline) and the per-feature data as JSON
+(`features.json`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sae_lens_attn.dashboard.config import DashboardConfig
+from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.dashboard.panels import FeatureReport
+    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+HTML_NAME = "dashboard.html"
+JSON_NAME = "features.json"
+
+
+@dataclass(frozen=True)
+class DashboardFiles:
+    html: Path
+    json: Path
+
+
+def token_decoder(tokenizer: Any) -> Callable[[int], str]:
+    """Token id -> display text: the tokenizer's decoding with newlines and tabs made
+    visible (`↵`, `⇥`); `#id` without a tokenizer. Raw text: escape before use in HTML."""
+
+    @functools.cache
+    def decode(token: int) -> str:
+        if tokenizer is None:
+            return f"#{token}"
+        return tokenizer.decode([token]).replace("\n", "↵").replace("\t", "⇥")
+
+    return decode
+
+
+def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
+    """Every installed dashboard panel (in plugin order), or the ones given: names are
+    looked up among the plugins, panel objects are used as they are."""
+    from sae_lens_attn.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    if panels is None:
+        return [loaded.entry.load() for loaded in manager.entries("dashboard_panel")]
+    return [
+        manager.get("dashboard_panel", panel) if isinstance(panel, str) else panel
+        for panel in panels
+    ]
+
+
+def _render_panel(panel: Any, report: FeatureReport, context: DashboardContext):
+    """`(name, title, html, wide)` and data of one panel; a failing panel is reported in
+    its box and warned about, the rest of the page is still written."""
+    try:
+        output = panel.render(report, context)
+    except Exception as err:  # a third-party panel must not take the page down
+        warnings.warn(f"dashboard panel {panel.name!r} failed on feature {report.feature}: {err!r}", stacklevel=2)
+        message = f"This panel failed: {err!r}"
+        return (panel.name, panel.title, f'<p class="sla-note sla-failed">{esc(message)}</p>', False), None
+    if output is None:
+        return None, None
+    return (panel.name, panel.title, output.html, getattr(panel, "wide", False)), output.data
+
+
+def render_dashboard(
+    model: HookedTransformer,
+    sae: SAE,
+    tokens: torch.Tensor,
+    features: Sequence[int],
+    out_dir: str | Path,
+    *,
+    layout: HeadLayout | None = None,
+    families: Sequence[FamilyRow] | None = None,
+    config: DashboardConfig | None = None,
+    panels: Sequence[str | DashboardPanel] | None = None,
+    progress: bool = False,
+) -> DashboardFiles:
+    """Write `dashboard.html` and `features.json` for `features` of a hook_z `sae`.
+
+    tokens: `[n_prompts, seq]` prompts to find top activations in. families: detector
+    results (`FamilyRow`s, e.g. `load_family_rows("families.json")`) for the family and
+    logit-lens panels. panels: the panels to show, by plugin name or as panel objects
+    (default: every installed one).
+    """
+    from tqdm.auto import tqdm
+
+    from sae_lens_attn.dashboard.data import feature_reports
+    from sae_lens_attn.dashboard.page import assemble_page, feature_section, sae_dashboard_page
+    from sae_lens_attn.dashboard.sae_vis import run_sae_vis
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+    features = list(dict.fromkeys(int(f) for f in features))
+    if not features:
+        raise ValueError("no features to render; pass at least one feature index")
+    bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
+    if bad:
+        raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
+    config = config or DashboardConfig()
+    layout = layout or HeadLayout.from_sae(sae, model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    steps = tqdm(total=3 + len(features), desc="dashboard", disable=not progress, unit="step")
+    steps.set_postfix_str("sae_dashboard data")
+    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config)
+    steps.update(1)
+    steps.set_postfix_str("DFA, head attribution, logit lens")
+    reports = feature_reports(
+        model, sae, layout, tokens, sae_vis_data, config.dfa_examples,
+        config.logit_lens_tokens, families,
+    )
+    steps.update(1)
+    context = DashboardContext(
+        model=model,
+        sae=sae,
+        layout=layout,
+        tokens=tokens,
+        decode=token_decoder(model.tokenizer),
+        head_labels=[f"L{layout.layer}H{h}" for h in layout.heads],
+        detectors_ran=families is not None,
+        config=config,
+    )
+    panel_objects = load_panels(panels)
+    for panel in panel_objects:
+        panel.prepare(context, reports)
+
+    steps.set_postfix_str("panels")
+    sections, records = [], []
+    for report in reports:
+        boxes, record = [], {"feature_index": report.feature}
+        for panel in panel_objects:
+            box, data = _render_panel(panel, report, context)
+            if box is not None:
+                boxes.append(box)
+            record[panel.name] = data
+        sections.append(feature_section(str(report.feature), f"Feature {report.feature}", boxes))
+        records.append(record)
+        steps.update(1)
+
+    steps.set_postfix_str("writing")
+    first_key = str(features[0])
+    page = assemble_page(
+        sae_dashboard_page(sae_vis_data, context.decode, first_key),
+        sections,
+        [panel.script for panel in panel_objects if getattr(panel, "script", "")],
+        first_key,
+        title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
+    )
+    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME)
+    files.html.write_text(page, encoding="utf-8")
+    document = {
+        "hook_name": layout.hook_name,
+        "head_layout": layout.to_dict(),
+        "heads": list(context.head_labels),
+        "panels": [panel.name for panel in panel_objects],
+        "features": records,
+    }
+    files.json.write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
+    steps.update(1)
+    steps.close()
+    return files

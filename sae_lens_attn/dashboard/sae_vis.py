@@ -1,0 +1,144 @@
+"""Running sae_dashboard's feature-centric data pipeline on a hook_z SAE.
+
+sae_dashboard only takes dense SAEs that read every head of the layer
+(`FeatureMaskingContext` swaps `W_enc`/`W_dec` parameters, and `to_resid_direction`
+multiplies by all of `W_O[layer]`), and its runner folds decoder norms into the SAE it is
+given. So it runs on a copy: block-diagonal SAEs through their exact `to_dense_sae()`,
+SAEs on a subset of heads embedded into the full layer width with zero weights for the
+other heads (the same activations). The folded copy comes back in `SaeVisData.encoder`;
+our DFA is computed on it, so its terms add up to the activations the page shows.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from sae_dashboard.sae_vis_data import SaeVisData
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.dashboard.config import DashboardConfig
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+
+def sae_vis_layout(config: DashboardConfig):
+    """sae_dashboard's default feature-centric layout with our sizes."""
+    from sae_dashboard.components_config import (
+        ActsHistogramConfig,
+        Column,
+        FeatureTablesConfig,
+        LogitsHistogramConfig,
+        LogitsTableConfig,
+        SequencesConfig,
+    )
+    from sae_dashboard.layout import SaeVisLayoutConfig
+
+    return SaeVisLayoutConfig(
+        columns=[
+            Column(FeatureTablesConfig()),
+            Column(
+                ActsHistogramConfig(n_bins=config.hist_bins),
+                LogitsTableConfig(n_rows=config.logits_table_rows),
+                LogitsHistogramConfig(n_bins=config.hist_bins),
+            ),
+            Column(
+                SequencesConfig(
+                    stack_mode="stack-none",
+                    buffer=config.buffer,
+                    top_acts_group_size=config.top_acts_group_size,
+                    n_quantiles=config.n_quantiles,
+                    quantile_group_size=config.quantile_group_size,
+                )
+            ),
+        ],
+        height=750,
+    )
+
+
+# Which dimension of each weight is the SAE input (`d_in`).
+_INPUT_DIM = {"W_enc": 0, "W_dec": 1, "b_dec": 0}
+
+
+def full_width_dense_copy(sae: SAE, layout: HeadLayout) -> SAE:
+    """A dense SAE reading all heads of the layer, with the same activations as `sae`."""
+    dense = sae.to_dense_sae() if hasattr(sae, "to_dense_sae") else copy.deepcopy(sae)
+    if layout.uses_all_heads:
+        return dense
+    if dense.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+        raise ValueError(
+            "sae_dashboard needs every head of the layer; an SAE on heads "
+            f"{list(layout.heads)} with per-token normalisation "
+            f"{dense.cfg.normalize_activations!r} cannot be widened exactly"
+        )
+    full_width = layout.n_model_heads * layout.d_head
+    columns = torch.cat(
+        [torch.arange(h * layout.d_head, (h + 1) * layout.d_head) for h in layout.heads]
+    )
+    wide = type(dense)(dataclasses.replace(dense.cfg, d_in=full_width))
+    wide_shapes = {name: value.shape for name, value in wide.state_dict().items()}
+    state = dense.state_dict()
+    for name, dim in _INPUT_DIM.items():
+        target = torch.zeros(wide_shapes[name], dtype=state[name].dtype)
+        state[name] = target.index_copy_(dim, columns, state[name])
+    wide.load_state_dict(state)
+    return wide
+
+
+def tidy_ticks(sae_vis_data: SaeVisData, n_ticks: int = 5) -> None:
+    """Replace absurd histogram tick lists by `n_ticks` evenly spaced ticks, in place.
+
+    Workaround for sae_dashboard 0.8 `HistogramData.from_data` ("5 ticks" mode): when the
+    data range is below 0.3 the tick spacing becomes 1e-6 and it emits one tick per 1e-6
+    (hundreds of thousands; ~1.4 MB of JSON per feature, and a slow page). Pinned by
+    `test_sae_dashboard_tick_bug_is_still_there` in tests/test_dashboard.py.
+    """
+    for feature_data in sae_vis_data.feature_data_dict.values():
+        for hist in (feature_data.logits_histogram_data, feature_data.acts_histogram_data):
+            if len(hist.tick_vals) <= 4 * n_ticks or not hist.bar_values:
+                continue
+            low, high = min(hist.bar_values), max(hist.bar_values)
+            step = _nice_step((high - low) / (n_ticks - 1))
+            first, last = math.floor(low / step), math.ceil(high / step)
+            hist.tick_vals = [round(k * step, 12) for k in range(first, last + 1)]
+
+
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 5 x 10^n that is >= raw."""
+    if raw <= 0:
+        return 1.0
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def run_sae_vis(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    tokens: torch.Tensor,
+    features: list[int],
+    config: DashboardConfig,
+) -> SaeVisData:
+    """sae_dashboard's `SaeVisRunner` on a dense full-width copy of `sae`; `sae` itself
+    is left untouched. The returned data's `encoder` is that (norm-folded) copy."""
+    from sae_dashboard.sae_vis_data import SaeVisConfig
+    from sae_dashboard.sae_vis_runner import SaeVisRunner
+
+    dense = full_width_dense_copy(sae, layout)
+    vis_config = SaeVisConfig(
+        hook_point=layout.hook_name,
+        features=features,
+        minibatch_size_tokens=config.minibatch_size_tokens,
+        minibatch_size_features=config.minibatch_size_features,
+        feature_centric_layout=sae_vis_layout(config),
+        device=config.device,
+        verbose=False,
+    )
+    data = SaeVisRunner(vis_config).run(encoder=dense, model=model, tokens=tokens)
+    tidy_ticks(data)
+    return data
