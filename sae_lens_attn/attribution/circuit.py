@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,6 +87,24 @@ def feature_circuit(
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens[None])
     context = circuit_context(model, sae, cache, batch=0, upstream_saes=upstream_saes)
+    circuit = circuit_from_context(context, tokens, feature, destination, n_sources, query_key)
+    if downstream:
+        circuit = replace(circuit, downstream=downstream_effect(model, sae, tokens, feature))
+    return circuit
+
+
+def circuit_from_context(
+    context: CircuitContext,
+    tokens: torch.Tensor,
+    feature: int,
+    destination: int | None = None,
+    n_sources: int = 3,
+    query_key: bool = True,
+) -> FeatureCircuit:
+    """Value side and query/key side of `feature` from a prepared context (no downstream).
+
+    A context does not depend on the feature, so one serves every feature of a prompt.
+    """
     if destination is None:
         destination = pick_destination(context, feature)
     value = value_side_attribution(context, feature, destination)
@@ -95,7 +113,6 @@ def feature_circuit(
     if query_key:
         head_index = int(value.dfa[sources[0]].abs().argmax())
         qk = query_key_attribution(context, value.heads[head_index], destination, sources[0])
-    effect = downstream_effect(model, sae, tokens, feature) if downstream else None
     return FeatureCircuit(
         feature=feature,
         destination=destination,
@@ -104,7 +121,7 @@ def feature_circuit(
         value=value,
         top_sources=sources,
         query_key=qk,
-        downstream=effect,
+        downstream=None,
     )
 
 
@@ -186,3 +203,35 @@ def downstream_rows(
          "indirect": effect.indirect[position, token].item()}
         for token in tokens
     ]
+
+
+def circuit_summary(circuit: FeatureCircuit, k: int = 5, decode: Decode = str) -> dict[str, Any]:
+    """The headline numbers of a circuit as plain data (JSON-ready)."""
+    value = circuit.value
+    by_source = value.dfa.sum(-1)
+    summary: dict[str, Any] = {
+        "feature": circuit.feature,
+        "layer": value.layer,
+        "destination": circuit.destination,
+        "destination_token": decode(int(circuit.tokens[circuit.destination])),
+        "activation": circuit.activation,
+        "pre_activation": value.pre_activation,
+        "closure_error": value.closure_error,
+        "top_sources": [
+            {"source": s, "token": decode(int(circuit.tokens[s])), "dfa": by_source[s].item()}
+            for s in circuit.top_sources
+        ],
+        "top_components": [
+            {"component": label, "contribution": total}
+            for label, total in component_totals(circuit, decode)[:k]
+        ],
+    }
+    if circuit.query_key is not None:
+        qk = circuit.query_key
+        summary["query_key"] = {"head": qk.head, "source": qk.source, "score": qk.score,
+                                "closure_error": qk.closure_error}
+    if circuit.downstream is not None:
+        rows = downstream_rows(circuit, k, decode)
+        summary["top_promoted_direct"] = rows[:k]
+        summary["final_ln_scale_frozen"] = circuit.downstream.final_ln_scale_frozen
+    return summary

@@ -1,0 +1,131 @@
+"""Circuit views of a feature: plotly figures and the dashboard panel.
+
+`upstream_figure`: bar chart of the largest upstream contributions (by source position
+and residual component, summed over heads). `effects_figure`: direct vs total logit
+effect per token for the tokens the feature promotes most. `CircuitPanel`: the upstream
+bar chart for each feature's top example, computed in `prepare` (one TransformerLens
+cache per prompt, shared by every feature whose top example it is).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc, plotly_div
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from sae_lens_attn.attribution.circuit import Decode, FeatureCircuit
+    from sae_lens_attn.dashboard.panels import DashboardContext, FeatureReport
+
+
+def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20) -> go.Figure:
+    """Horizontal bars: the `top` (source, component) contributions to the pre-activation."""
+    import plotly.graph_objects as go
+
+    from sae_lens_attn.attribution.circuit import component_totals
+
+    totals = component_totals(circuit, decode)[:top][::-1]
+    value = circuit.value
+    figure = go.Figure(
+        go.Bar(
+            x=[total for _, total in totals],
+            y=[label for label, _ in totals],
+            orientation="h",
+            marker_color=["#1f77b4" if total >= 0 else "#d62728" for _, total in totals],
+        )
+    )
+    token = decode(int(circuit.tokens[circuit.destination]))
+    figure.update_layout(
+        title=f"Feature {circuit.feature} at position {circuit.destination} ({token!r}): "
+        f"top upstream contributions (pre-activation {value.pre_activation:.3f})",
+        xaxis_title="contribution to the pre-activation",
+        height=200 + 22 * len(totals),
+        margin={"l": 260},
+    )
+    return figure
+
+
+def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -> go.Figure:
+    """Grouped bars per token: direct and total logit effect of the feature at its
+    destination (tokens promoted most directly, then most in total)."""
+    import plotly.graph_objects as go
+
+    from sae_lens_attn.attribution.circuit import downstream_rows
+
+    rows = downstream_rows(circuit, k, decode)
+    labels = [f"{row['token']!r}" for row in rows]
+    figure = go.Figure(
+        [
+            go.Bar(name=kind, x=labels, y=[row[kind] for row in rows])
+            for kind in ("direct", "total")
+        ]
+    )
+    figure.update_layout(
+        barmode="group",
+        title=f"Feature {circuit.feature}: direct vs total effect on the logits at position "
+        f"{circuit.destination} (ablating the feature)",
+        yaxis_title="logit(clean) - logit(feature ablated)",
+    )
+    return figure
+
+
+class CircuitPanel(DashboardPanel):
+    """Top upstream residual components (value side) of the feature's top example."""
+
+    name = "circuit"
+    title = "Circuit: upstream components"
+    n_sources = 3
+    n_bars = 15
+
+    def __init__(self) -> None:
+        self.circuits: dict[int, FeatureCircuit] = {}
+
+    def prepare(self, context: DashboardContext, reports: Sequence[FeatureReport]) -> None:
+        import torch
+
+        from sae_lens_attn.attribution.circuit import circuit_from_context
+        from sae_lens_attn.attribution.circuit_context import circuit_context
+
+        by_prompt: dict[int, list[FeatureReport]] = defaultdict(list)
+        for report in reports:
+            if report.examples:
+                by_prompt[report.examples[0].prompt_index].append(report)
+        model = context.model
+        for prompt, prompt_reports in by_prompt.items():
+            tokens = context.tokens[prompt].to(model.cfg.device)
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens[None])
+            circuit_ctx = circuit_context(model, context.sae, cache, layout=context.layout)
+            for report in prompt_reports:
+                self.circuits[report.feature] = circuit_from_context(
+                    circuit_ctx, tokens, report.feature, report.examples[0].dest, self.n_sources
+                )
+
+    def render(self, report: FeatureReport, context: DashboardContext) -> PanelOutput | None:
+        from sae_lens_attn.attribution.circuit import circuit_summary
+
+        circuit = self.circuits.get(report.feature)
+        if circuit is None:
+            return None
+        summary = circuit_summary(circuit, k=self.n_bars, decode=context.decode)
+        qk = circuit.query_key
+        note = (
+            f"Top example, position {circuit.destination}: the pre-activation "
+            f"{summary['pre_activation']:.3f} (of the SAE as given) split into what each "
+            "residual-stream component at the top source positions writes through the frozen "
+            "LayerNorm, W_V and the encoder, summed over heads."
+        )
+        if qk is not None:
+            top_key = qk.key_labels[int(qk.key_totals.argmax())]
+            note += (
+                f" Head {qk.head} attends from it to position {qk.source} with score "
+                f"{qk.score:.2f}, raised most by {top_key} at the source."
+            )
+        figure = upstream_figure(circuit, context.decode, self.n_bars)
+        return PanelOutput(
+            html=f'<p class="sla-note">{esc(note)}</p>{plotly_div(figure)}', data=summary
+        )
