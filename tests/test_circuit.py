@@ -165,18 +165,31 @@ def test_bad_feature_or_position_is_a_teaching_error(model, cache):
         value_side_attribution(context, 1, 12)
 
 
-def rotary_model() -> HookedTransformer:
+def positional_model(positional: str) -> HookedTransformer:
     cfg = HookedTransformerConfig(
         n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=101, n_ctx=64,
-        act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary",
-        rotary_dim=8, seed=2, device="cpu",
+        act_fn="gelu", normalization_type="LN", positional_embedding_type=positional,
+        rotary_dim=8 if positional == "rotary" else None, seed=2, device="cpu",
     )
     return randomize_biases(HookedTransformer(cfg), seed=2).eval()
 
 
+def test_alibi_has_a_value_side_but_no_query_key_side_and_shortformer_is_refused(tokens):
+    sae = random_sae(HOOK, 64, 96, seed=4)
+    alibi = positional_model("alibi")
+    context = circuit_context(alibi, sae, alibi.run_with_cache(tokens)[1], batch=1)
+    assert abs(value_side_attribution(context, 3, 11).closure_error) < 1e-4
+    with pytest.raises(ValueError, match="not 'alibi'"):
+        query_key_attribution(context, 0, 11, 4)
+    assert feature_circuit(alibi, sae, tokens[1], 3, downstream=False).query_key is None
+    shortformer = positional_model("shortformer")
+    with pytest.raises(ValueError, match="shortformer"):
+        circuit_context(shortformer, sae, shortformer.run_with_cache(tokens)[1])
+
+
 @pytest.mark.parametrize("positional", ["standard", "rotary"])
 def test_query_key_terms_add_up_to_the_attention_score(model, tokens, positional):
-    model = model if positional == "standard" else rotary_model()
+    model = model if positional == "standard" else positional_model(positional)
     _, cache = model.run_with_cache(tokens)
     context = circuit_context(model, random_sae(HOOK, 64, 96, seed=4), cache, batch=1)
     scores = cache[f"blocks.{LAYER}.attn.hook_attn_scores"][1]

@@ -24,6 +24,7 @@ from sae_lens_attn.attribution.circuit_downstream import DownstreamEffect, downs
 from sae_lens_attn.attribution.circuit_query_key import (
     QueryKeyAttribution,
     query_key_attribution,
+    query_key_unsupported,
 )
 from sae_lens_attn.attribution.circuit_upstream import (
     ValueSideAttribution,
@@ -101,7 +102,9 @@ def circuit_from_context(
     n_sources: int = 3,
     query_key: bool = True,
 ) -> FeatureCircuit:
-    """Value side and query/key side of `feature` from a prepared context (no downstream).
+    """Value side and query/key side of `feature` from a prepared context (no downstream;
+    no query/key side for models whose scores are not bilinear, see
+    `circuit_query_key.query_key_unsupported`).
 
     A context does not depend on the feature, so one serves every feature of a prompt.
     """
@@ -110,7 +113,7 @@ def circuit_from_context(
     value = value_side_attribution(context, feature, destination)
     sources = value.top_sources(n_sources)
     qk = None
-    if query_key:
+    if query_key and query_key_unsupported(context.model) is None:
         head_index = int(value.dfa[sources[0]].abs().argmax())
         qk = query_key_attribution(context, value.heads[head_index], destination, sources[0])
     return FeatureCircuit(

@@ -109,6 +109,12 @@ def layer_input_components(
     `cache`: a single-prompt cache (`single_prompt_cache`). `splits` refine components
     (see `circuit_split.split_with_sae`).
     """
+    if model.cfg.positional_embedding_type == "shortformer":
+        raise ValueError(
+            "shortformer models add positional embeddings to queries and keys only, but "
+            "TransformerLens's residual decomposition counts them in the residual stream; "
+            "circuit attribution supports standard, rotary and alibi positions"
+        )
     stack, labels = raw_layer_input_components(cache, layer)
     if splits:
         stack, labels = replace_components(stack, labels, splits)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
     from sae_lens_attn.attribution.circuit_context import CircuitContext
 
 SUPPORTED_POSITIONAL = ("standard", "rotary")
@@ -106,17 +108,26 @@ def _projected_terms(
     return terms
 
 
-def _check_supported(context: CircuitContext, head: int) -> None:
-    cfg = context.model.cfg
-    if not 0 <= head < cfg.n_heads:
-        raise ValueError(f"head {head} is out of range; layer heads are 0..{cfg.n_heads - 1}")
+def query_key_unsupported(model: HookedTransformer) -> str | None:
+    """Why this model's attention scores are not bilinear in the residual stream, or None."""
+    cfg = model.cfg
     if cfg.positional_embedding_type not in SUPPORTED_POSITIONAL:
-        raise ValueError(
+        return (
             f"query/key attribution supports positional embeddings {SUPPORTED_POSITIONAL}, "
             f"not {cfg.positional_embedding_type!r}"
         )
     if cfg.use_qk_norm or cfg.attn_scores_soft_cap > 0:
-        raise ValueError(
+        return (
             "query/key attribution needs scores bilinear in the residual stream; this model "
             "uses QK normalisation or score soft-capping"
         )
+    return None
+
+
+def _check_supported(context: CircuitContext, head: int) -> None:
+    n_heads = context.model.cfg.n_heads
+    if not 0 <= head < n_heads:
+        raise ValueError(f"head {head} is out of range; layer heads are 0..{n_heads - 1}")
+    reason = query_key_unsupported(context.model)
+    if reason is not None:
+        raise ValueError(reason)

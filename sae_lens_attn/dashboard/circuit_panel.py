@@ -9,6 +9,7 @@ cache per prompt, shared by every feature whose top example it is).
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -78,6 +79,7 @@ class CircuitPanel(DashboardPanel):
 
     name = "circuit"
     title = "Circuit: upstream components"
+    wide = True
     n_sources = 3
     n_bars = 15
 
@@ -97,13 +99,17 @@ class CircuitPanel(DashboardPanel):
         model = context.model
         for prompt, prompt_reports in by_prompt.items():
             tokens = context.tokens[prompt].to(model.cfg.device)
-            with torch.no_grad():
-                _, cache = model.run_with_cache(tokens[None])
-            circuit_ctx = circuit_context(model, context.sae, cache, layout=context.layout)
-            for report in prompt_reports:
-                self.circuits[report.feature] = circuit_from_context(
-                    circuit_ctx, tokens, report.feature, report.examples[0].dest, self.n_sources
-                )
+            try:
+                with torch.no_grad():
+                    _, cache = model.run_with_cache(tokens[None])
+                circuit_ctx = circuit_context(model, context.sae, cache, layout=context.layout)
+                for report in prompt_reports:
+                    self.circuits[report.feature] = circuit_from_context(
+                        circuit_ctx, tokens, report.feature, report.examples[0].dest,
+                        self.n_sources,
+                    )
+            except ValueError as err:  # a model the decomposition does not cover
+                warnings.warn(f"circuit panel: prompt {prompt} skipped: {err}", stacklevel=2)
 
     def render(self, report: FeatureReport, context: DashboardContext) -> PanelOutput | None:
         from sae_lens_attn.attribution.circuit import circuit_summary
