@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS: dict[str, str] = {
+    "FeatureCircuit": "sae_lens_attn.attribution.circuit",
     "HeadLayout": "sae_lens_attn.sources.head_layout",
+    "feature_circuit": "sae_lens_attn.attribution.circuit",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",
 }

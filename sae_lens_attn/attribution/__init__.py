@@ -3,8 +3,22 @@
 - `dfa`: direct feature attribution by source position and head (exact, with bias terms).
 - `heads`: per-head decoder / encoder norm fractions of each feature.
 - `logit_lens`: feature output directions, logit weight statistics, top tokens.
+- `circuit*`: circuit attribution of one feature (upstream components on the value and
+  query/key sides, direct vs total downstream effect).
 """
 
+from sae_lens_attn.attribution.circuit import FeatureCircuit, feature_circuit
+from sae_lens_attn.attribution.circuit_context import CircuitContext, circuit_context
+from sae_lens_attn.attribution.circuit_downstream import DownstreamEffect, downstream_effect
+from sae_lens_attn.attribution.circuit_query_key import (
+    QueryKeyAttribution,
+    query_key_attribution,
+)
+from sae_lens_attn.attribution.circuit_split import ComponentSplit, split_with_sae
+from sae_lens_attn.attribution.circuit_upstream import (
+    ValueSideAttribution,
+    value_side_attribution,
+)
 from sae_lens_attn.attribution.dfa import (
     FeatureDFA,
     dfa_by_source,
@@ -27,18 +41,30 @@ from sae_lens_attn.attribution.logit_lens import (
 )
 
 __all__ = [
+    "CircuitContext",
+    "ComponentSplit",
+    "DownstreamEffect",
+    "FeatureCircuit",
     "FeatureDFA",
     "LogitStats",
+    "QueryKeyAttribution",
+    "ValueSideAttribution",
+    "circuit_context",
     "decoder_head_attribution",
     "dfa_by_source",
     "dfa_by_source_and_head",
     "dfa_hook_names",
+    "downstream_effect",
     "encoder_head_attribution",
+    "feature_circuit",
     "feature_dfa",
     "feature_output_directions",
     "logit_weight_stats",
+    "query_key_attribution",
     "sae_head_attribution",
     "sae_output_directions",
+    "split_with_sae",
     "top_logit_tokens",
     "unembed_through_final_ln",
+    "value_side_attribution",
 ]
