@@ -1,0 +1,123 @@
+"""`sae-lens-attn circuit`: circuit attribution of one feature on one prompt.
+
+Writes `upstream.csv` (contribution of every residual component at the top source
+positions, per head, plus the bias terms), `query_key.csv` (what raises the top head's
+attention score), `downstream.csv` (direct vs total logit effects of the top promoted
+tokens), `summary.json`, and the plots `upstream.html` and `effects.html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_lens_attn.commands._common import (
+    add_model_argument,
+    add_out_argument,
+    add_sae_argument,
+    load_model,
+    load_sae,
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "circuit",
+        help="upstream sources and downstream effects of one attention-SAE feature",
+        description="Circuit attribution of a hook_z SAE feature on a prompt: its "
+        "pre-activation split into upstream residual components at the top source positions "
+        "(value side), what raises the top head's attention score (query/key side), and its "
+        "direct vs total effect on the logits.",
+    )
+    add_sae_argument(parser)
+    add_model_argument(parser)
+    parser.add_argument("--feature", type=int, required=True, help="feature index")
+    parser.add_argument("--prompt", required=True, help="text to run (a BOS token is prepended)")
+    parser.add_argument(
+        "--upstream-sae",
+        type=Path,
+        action="append",
+        default=[],
+        help="SAE folder on an earlier hook (MLP out, attn out, hook_z, residual): its "
+        "features and error replace the components that hook carries (repeatable)",
+    )
+    parser.add_argument(
+        "--destination", type=int, help="position to explain (default: where the feature peaks)"
+    )
+    parser.add_argument("--n-sources", type=int, default=3, help="top source positions (3)")
+    parser.add_argument("--top-tokens", type=int, default=10, help="promoted tokens shown (10)")
+    parser.add_argument("--top-components", type=int, default=20, help="bars in the plot (20)")
+    add_out_argument(parser, "circuit")
+    return parser
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        if not rows:
+            return
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sae_lens_attn.attribution.circuit import (
+        circuit_summary,
+        downstream_rows,
+        feature_circuit,
+        query_key_rows,
+        upstream_rows,
+    )
+    from sae_lens_attn.dashboard.circuit_panel import effects_figure, upstream_figure
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+    steps = tqdm(total=4, desc="circuit", unit="step")
+    model = load_model(args.model)
+    sae = load_sae(args.sae)
+    upstream = [load_sae(path) for path in args.upstream_sae]
+    steps.update()
+    tokens = model.to_tokens(args.prompt)[0]
+    decode = model.to_single_str_token if model.tokenizer is not None else str
+    try:
+        circuit = feature_circuit(
+            model, sae, tokens, args.feature, destination=args.destination,
+            n_sources=args.n_sources, upstream_saes=upstream,
+            downstream=HeadLayout.from_sae(sae, model).uses_all_heads,
+        )
+    except ValueError as error:
+        steps.close()
+        raise SystemExit(f"error: {error}") from None
+    steps.update(2)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "upstream.csv", upstream_rows(circuit, decode))
+    _write_csv(out / "query_key.csv", query_key_rows(circuit))
+    _write_csv(out / "downstream.csv", downstream_rows(circuit, args.top_tokens, decode))
+    summary = circuit_summary(circuit, decode=decode)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    figures = {"upstream.html": upstream_figure(circuit, decode, args.top_components)}
+    if circuit.downstream is not None:
+        figures["effects.html"] = effects_figure(circuit, decode, args.top_tokens)
+    for name, figure in figures.items():
+        figure.write_html(out / name, include_plotlyjs="directory")
+    steps.update()
+    steps.close()
+
+    print(
+        f"feature {circuit.feature} at position {circuit.destination} "
+        f"({summary['destination_token']!r}): activation {circuit.activation:.4f}, "
+        f"pre-activation {circuit.value.pre_activation:.4f} "
+        f"(parts add up to within {abs(circuit.value.closure_error):.1e})"
+    )
+    for source in summary["top_sources"]:
+        print(f"  source {source['source']:>3} {source['token']!r}: DFA {source['dfa']:+.4f}")
+    for row in summary.get("top_promoted_direct", []):
+        print(f"  promotes {row['token']!r}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    return 0
