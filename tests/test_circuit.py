@@ -14,6 +14,7 @@ from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
 from sae_lens_attn.attribution.circuit import (
     downstream_rows,
     feature_circuit,
@@ -44,10 +45,16 @@ def randomize_biases(model: HookedTransformer, seed: int) -> HookedTransformer:
     return model
 
 
-def random_sae(hook_name: str, d_in: int, d_sae: int, seed: int, **cfg) -> StandardSAE:
-    sae = StandardSAE(
-        StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook_name), **cfg)
-    )
+def random_sae(
+    hook_name: str, d_in: int, d_sae: int, seed: int, block_diagonal: bool = False, **cfg
+) -> StandardSAE | BlockDiagonalSAE:
+    metadata = SAEMetadata(hook_name=hook_name)
+    if block_diagonal:
+        sae = BlockDiagonalSAE(
+            BlockDiagonalSAEConfig(d_in=d_in, d_sae=d_sae, n_heads=4, metadata=metadata, **cfg)
+        )
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=metadata, **cfg))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in sae.parameters():
@@ -84,14 +91,20 @@ def reference_dfa(sae, cache, feature: int, destination: int, batch: int = 1):
         {"apply_b_dec_to_input": False},
         {"normalize_activations": "constant_norm_rescale"},
         {"normalize_activations": "layer_norm"},
+        {"block_diagonal": True},
+        {"block_diagonal": True, "normalize_activations": "constant_norm_rescale"},
     ],
-    ids=["dense", "no-b_dec-input", "norm-rescale", "layer-norm"],
+    ids=["dense", "no-b_dec-input", "norm-rescale", "layer-norm", "block-diagonal",
+         "block-diagonal-norm-rescale"],
 )
 def test_value_side_terms_add_up_to_dfa_and_preactivation(model, cache, sae_options):
     sae = random_sae(HOOK, 64, 96, seed=4, **sae_options)
     context = circuit_context(model, sae, cache, batch=1)
     for feature, destination in ((3, 11), (40, 6)):
         value = value_side_attribution(context, feature, destination)
+        if sae_options.get("block_diagonal"):  # feature j lives in head j // 24 only
+            by_head = value.terms.abs().sum(dim=(0, 1))
+            assert by_head.nonzero().flatten().tolist() == [feature // 24]
         reference = reference_dfa(sae, cache, feature, destination)
         # components + ln1.b + b_V == DFA term of every (source, head), C's convention
         torch.testing.assert_close(value.dfa, reference.by_source_head[1, 0], **TOL)
@@ -206,8 +219,11 @@ def attn_only_model() -> HookedTransformer:
     return randomize_biases(make_tiny_model(attn_only=True, seed=3), seed=3)
 
 
-def test_total_effect_equals_direct_effect_when_no_layer_follows(attn_only_model, tokens):
-    sae = random_sae(HOOK, 64, 96, seed=6)
+@pytest.mark.parametrize("block_diagonal", [False, True], ids=["dense", "block-diagonal"])
+def test_total_effect_equals_direct_effect_when_no_layer_follows(
+    attn_only_model, tokens, block_diagonal
+):
+    sae = random_sae(HOOK, 64, 96, seed=6, block_diagonal=block_diagonal)
     _, cache = attn_only_model.run_with_cache(tokens[:1])
     busiest = circuit_context(attn_only_model, sae, cache).acts.sum(0).topk(2).indices
     for feature in busiest.tolist():
