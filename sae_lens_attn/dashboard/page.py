@@ -56,10 +56,13 @@ PAGE_CSS = """
   z-index: 20; white-space: pre; background: #222; color: #fff; padding: 4px 7px;
   border-radius: 4px; font-size: 11px; line-height: 1.4; font-weight: normal; }
 .sla-more { color: #999; }
+.sla-panel table { margin: 0; border-collapse: collapse; }
 .sla-stats td, .sla-families td, .sla-families th, .sla-tokens-table td, .sla-tokens-table th
   { padding: 2px 8px; font-size: 12px; text-align: left; border-bottom: 1px solid #eee; }
 .sla-token-tables { display: flex; gap: 12px; margin-top: 8px; }
-.sla-token { white-space: pre; background: #f3f3f3; padding: 0 3px; border-radius: 2px; }
+.sla-token-tables table { flex: 1 1 0; min-width: 0; }
+.sla-token { white-space: pre-wrap; word-break: break-all; background: #f3f3f3; padding: 0 3px;
+  border-radius: 2px; }
 .sla-member { color: #0a7d28; font-weight: bold; }
 .sla-nonmember { color: #777; }
 """
