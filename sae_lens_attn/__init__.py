@@ -14,6 +14,12 @@ __version__ = "0.1.0"
 _LAZY_EXPORTS: dict[str, str] = {
     "FeatureCircuit": "sae_lens_attn.attribution.circuit",
     "HeadLayout": "sae_lens_attn.sources.head_layout",
+    "HookZSource": "sae_lens_attn.sources.hook_z",
+    "HookZTrainingRunner": "sae_lens_attn.sources.runner",
+    "block_diagonal_config_for": "sae_lens_attn.sources.configs",
+    "cache_hook_z_activations": "sae_lens_attn.sources.cache",
+    "evaluate_hook_z_sae": "sae_lens_attn.sources.evaluation",
+    "train_hook_z_sae": "sae_lens_attn.sources.training",
     "feature_circuit": "sae_lens_attn.attribution.circuit",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",

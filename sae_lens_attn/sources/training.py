@@ -1,0 +1,104 @@
+"""`train_hook_z_sae`: train an SAE on hook_z with SAELens's runner, offline, in one call."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.config import HfDataset
+from transformer_lens import HookedTransformer
+
+from sae_lens_attn.sources.configs import sae_config_for
+from sae_lens_attn.sources.head_layout import HeadLayout
+from sae_lens_attn.sources.hook_z import HookZSource
+from sae_lens_attn.sources.runner import HookZTrainingRunner
+from sae_lens_attn.sources.tokens import as_token_dataset, row_length
+
+
+def train_hook_z_sae(
+    model: HookedTransformer,
+    layer: int,
+    heads: Sequence[int] | None = None,
+    architecture: str = "block_diagonal",
+    *,
+    dataset: HfDataset | torch.Tensor | str,
+    training_tokens: int = 200_000,
+    context_size: int | None = None,
+    expansion_factor: int = 8,
+    d_sae: int | None = None,
+    lr: float = 3e-4,
+    train_batch_size_tokens: int = 1024,
+    store_batch_size_prompts: int = 16,
+    per_head_norm: bool = False,
+    sae_kwargs: dict[str, Any] | None = None,
+    output_path: str | Path | None = None,
+    checkpoint_path: str | None = None,
+    log_to_wandb: bool = False,
+    wandb_project: str = "sae_lens_attn",
+    device: str = "cpu",
+    seed: int = 42,
+    runner_kwargs: dict[str, Any] | None = None,
+) -> tuple[SAE[Any], HeadLayout]:
+    """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
+    with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
+
+    The returned SAE is SAELens's inference SAE as saved by the runner (to `output_path`,
+    or a temporary folder): it takes raw hook_z (any per-head scale is folded in), holds
+    its `HeadLayout` in `cfg.metadata["head_layout"]`, and on all heads has
+    `reshape_activations="hook_z"`, so `HookedSAETransformer` splices it in at hook_z.
+    The trainer records `cfg.metadata.l0` and `num_dead_features`; for CE loss and
+    explained variance call `evaluate_hook_z_sae(sae, model, dataset)`.
+
+    `dataset` is pretokenized (`input_ids`/`tokens` rows), a `[n_seq, pos]` token
+    tensor (`context_size` defaults to its row length), or a Hugging Face dataset path
+    that SAELens loads itself (needs the hub and `context_size`). `sae_kwargs` are fields of the
+    architecture's training config (`l1_coefficient`, `k`, `activation`, ...);
+    `runner_kwargs` are further `LanguageModelSAERunnerConfig` fields. Nothing touches the
+    network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
+    """
+    source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
+    dataset_path = dataset if isinstance(dataset, str) else ""
+    override_dataset = None if isinstance(dataset, str) else as_token_dataset(dataset)
+    if context_size is None:
+        if override_dataset is None:
+            raise ValueError(f"context_size is needed to train on dataset path {dataset!r}")
+        context_size = row_length(override_dataset)
+    sae_cfg = sae_config_for(
+        source, architecture, expansion_factor, d_sae, device=device, **(sae_kwargs or {})
+    )
+    runner_options: dict[str, Any] = {
+        # the shuffling buffer must hold at least one training batch (twice, to mix)
+        "n_batches_in_buffer": max(4, math.ceil(2 * train_batch_size_tokens / context_size)),
+        "n_eval_batches": 2,
+        "verbose": False,
+        **(runner_kwargs or {}),
+    }
+    torch.manual_seed(seed)  # SAELens does not seed: SAE init and buffer shuffling
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(output_path) if output_path is not None else Path(tmp)
+        cfg = LanguageModelSAERunnerConfig(
+            sae=sae_cfg,
+            model_name=model.cfg.model_name,
+            hook_name=source.hook_name,
+            dataset_path=dataset_path,
+            context_size=context_size,
+            training_tokens=training_tokens,
+            train_batch_size_tokens=train_batch_size_tokens,
+            store_batch_size_prompts=store_batch_size_prompts,
+            lr=lr,
+            device=device,
+            seed=seed,
+            logger=LoggingConfig(log_to_wandb=log_to_wandb, wandb_project=wandb_project),
+            checkpoint_path=checkpoint_path,
+            output_path=str(out),
+            model_from_pretrained_kwargs={},  # the model is given, not loaded
+            **runner_options,
+        )
+        HookZTrainingRunner(cfg, source, override_dataset=override_dataset).run()
+        sae = SAE.load_from_disk(out, device=device)
+    return sae, source.layout
