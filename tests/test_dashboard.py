@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
+from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
 from sae_lens_attn.dashboard import DashboardPanel, load_panels, render_dashboard
 from sae_lens_attn.dashboard.sae_vis import full_width_dense_copy, tidy_ticks
 from sae_lens_attn.detectors.results import FamilyRow
@@ -300,6 +301,43 @@ def test_failing_panel_is_reported_in_its_box_and_the_page_is_still_written(tmp_
     assert "This panel failed: RuntimeError(&#x27;no data for &lt;this&gt; panel&#x27;)" in page
     assert "No detector results were given" in page
     assert json.loads(files.json.read_text())["features"][0]["broken"] is None
+
+
+@pytest.mark.parametrize("activation", ["relu", "topk"])
+def test_block_diagonal_dashboard_shows_the_sae_activations_and_one_head_per_feature(
+    tmp_path, tiny_model, tiny_tokens, activation
+):
+    layout = HeadLayout.for_model(tiny_model, 1)
+    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(
+        d_in=64, d_sae=32, n_heads=4, activation=activation, k=2 if activation == "topk" else None
+    ))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.normal_(0.0, 0.3, generator=generator)
+    layout.store_in(sae)
+    features = [1, 9, 30]  # heads 0, 1, 3
+    files = render_dashboard(tiny_model, sae, tiny_tokens, features, tmp_path,
+                             panels=["dfa", "head_attribution"])
+    _, cache = tiny_model.run_with_cache(tiny_tokens, names_filter="blocks.1.attn.hook_z")
+    acts = sae.encode(cache["blocks.1.attn.hook_z"].flatten(-2)).detach()
+    # sae_dashboard folds decoder norms into ReLU SAEs (activations times the norm); top-k
+    # copies keep their norms so the same k features win
+    scale = sae.W_dec_blocks.norm(dim=-1).flatten() if activation == "relu" else torch.ones(32)
+    fired = 0
+    for record in json.loads(files.json.read_text())["features"]:
+        feature, owner = record["feature_index"], record["feature_index"] // 8
+        assert record["head_attribution"]["decoder_weights_dist"] == [float(h == owner) for h in range(4)]
+        assert record["dfa"]["examples"]
+        for example in record["dfa"]["examples"]:
+            expected = acts[example["prompt_index"], example["dfa_targetIndex"], feature] * scale[feature]
+            assert example["activation"] == pytest.approx(float(expected), abs=1e-3)
+            if example["activation"] > 0:
+                fired += 1
+                assert example["pre_activation"] == pytest.approx(example["activation"], abs=1e-3)
+            by_head = torch.tensor(example["dfa_values_by_head"])
+            assert torch.all(by_head[:, [h for h in range(4) if h != owner]] == 0)
+    assert fired >= 5
 
 
 def test_full_width_copy_has_the_same_activations_for_a_subset_of_heads(tiny_model, tiny_tokens):

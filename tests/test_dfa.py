@@ -8,6 +8,7 @@ import torch
 from sae_dashboard.dfa_calculator import DFACalculator
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
 from sae_lens_attn.attribution import (
     dfa_by_source,
     dfa_by_source_and_head,
@@ -85,6 +86,28 @@ def test_dfa_sums_to_preactivation_for_dense_sae(cache, apply_b_dec_to_input, no
         assert torch.all(dfa.b_dec_term == 0)
     else:
         assert dfa.b_dec_term.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
+def test_dfa_sums_to_preactivation_for_block_diagonal_sae(cache, apply_b_dec_to_input):
+    pattern, v, z = cache
+    x = z.flatten(-2)
+    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(
+        d_in=64, d_sae=24, n_heads=4, apply_b_dec_to_input=apply_b_dec_to_input
+    ))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.normal_(0.0, 0.3, generator=generator)
+    features = torch.tensor([0, 7, 13, 23])  # heads 0, 1, 2, 3 (6 features per head)
+    dest = torch.randint(0, x.shape[1], (x.shape[0], 4), generator=generator)
+    dfa = feature_dfa(sae, pattern, v, features, dest)
+
+    expected = reference_pre(sae, x)[torch.arange(x.shape[0])[:, None], dest, features]
+    torch.testing.assert_close(dfa.pre_activation, expected, atol=1e-5, rtol=1e-5)
+    owner = torch.zeros(4, 4, dtype=torch.bool)
+    owner[torch.arange(4), features // 6] = True  # each feature reads only its own head
+    assert torch.all(dfa.by_head[:, ~owner] == 0) and torch.all(dfa.by_head[:, owner] != 0)
 
 
 def test_dfa_is_causal_and_splits_exactly_over_heads(cache):

@@ -7,6 +7,7 @@ import torch
 from sae_dashboard.sae_vis_runner import get_decoder_weights_distribution
 from sae_lens import StandardSAE, StandardSAEConfig
 
+from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
 from sae_lens_attn.attribution import (
     decoder_head_attribution,
     encoder_head_attribution,
@@ -48,6 +49,20 @@ def test_feature_living_in_one_head_is_one_hot_and_zero_rows_stay_zero():
     assert out[0].tolist() == [0.0, 0.0, 1.0, 0.0]
     torch.testing.assert_close(out[1], torch.full((4,), 0.25))
     assert out[2].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_block_diagonal_attribution_is_one_hot_and_equals_its_dense_copy():
+    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(d_in=64, d_sae=32, n_heads=4))
+    with torch.no_grad():
+        sae.W_dec_blocks[1, 3] = 0.0  # a dead feature (head 1, feature 8 + 3) keeps a zero row
+    dense = sae.to_dense_sae()
+    for side, weight in (("decoder", dense.W_dec), ("encoder", dense.W_enc)):
+        ours = sae_head_attribution(sae, 4, side=side)
+        reference = (decoder_head_attribution(weight, 4) if side == "decoder"
+                     else encoder_head_attribution(weight, 4))
+        torch.testing.assert_close(ours, reference)
+    ours = sae_head_attribution(sae, 4, [0, 11, 31])
+    assert ours.tolist() == [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
 
 
 def test_head_attribution_rejects_widths_that_are_not_a_multiple_of_heads():

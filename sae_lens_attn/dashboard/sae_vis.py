@@ -3,10 +3,11 @@
 sae_dashboard only takes dense SAEs that read every head of the layer
 (`FeatureMaskingContext` swaps `W_enc`/`W_dec` parameters, and `to_resid_direction`
 multiplies by all of `W_O[layer]`), and its runner folds decoder norms into the SAE it is
-given. So it runs on a copy: block-diagonal SAEs through their exact `to_dense_sae()`,
-SAEs on a subset of heads embedded into the full layer width with zero weights for the
-other heads (the same activations). The folded copy comes back in `SaeVisData.encoder`;
-our DFA is computed on it, so its terms add up to the activations the page shows.
+given. So it runs on a copy (`dashboard_copy`): block-diagonal SAEs through their exact
+`to_dense_sae()`, SAEs on a subset of heads embedded into the full layer width with zero
+weights for the other heads (the same activations), top-k SAEs kept exact. The folded
+copy comes back in `SaeVisData.encoder`; our DFA is computed on it, so its terms add up
+to the activations the page shows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+from sae_lens.saes.topk_sae import TopK
 
 if TYPE_CHECKING:
     from sae_dashboard.sae_vis_data import SaeVisData
@@ -87,7 +89,42 @@ def full_width_dense_copy(sae: SAE, layout: HeadLayout) -> SAE:
         target = torch.zeros(wide_shapes[name], dtype=state[name].dtype)
         state[name] = target.index_copy_(dim, columns, state[name])
     wide.load_state_dict(state)
+    wide.activation_fn = dense.activation_fn  # e.g. a per-head top-k the config does not name
     return wide
+
+
+class _EncodeAllThenSelect(TopK):
+    """A top-k activation that is not SAELens's `TopK` (e.g. the block-diagonal SAE's
+    per-head top-k), presented as one: sae_dashboard then encodes all features and selects
+    afterwards (`feature_data_generator.py` ~87), instead of encoding with W_enc masked to
+    the selected features, which would pick the top k among those only."""
+
+    def __init__(self, activation: torch.nn.Module) -> None:
+        super().__init__(k=int(getattr(getattr(activation, "topk", activation), "k", 0)))
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x)
+
+
+def _keep_decoder_norms() -> None:
+    """Stands in for `fold_W_dec_norm` on top-k copies (see `dashboard_copy`)."""
+
+
+def dashboard_copy(sae: SAE, layout: HeadLayout) -> SAE:
+    """The SAE sae_dashboard runs on: `full_width_dense_copy`, and for top-k SAEs two more
+    changes on that copy. sae_dashboard folds decoder norms into every SAE it renders
+    (`SaeVisRunner.run`), which changes which k features win (SAELens's TopK SAEs refuse
+    it with NotImplementedError), so the copy keeps its norms; a per-head top-k is
+    wrapped as a `TopK` (`_EncodeAllThenSelect`)."""
+    from sae_lens_attn.architectures.block_diagonal import PerHeadTopK
+
+    dense = full_width_dense_copy(sae, layout)
+    if isinstance(dense.activation_fn, PerHeadTopK):
+        dense.activation_fn = _EncodeAllThenSelect(dense.activation_fn)
+    if isinstance(dense.activation_fn, TopK):
+        dense.fold_W_dec_norm = _keep_decoder_norms
+    return dense
 
 
 def tidy_ticks(sae_vis_data: SaeVisData, n_ticks: int = 5) -> None:
@@ -129,7 +166,7 @@ def run_sae_vis(
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 
-    dense = full_width_dense_copy(sae, layout)
+    dense = dashboard_copy(sae, layout)
     vis_config = SaeVisConfig(
         hook_point=layout.hook_name,
         features=features,
