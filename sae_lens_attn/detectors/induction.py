@@ -1,0 +1,344 @@
+""""<t> is next by induction" features (Kissane et al., 2024), found automatically.
+
+For each live feature, `t` is the token it promotes most through its direct logit effect
+(`W_dec W_O W_U`, through the final LayerNorm by default). Packed random-token prompts
+(`induction_prompts`) test every such token at once: a feature is a member when
+
+- it fires (activation > `activation_threshold`) on at least `min_induction_rate` of the
+  second `A`s of `A t ... A` (its induction tests), and
+- it fires on at most `max_control_rate` of both controls: second `A`s of
+  `A <other> ... A` (induction tests of other tokens) and first `A`s (no earlier `A`).
+
+Its score is the induction rate minus the larger control rate. One forward pass, stopped
+at the SAE's hook_z, serves every feature: the SAE encodes all features at the test
+positions and each feature reads the positions that test its own token.
+
+**Live features**: with evaluation `tokens`, those that fire at least once on them;
+without, those whose decoder row is not zero. Rows of features that are not live say
+`evidence["live"] = False`; the family's share is of live features (`family_summary`).
+Members also get their head attribution (`sae_head_attribution`: decoder-norm fraction
+per head, keyed by the model's head index).
+
+Defaults: `n_prompts=8` tests per token, `pairs_per_sequence=8`, `gap=2`,
+`activation_threshold=0`, `min_induction_rate=0.75`, `max_control_rate=0.1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sae_lens_attn.attribution.heads import sae_head_attribution
+from sae_lens_attn.attribution.logit_lens import (
+    DEFAULT_CHUNK_SIZE,
+    iter_logit_weights,
+    sae_output_directions,
+    unembed_through_final_ln,
+)
+from sae_lens_attn.detectors.base import (
+    encode_hook_z,
+    feature_index,
+    resolve_layout,
+    token_strings_of,
+)
+from sae_lens_attn.detectors.induction_prompts import InductionPrompts, induction_prompts
+from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.sources.hook_z import HookZSource
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+__all__ = ["FAMILY", "InductionCounts", "InductionDetector", "live_features", "top_promoted_tokens"]
+
+FAMILY = "induction"
+
+
+@dataclass
+class InductionCounts:
+    """Per-feature firing counts `[n]` on induction tests and the two controls, and the
+    summed activation on induction tests and on all control positions."""
+
+    induction_fires: torch.Tensor
+    induction_tests: torch.Tensor
+    other_fires: torch.Tensor
+    other_tests: torch.Tensor
+    no_prev_fires: torch.Tensor
+    no_prev_tests: torch.Tensor
+    induction_act_sum: torch.Tensor
+    control_act_sum: torch.Tensor
+
+    @classmethod
+    def zeros(cls, n: int) -> InductionCounts:
+        return cls(*(torch.zeros(n, dtype=torch.float64) for _ in range(8)))
+
+    @staticmethod
+    def rate(fires: torch.Tensor, tests: torch.Tensor) -> torch.Tensor:
+        return torch.where(tests > 0, fires / tests.clamp_min(1), 0.0)
+
+
+@torch.no_grad()
+def live_features(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    index: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    batch_size: int = 16,
+    activation_threshold: float = 0.0,
+) -> torch.Tensor:
+    """`[len(index)]` bool: fires on `tokens [batch, pos]` (if given), else has a nonzero
+    decoder row."""
+    if tokens is None:
+        return (sae.W_dec.detach()[index.to(sae.W_dec.device)].norm(dim=1) > 0).cpu()
+    source = HookZSource(model, layout.layer, layout.heads)
+    fired = torch.zeros(len(index), dtype=torch.bool)
+    for start in range(0, tokens.shape[0], batch_size):
+        x = source.activations(tokens[start : start + batch_size].to(model.cfg.device))
+        acts = encode_hook_z(sae, x, layout)[..., index.to(x.device)]
+        fired |= (acts.flatten(0, -2) > activation_threshold).any(dim=0).cpu()
+    return fired
+
+
+def top_promoted_tokens(
+    directions: torch.Tensor, W_U: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(token [n], logit weight [n])`: each direction's most promoted token."""
+    tokens, values = [], []
+    for _, weights in iter_logit_weights(directions, W_U, chunk_size):
+        best = weights.max(dim=1)
+        tokens.append(best.indices.cpu())
+        values.append(best.values.cpu())
+    if not tokens:
+        return torch.empty(0, dtype=torch.long), torch.empty(0)
+    return torch.cat(tokens), torch.cat(values)
+
+
+def _random_token_pool(model: HookedTransformer) -> torch.Tensor:
+    """Every input token id except the tokenizer's special ones."""
+    pool = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        special = [i for i in tokenizer.all_special_ids if 0 <= i < model.cfg.d_vocab]
+        pool[special] = False
+    return pool.nonzero().flatten()
+
+
+def _bos_token_id(model: HookedTransformer) -> int | None:
+    tokenizer = getattr(model, "tokenizer", None)
+    if not model.cfg.default_prepend_bos or tokenizer is None:
+        return None
+    return tokenizer.bos_token_id
+
+
+@torch.no_grad()
+def count_induction_firing(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    index: torch.Tensor,
+    top_tokens: torch.Tensor,
+    prompts: InductionPrompts,
+    batch_size: int = 64,
+    activation_threshold: float = 0.0,
+    progress: bool = False,
+) -> InductionCounts:
+    """Run the prompts (each batch once, stopped at hook_z) and count, for the features
+    `index` with top tokens `top_tokens`, firing on induction tests and controls."""
+    from tqdm.auto import tqdm
+
+    source = HookZSource(model, layout.layer, layout.heads)
+    counts = InductionCounts.zeros(len(index))
+    device = model.cfg.device
+    feature_columns = index.to(sae.W_dec.device)
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="induction prompts", disable=not progress):
+        rows = slice(start, start + batch_size)
+        x = source.activations(prompts.tokens[rows].to(device))  # [b, pos, d_in]
+        positions = torch.cat([prompts.test_positions[rows], prompts.first_positions[rows]], dim=1)
+        at = x.gather(1, positions.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1]))
+        acts = encode_hook_z(sae, at, layout)[..., feature_columns].float().cpu()  # [b, 2K, n]
+        k = prompts.test_positions.shape[1]
+        tests, firsts = acts[:, :k].flatten(0, 1), acts[:, k:].flatten(0, 1)
+        match = prompts.tested_tokens[rows].flatten()[:, None] == top_tokens[None, :]
+        fires = tests > activation_threshold
+        counts.induction_fires += (fires & match).sum(dim=0)
+        counts.induction_tests += match.sum(dim=0)
+        counts.other_fires += (fires & ~match).sum(dim=0)
+        counts.other_tests += (~match).sum(dim=0)
+        counts.no_prev_fires += (firsts > activation_threshold).sum(dim=0)
+        counts.no_prev_tests += firsts.shape[0]
+        counts.induction_act_sum += (tests * match).sum(dim=0)
+        counts.control_act_sum += (tests * ~match).sum(dim=0) + firsts.sum(dim=0)
+    return counts
+
+
+class InductionDetector:
+    """"<t> is next by induction" features, tested on packed random-token prompts."""
+
+    name = "induction"
+    description = '"<token> is next by induction" features (Kissane et al.), with head attribution'
+
+    def detect(
+        self,
+        model: HookedTransformer,
+        sae: SAE,
+        layout: HeadLayout | None = None,
+        *,
+        features: Sequence[int] | None = None,
+        tokens: torch.Tensor | None = None,
+        n_prompts: int = 8,
+        pairs_per_sequence: int = 8,
+        gap: int = 2,
+        activation_threshold: float = 0.0,
+        min_induction_rate: float = 0.75,
+        max_control_rate: float = 0.1,
+        through_final_ln: bool = True,
+        batch_size: int = 64,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        seed: int = 0,
+        progress: bool = False,
+        **_: Any,
+    ) -> list[FamilyRow]:
+        """One row per feature (see the module docstring); `tokens [batch, pos]` are the
+        evaluation tokens that decide which features are live."""
+        if not 0 <= max_control_rate < min_induction_rate <= 1:
+            raise ValueError(
+                f"need 0 <= max_control_rate < min_induction_rate <= 1, got "
+                f"{max_control_rate} and {min_induction_rate}"
+            )
+        layout = resolve_layout(sae, model, layout)
+        index = feature_index(sae, features)
+        live = live_features(model, sae, layout, index, tokens, activation_threshold=activation_threshold)
+        tested = index[live]
+        W_U = unembed_through_final_ln(model) if through_final_ln else model.W_U.detach()
+        directions = sae_output_directions(sae, model, layout)[tested.to(sae.W_dec.device)]
+        top_tokens, top_values = top_promoted_tokens(directions, W_U, chunk_size)
+        counts = InductionCounts.zeros(0)
+        if len(tested):
+            prompts = induction_prompts(
+                top_tokens.unique(),
+                _random_token_pool(model),
+                n_prompts,
+                pairs_per_sequence,
+                gap,
+                _bos_token_id(model),
+                seed,
+            )
+            if prompts.tokens.shape[1] > model.cfg.n_ctx:
+                raise ValueError(
+                    f"prompts of {prompts.tokens.shape[1]} tokens exceed the model's n_ctx "
+                    f"{model.cfg.n_ctx}: lower pairs_per_sequence or gap"
+                )
+            counts = count_induction_firing(
+                model, sae, layout, tested, top_tokens, prompts, batch_size, activation_threshold, progress
+            )
+        return self._rows(model, sae, layout, index, live, tested, top_tokens, top_values, counts,
+                          min_induction_rate, max_control_rate, tokens is not None)
+
+    def _rows(
+        self,
+        model: HookedTransformer,
+        sae: SAE,
+        layout: HeadLayout,
+        index: torch.Tensor,
+        live: torch.Tensor,
+        tested: torch.Tensor,
+        top_tokens: torch.Tensor,
+        top_values: torch.Tensor,
+        counts: InductionCounts,
+        min_induction_rate: float,
+        max_control_rate: float,
+        live_by_tokens: bool,
+    ) -> list[FamilyRow]:
+        rate = InductionCounts.rate
+        induction = rate(counts.induction_fires, counts.induction_tests)
+        other = rate(counts.other_fires, counts.other_tests)
+        no_prev = rate(counts.no_prev_fires, counts.no_prev_tests)
+        control = torch.maximum(other, no_prev)
+        member = (counts.induction_tests > 0) & (induction >= min_induction_rate) & (control <= max_control_rate)
+        members = tested[member]
+        heads = sae_head_attribution(sae, layout.n_heads, members.to(sae.W_dec.device)).cpu()
+        head_of = dict(zip(members.tolist(), heads.tolist(), strict=True))
+        strings = token_strings_of(model)
+        position = {feature: i for i, feature in enumerate(tested.tolist())}
+        live_by = "tokens" if live_by_tokens else "weights"
+        rows = []
+        for feature, is_live in zip(index.tolist(), live.tolist(), strict=True):
+            if not is_live:
+                reason = "never fires on the evaluation tokens" if live_by_tokens else "zero decoder row"
+                rows.append(FamilyRow(self.name, feature, None, 0.0, {"live": False, "live_by": live_by, "summary": f"not live: {reason}"}))
+                continue
+            i = position[feature]
+            token = int(top_tokens[i])
+            shown = repr(strings[token]) if strings is not None else f"token {token}"
+            evidence: dict[str, Any] = {
+                "live": True,
+                "live_by": live_by,
+                "token": token,
+                "token_string": None if strings is None else strings[token],
+                "top_logit_weight": top_values[i].item(),
+                "induction_fires": int(counts.induction_fires[i]),
+                "induction_tests": int(counts.induction_tests[i]),
+                "other_fires": int(counts.other_fires[i]),
+                "other_tests": int(counts.other_tests[i]),
+                "no_prev_fires": int(counts.no_prev_fires[i]),
+                "no_prev_tests": int(counts.no_prev_tests[i]),
+                "induction_rate": induction[i].item(),
+                "control_rate": control[i].item(),
+                "mean_induction_activation": (counts.induction_act_sum[i] / counts.induction_tests[i].clamp_min(1)).item(),
+                "mean_control_activation": (counts.control_act_sum[i] / (counts.other_tests[i] + counts.no_prev_tests[i]).clamp_min(1)).item(),
+            }
+            tally = (
+                f"fires on {evidence['induction_fires']}/{evidence['induction_tests']} induction "
+                f"prompts, {control[i].item():.0%} of controls"
+            )
+            if feature in head_of:
+                fractions = head_of[feature]
+                evidence["heads"] = {str(h): f for h, f in zip(layout.heads, fractions, strict=True)}
+                top_head = layout.heads[max(range(len(fractions)), key=fractions.__getitem__)]
+                evidence["top_head"] = top_head
+                evidence["summary"] = f"{shown} is next by induction ({tally}; head {layout.layer}.{top_head})"
+                rows.append(FamilyRow(self.name, feature, FAMILY, (induction[i] - control[i]).item(), evidence))
+            else:
+                evidence["summary"] = f"not induction for {shown} ({tally})"
+                rows.append(FamilyRow(self.name, feature, None, (induction[i] - control[i]).item(), evidence))
+        return rows
+
+    def figures(self, rows: Sequence[FamilyRow], model: HookedTransformer | None = None) -> dict[str, go.Figure]:
+        rows = [row for row in rows if row.detector == self.name and row.live]
+        return {"induction_rates": induction_figure(rows)} if rows else {}
+
+
+def induction_figure(rows: Sequence[FamilyRow]) -> go.Figure:
+    """Scatter of control rate vs induction rate of live features, members highlighted."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for is_member, label in ((False, "not induction"), (True, "induction")):
+        chosen = [r for r in rows if (r.family == FAMILY) == is_member]
+        figure.add_trace(
+            go.Scattergl(
+                x=[r.evidence.get("control_rate", 0.0) for r in chosen],
+                y=[r.evidence.get("induction_rate", 0.0) for r in chosen],
+                mode="markers",
+                marker={"size": 5, "opacity": 0.6},
+                name=f"{label} ({len(chosen)})",
+                text=[f"feature {r.feature}: {r.evidence.get('summary', '')}" for r in chosen],
+                hoverinfo="text",
+            )
+        )
+    share = sum(r.family == FAMILY for r in rows) / max(len(rows), 1)
+    figure.update_layout(
+        title=f'"<token> is next by induction": {share:.1%} of {len(rows)} live features',
+        xaxis_title="firing rate on controls (max of A <other> ... A, no earlier A)",
+        yaxis_title="firing rate on A <token> ... A",
+        template="plotly_white",
+    )
+    return figure
