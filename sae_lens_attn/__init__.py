@@ -13,6 +13,15 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY_EXPORTS: dict[str, str] = {
     "FeatureCircuit": "sae_lens_attn.attribution.circuit",
+    "DashboardConfig": "sae_lens_attn.dashboard.config",
+    "FeatureDFA": "sae_lens_attn.attribution.dfa",
+    "decoder_head_attribution": "sae_lens_attn.attribution.heads",
+    "dfa_by_source": "sae_lens_attn.attribution.dfa",
+    "dfa_by_source_and_head": "sae_lens_attn.attribution.dfa",
+    "encoder_head_attribution": "sae_lens_attn.attribution.heads",
+    "feature_dfa": "sae_lens_attn.attribution.dfa",
+    "render_dashboard": "sae_lens_attn.dashboard.render",
+    "sae_head_attribution": "sae_lens_attn.attribution.heads",
     "HeadLayout": "sae_lens_attn.sources.head_layout",
     "HookZSource": "sae_lens_attn.sources.hook_z",
     "HookZTrainingRunner": "sae_lens_attn.sources.runner",
