@@ -14,6 +14,7 @@ from sae_lens_attn.attribution.logit_lens import (
     feature_output_directions,
     iter_logit_weights,
     logit_weight_stats,
+    moments,
     sae_output_directions,
     top_logit_tokens,
     unembed_through_final_ln,
@@ -138,3 +139,12 @@ def test_logit_weight_chunks_cover_every_feature_once():
 def test_bad_shapes_raise_value_errors_that_say_what_is_expected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_constant_float32_logit_weights_give_nan_not_rounding_noise():
+    weights = torch.full((1, 2000), 0.7)  # float32: the mean is not exactly 0.7
+    stats = moments(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isnan(scipy.stats.skew(weights.double().numpy()[0]))  # exact in float64
+    assert torch.isnan(stats.skewness).all() and torch.isnan(stats.kurtosis).all()

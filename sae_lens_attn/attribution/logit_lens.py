@@ -46,7 +46,8 @@ class LogitStats:
 
     `std` is the population std; `skewness` and `kurtosis` are the third and fourth
     standardised moments (kurtosis non-excess: 3 for a normal distribution). A feature
-    whose weights are all equal has std 0 and NaN skewness and kurtosis, as in scipy.
+    whose weights are all equal (up to float rounding, by scipy's own test) has NaN
+    skewness and kurtosis, as in scipy.
     """
 
     mean: torch.Tensor
@@ -159,8 +160,12 @@ def moments(weights: torch.Tensor) -> LogitStats:
     m2 = squared.mean(dim=1)
     m3 = (squared * centred).mean(dim=1)
     m4 = squared.square().mean(dim=1)
-    # exactly-constant rows give 0/0 = NaN, as scipy does
-    return LogitStats(mean=mean, std=m2.sqrt(), skewness=m3 / m2**1.5, kurtosis=m4 / m2.square())
+    # (nearly) constant rows: NaN shape statistics, with scipy's test for "constant"
+    constant = m2 <= (torch.finfo(m2.dtype).resolution * 10 * mean).square()
+    nan = torch.full_like(m2, float("nan"))
+    skewness = torch.where(constant, nan, m3 / m2**1.5)
+    kurtosis = torch.where(constant, nan, m4 / m2.square())
+    return LogitStats(mean=mean, std=m2.sqrt(), skewness=skewness, kurtosis=kurtosis)
 
 
 def logit_weight_stats(

@@ -1,0 +1,166 @@
+"""`sae-lens-attn detect`: run feature-family detectors on a hook_z SAE, write the results.
+
+Writes `families.csv` and `families.json` (one row per feature and detector) and each
+detector's figures (`<name>.html`, and `<name>.png` where kaleido can render) into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sae_lens_attn.commands._common import (
+    add_model_argument,
+    add_out_argument,
+    add_sae_argument,
+    load_model,
+    load_sae,
+    parse_index_list,
+)
+
+DEFAULT_DETECTORS = "induction,logit_lens,enrichment"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "detect",
+        help="find feature families: induction, logit-lens classes, token-set enrichment",
+        description="Run feature-family detectors (plugins of kind 'detector') on every "
+        "feature of a hook_z SAE and write families.csv, families.json and plots.",
+    )
+    add_sae_argument(parser)
+    add_model_argument(parser)
+    add_out_argument(parser, "detect_out")
+    parser.add_argument(
+        "--detectors",
+        default=DEFAULT_DETECTORS,
+        help=f"comma-separated detector names (default: {DEFAULT_DETECTORS}); "
+        "`sae-lens-attn plugins` lists every installed one",
+    )
+    parser.add_argument("--features", type=parse_index_list, help="features to analyse, e.g. 0-99,120 (default: all)")
+    parser.add_argument(
+        "--eval-sequences",
+        type=int,
+        default=64,
+        help="sequences of the embedded corpus (Python stdlib, test split, tokenized with the "
+        "model's tokenizer) that decide which features are live; 0: every feature with a "
+        "nonzero decoder row is live (default: 64)",
+    )
+    parser.add_argument("--context-size", type=int, default=128, help="tokens per evaluation sequence (default: 128)")
+    parser.add_argument("--n-prompts", type=int, default=8, help="induction prompts per tested token (default: 8)")
+    parser.add_argument(
+        "--regex",
+        action="append",
+        default=[],
+        metavar="NAME=PATTERN",
+        help="extra token set: tokens whose decoded text re.match-es PATTERN (repeatable)",
+    )
+    parser.add_argument(
+        "--pvalues", choices=("ks", "permutation"), default="ks", help="enrichment p-values (default: ks)"
+    )
+    parser.add_argument(
+        "--no-final-ln",
+        action="store_true",
+        help="logit weights straight through W_U, without the final LayerNorm's weight",
+    )
+    parser.add_argument("--no-png", action="store_true", help="write figures as HTML only")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_regex(items: list[str]) -> dict[str, str]:
+    """['name=pattern', ...] -> {name: pattern}; a ValueError says what is expected."""
+    patterns = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name or not pattern:
+            raise ValueError(f"--regex {item!r}: expected NAME=PATTERN, e.g. --regex 'year=^ ?1[89]\\d\\d$'")
+        patterns[name] = pattern
+    return patterns
+
+
+def evaluation_tokens(model: Any, n_sequences: int, context_size: int):
+    """`[n, context_size]` tokens of the embedded corpus's test split, or None."""
+    if n_sequences <= 0 or getattr(model, "tokenizer", None) is None:
+        return None
+    from sae_lens_attn.models.dataset import corpus_tokens
+
+    return corpus_tokens(model.tokenizer, min(context_size, model.cfg.n_ctx), n_sequences, "test")
+
+
+def save_figure(figure: Any, out_dir: Path, stem: str, png: bool = True) -> list[Path]:
+    """`stem.html` (plotly.js embedded: opens offline) and `stem.png` where kaleido can
+    render; a PNG that cannot be made is reported, not fatal."""
+    html = out_dir / f"{stem}.html"
+    figure.write_html(html, include_plotlyjs=True)
+    written = [html]
+    if not png:
+        return written
+    try:
+        figure.write_image(out_dir / f"{stem}.png", width=1000, height=650)
+        written.append(out_dir / f"{stem}.png")
+    except Exception as error:  # kaleido missing or no browser for it to drive
+        print(f"note: {stem}.png not written ({type(error).__name__}: {error}); the HTML has the figure")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sae_lens_attn.commands.plugins import format_table
+    from sae_lens_attn.detectors.results import family_summary, save_family_rows
+    from sae_lens_attn.plugins import get_plugin_manager
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+    try:
+        regex = parse_regex(args.regex)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    names = [name.strip() for name in args.detectors.split(",") if name.strip()]
+    manager = get_plugin_manager()
+    try:
+        detectors = {name: manager.get("detector", name) for name in names}
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+    torch.manual_seed(args.seed)
+    model = load_model(args.model).to(args.device)
+    sae = load_sae(args.sae, device=args.device)
+    layout = HeadLayout.from_sae(sae, model)
+    print(f"SAE {args.sae}: {sae.cfg.d_sae} features on {layout.hook_name} heads {list(layout.heads)}")
+    options = {
+        "features": args.features,
+        "tokens": evaluation_tokens(model, args.eval_sequences, args.context_size),
+        "n_prompts": args.n_prompts,
+        "regex": regex,
+        "method": args.pvalues,
+        "through_final_ln": not args.no_final_ln,
+        "seed": args.seed,
+        "progress": True,
+    }
+    rows = []
+    figures = {}
+    for name, detector in detectors.items():
+        detect = getattr(detector, "detect", detector)  # a plain function is a detector too
+        found = detect(model, sae, layout, **options)
+        rows.extend(found)
+        if hasattr(detector, "figures"):
+            figures.update(detector.figures(found, model))
+        notes = {note for row in found for note in row.evidence.get("notes", [])}
+        for note in sorted(notes):
+            print(f"note ({name}): {note}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = list(save_family_rows(rows, args.out))
+    for stem, figure in figures.items():
+        written.extend(save_figure(figure, args.out, stem, png=not args.no_png))
+    table = [
+        (detector, family, str(stats["count"]), f"{stats['share_of_live']:.1%}", str(summary["live"]))
+        for detector, summary in family_summary(rows).items()
+        for family, stats in summary["families"].items()
+    ]
+    print(format_table(table, ("detector", "family", "features", "share of live", "live")) if table else "no family found")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0

@@ -1,0 +1,86 @@
+"""`sae-lens-attn detect` end to end on a tiny model with a real (locally trained) tokenizer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from sae_lens_attn.cli import main
+from sae_lens_attn.commands import detect
+from sae_lens_attn.detectors.results import load_family_rows
+from sae_lens_attn.plugins import get_plugin_manager
+from sae_lens_attn.sources.head_layout import HeadLayout
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_with_tokenizer(tmp_path_factory):
+    from sae_lens_attn.models.corpus import iter_corpus_texts
+    from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
+
+    texts = list(itertools.islice(iter_corpus_texts("train"), 20))
+    folder = save_tokenizer(train_bpe_tokenizer(texts, 300), tmp_path_factory.mktemp("tok"), 64)
+    model = make_tiny_model(d_vocab=300, n_ctx=64)
+    model.tokenizer = load_tokenizer(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_sae(tmp_path_factory, model_with_tokenizer):
+    layout = HeadLayout.for_model(model_with_tokenizer, layer=1, heads=[3, 1])
+    sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=16))
+    layout.store_in(sae)
+    folder = tmp_path_factory.mktemp("sae")
+    sae.save_model(folder)
+    return folder
+
+
+def test_built_in_detectors_are_plugins_of_kind_detector():
+    names = {loaded.entry.name for loaded in get_plugin_manager().entries("detector")}
+    assert {"induction", "logit_lens", "enrichment"} <= names
+    detector = get_plugin_manager().get("detector", "logit_lens")
+    assert detector.name == "logit_lens" and callable(detector.detect)
+
+
+def test_detect_writes_families_and_figures_for_every_feature(tmp_path, monkeypatch, capsys, model_with_tokenizer, saved_sae):
+    monkeypatch.setattr(detect, "load_model", lambda name: model_with_tokenizer)
+    out = tmp_path / "out"
+    code = main(
+        ["detect", "--sae", str(saved_sae), "--out", str(out), "--eval-sequences", "2",
+         "--context-size", "32", "--regex", "has_e=.*e", "--n-prompts", "2", "--no-png"]
+    )
+    assert code == 0
+    rows = load_family_rows(out)
+    assert sorted({(row.detector, row.feature) for row in rows}) == sorted(
+        (name, f) for name in ("induction", "logit_lens", "enrichment") for f in range(16)
+    )
+    document = json.loads((out / "families.json").read_text())
+    assert set(document["summary"]) == {"induction", "logit_lens", "enrichment"}
+    for stem in ("logit_lens_skew_kurtosis", "enrichment_families"):
+        assert (out / f"{stem}.html").stat().st_size > 100_000  # plotly.js is embedded
+    enrichment = [row for row in rows if row.detector == "enrichment"]
+    assert any("NLTK" in note for note in enrichment[0].evidence.get("notes", []))
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "families.csv" in printed
+
+
+def test_detect_rejects_unknown_detectors_and_bad_regex(saved_sae, tmp_path):
+    with pytest.raises(SystemExit, match="unknown detector 'nope'"):
+        main(["detect", "--sae", str(saved_sae), "--detectors", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="expected NAME=PATTERN"):
+        main(["detect", "--sae", str(saved_sae), "--regex", "nopattern", "--out", str(tmp_path)])
+
+
+def test_figures_are_saved_as_html_and_png_where_kaleido_can_render(tmp_path):
+    pytest.importorskip("kaleido")
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("kaleido needs a Chrome/Chromium to render PNGs")
+    import plotly.graph_objects as go
+
+    written = detect.save_figure(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), tmp_path, "f")
+    assert written == [tmp_path / "f.html", tmp_path / "f.png"]
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
