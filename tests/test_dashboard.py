@@ -170,6 +170,8 @@ class Rendered:
     html: Path
     json: Path
     features: dict
+    model: object
+    sae: StandardSAE
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def rendered() -> Rendered:
     files = render_dashboard(
         model, sae, hostile_tokens(), FEATURES, ARTIFACTS / "dashboard", families=families
     )
-    return Rendered(files.html, files.json, json.loads(files.json.read_text()))
+    return Rendered(files.html, files.json, json.loads(files.json.read_text()), model, sae)
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +276,17 @@ def test_features_json_has_neuronpedia_dfa_fields_that_add_up_to_the_activation(
     lens = rendered.features["features"][0]["logit_lens"]
     assert lens["top_tokens"][0]["token"] == SCRIPT_TOKEN and lens["class"] == "prediction"
     assert lens["bottom_tokens"][0]["token"] == IMG_TOKEN
+
+
+def test_logit_lens_panel_shows_the_statistics_the_logit_lens_detector_classifies(rendered):
+    from sae_lens_attn.detectors.logit_lens_classes import LogitLensClassDetector
+
+    rows = LogitLensClassDetector().detect(rendered.model, rendered.sae, features=FEATURES)
+    for row, feature in zip(rows, rendered.features["features"], strict=True):
+        lens = feature["logit_lens"]
+        for key in ("std", "skewness", "kurtosis"):
+            assert lens[key] == pytest.approx(row.evidence[key], abs=1e-3)
+        assert [t["id"] for t in lens["top_tokens"][:5]] == row.evidence["top_tokens"]
 
 
 def test_page_size_stays_reasonable(rendered):

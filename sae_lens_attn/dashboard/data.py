@@ -22,6 +22,7 @@ from sae_lens_attn.attribution.logit_lens import (
     feature_output_directions,
     logit_weight_stats,
     top_logit_tokens,
+    unembed_through_final_ln,
 )
 from sae_lens_attn.dashboard.panels import FeatureReport, LogitLensSummary, TopExample
 from sae_lens_attn.sources.head_layout import HeadLayout
@@ -112,11 +113,12 @@ def example_dfa(
 def logit_lens_summaries(
     model: HookedTransformer, sae: SAE, layout: HeadLayout, features: Sequence[int], k: int
 ) -> list[LogitLensSummary]:
-    """Logit-lens statistics and top/bottom tokens of `features` through `W_O W_U`."""
+    """Logit-lens statistics and top/bottom tokens of `features` through `W_O`, the final
+    LayerNorm's linear part and `W_U`, as the logit-lens detector computes them."""
     index = torch.as_tensor(list(features), device=sae.b_dec.device)
     W_O = model.W_O[layout.layer][list(layout.heads)].detach()
     directions = feature_output_directions(sae.W_dec[index].detach(), W_O.to(sae.W_dec.device))
-    W_U = model.W_U.detach()
+    W_U = unembed_through_final_ln(model)
     stats = logit_weight_stats(directions, W_U)
     top_v, top_i, bottom_v, bottom_i = top_logit_tokens(directions, W_U, min(k, W_U.shape[1]))
     return [

@@ -1,7 +1,8 @@
 """Panel: logit-lens statistics of the feature's output direction through `W_O W_U`.
 
 Shows std, skewness and (non-excess) kurtosis of the logit weights over the vocabulary
-(Bloom 2024; `sae_lens_attn.attribution.logit_lens`), the class the logit-lens detector
+(Bloom 2024; `sae_lens_attn.attribution.logit_lens`), computed as the logit-lens detector
+computes them (through the final LayerNorm's linear part), the class that detector
 assigned when detector results were given, and the most promoted and suppressed tokens.
 """
 
