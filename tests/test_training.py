@@ -197,6 +197,7 @@ def test_evaluate_hook_z_sae_reports_saelens_metrics(tiny_model, train_tokens, t
          {"sae": StandardTrainingSAEConfig(d_in=64, d_sae=128, normalize_activations="layer_norm")},
          "per_head_norm cannot be combined with normalize_activations='layer_norm'"),
         (lambda m: HookZSource(m, 1, heads=[1, 2]), {}, r"sae.d_in=64 does not match the source"),
+        (lambda m: HookZSource(m, 1), {"compile_llm": True}, "set compile_llm=False"),
     ],
 )
 def test_runner_refuses_settings_it_cannot_honour(tiny_model, train_tokens, make_source, kwargs, message):
@@ -249,3 +250,19 @@ def test_saved_sae_loads_with_its_layout(tiny_model, train_tokens, tmp_path):
                      sae_kwargs={"k": 2}, output_path=tmp_path, **SMALL_RUN)
     loaded = SAE.load_from_disk(tmp_path)
     assert HeadLayout.from_sae(loaded, tiny_model) == HeadLayout.for_model(tiny_model, 1, [1])
+
+
+def test_checkpoints_keep_the_per_head_scale_for_resuming(tiny_model, train_tokens, tmp_path):
+    source = HookZSource(tiny_model, 1, heads=[1, 3], per_head_norm=True)
+    runner = small_runner(tiny_model, source, train_tokens, checkpoint_path=str(tmp_path), n_checkpoints=1)
+    runner.run()
+    [checkpoint] = [p for p in tmp_path.rglob("hook_z_source.json")]
+    assert json.loads(checkpoint.read_text())["per_head_scale"] == source.per_head_scale.tolist()
+    resumed = HookZSource(tiny_model, 1, heads=[1, 3], per_head_norm=True)
+    other_tokens = torch.randint(0, 101, (32, 32), generator=torch.Generator().manual_seed(5))
+    small_runner(tiny_model, resumed, other_tokens, resume_from_checkpoint=str(checkpoint.parent))
+    # taken from the checkpoint, not re-estimated from other data
+    torch.testing.assert_close(resumed.per_head_scale, source.per_head_scale, rtol=0, atol=0)
+    fresh = HookZSource(tiny_model, 1, heads=[1, 3], per_head_norm=True)
+    small_runner(tiny_model, fresh, other_tokens)
+    assert not torch.allclose(fresh.per_head_scale, source.per_head_scale)

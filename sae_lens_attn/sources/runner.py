@@ -56,6 +56,11 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
                 f"per_head_norm cannot be combined with normalize_activations="
                 f"{cfg.sae.normalize_activations!r}; use one of {_PER_HEAD_NORM_COMPATIBLE}"
             )
+        if cfg.compile_llm:
+            raise ValueError(
+                "compile_llm compiles the model's run_with_cache, which the hook_z source does "
+                "not call (it stops the forward pass at hook_z itself); set compile_llm=False"
+            )
         disable_datasets_torchvision_formatting()
         super().__init__(
             cfg,
