@@ -56,8 +56,8 @@ def train_hook_z_sae(
 
     `dataset` is pretokenized (`input_ids`/`tokens` rows), a `[n_seq, pos]` token
     tensor (`context_size` defaults to its row length), or a Hugging Face dataset path
-    that SAELens loads itself (needs the hub and `context_size`). `sae_kwargs` are fields of the
-    architecture's training config (`l1_coefficient`, `k`, `activation`, ...);
+    that SAELens loads itself (needs the hub and `context_size`). `sae_kwargs` are fields
+    of the architecture's training config (`l1_coefficient`, `k`, `activation`, ...);
     `runner_kwargs` are further `LanguageModelSAERunnerConfig` fields. Nothing touches the
     network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
     """
