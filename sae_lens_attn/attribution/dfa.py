@@ -249,8 +249,7 @@ def feature_dfa(
     terms = dfa_by_source_and_head(
         pattern, v, W_x, dest, feature_chunk_size=feature_chunk_size
     )
-    dest = torch.as_tensor(dest, dtype=torch.long, device=pattern.device)
-    dest = dest[:, None].expand(-1, len(index)) if dest.ndim == 1 else dest
+    _, dest = _check_inputs(pattern, v, W_x, dest)  # as `[batch, n_features]`
     if sae.cfg.normalize_activations in _PER_TOKEN_NORMALISATIONS:
         x = torch.einsum("bhqk,bkhd->bqhd", pattern, v).flatten(-2)
         scale = _per_token_scale(sae, x).gather(1, dest)  # [b, F]
