@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS: dict[str, str] = {
+    "BlockDiagonalSAE": "sae_lens_attn.architectures.block_diagonal",
+    "BlockDiagonalSAEConfig": "sae_lens_attn.architectures.block_diagonal",
+    "BlockDiagonalTrainingSAE": "sae_lens_attn.architectures.block_diagonal",
+    "BlockDiagonalTrainingSAEConfig": "sae_lens_attn.architectures.block_diagonal",
     "FeatureCircuit": "sae_lens_attn.attribution.circuit",
     "DashboardConfig": "sae_lens_attn.dashboard.config",
     "FeatureDFA": "sae_lens_attn.attribution.dfa",
