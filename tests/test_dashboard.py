@@ -217,7 +217,9 @@ def test_dashboard_in_chromium_offline_shows_every_panel_with_content(dom):
 
     tokens = panels["dfa"].find_all("span", "sla-tok")
     assert len(tokens) > 20 and all(t.attrs["data-tip"].count("L1H") == 4 for t in tokens)
-    assert len(panels["dfa"].find_all("span", "sla-dest")) == 5  # one bold token per example
+    top_group = [g for g in dom.find_all("div", "seq-group") if g.text().startswith("TOP ACTIVATIONS")]
+    shown = len(top_group[0].find_all("div", "seq"))  # sae_dashboard's top examples
+    assert shown == 8 and len(panels["dfa"].find_all("span", "sla-dest")) == shown
     assert panels["head_attribution"].find_all(cls="main-svg")  # plotly drew the bars offline
     cells = [td.text() for td in panels["logit_lens"].find_all("td")]
     assert {"std", "skewness", "kurtosis", "class", "prediction", SCRIPT_TOKEN, IMG_TOKEN} <= set(cells)

@@ -48,7 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="comma-separated panel names (default: every installed panel; see "
         "`sae-lens-attn plugins`)",
     )
-    parser.add_argument("--dfa-examples", type=int, default=5, help="top examples with DFA (5)")
+    parser.add_argument(
+        "--dfa-examples", type=int,
+        help="how many of the shown top examples get a DFA row (default: all 8)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
     add_out_argument(parser, "dashboard")
     return parser

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 ExampleSite = tuple[int, int, float]
 
 
-def shown_top_examples(sae_vis_data: SaeVisData, n: int) -> dict[int, list[ExampleSite]]:
-    """The first `n` sequences of each feature's top-activations group, as sites."""
+def shown_top_examples(sae_vis_data: SaeVisData, n: int | None) -> dict[int, list[ExampleSite]]:
+    """The first `n` (None: all) sequences of each feature's top-activations group."""
     buffer = sae_vis_data.cfg.feature_centric_layout.seq_cfg.buffer
     sites: dict[int, list[ExampleSite]] = {}
     for feature, feature_data in sae_vis_data.feature_data_dict.items():
@@ -140,7 +140,7 @@ def feature_reports(
     layout: HeadLayout,
     tokens: torch.Tensor,
     sae_vis_data: SaeVisData,
-    n_examples: int,
+    n_examples: int | None,
     n_logit_tokens: int,
     families: Sequence[FamilyRow] | None = None,
 ) -> list[FeatureReport]:
