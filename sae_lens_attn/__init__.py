@@ -16,8 +16,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "BlockDiagonalSAEConfig": "sae_lens_attn.architectures.block_diagonal",
     "BlockDiagonalTrainingSAE": "sae_lens_attn.architectures.block_diagonal",
     "BlockDiagonalTrainingSAEConfig": "sae_lens_attn.architectures.block_diagonal",
-    "FeatureCircuit": "sae_lens_attn.attribution.circuit",
     "DashboardConfig": "sae_lens_attn.dashboard.config",
+    "FeatureCircuit": "sae_lens_attn.attribution.circuit",
     "FeatureDFA": "sae_lens_attn.attribution.dfa",
     "decoder_head_attribution": "sae_lens_attn.attribution.heads",
     "dfa_by_source": "sae_lens_attn.attribution.dfa",
@@ -36,6 +36,13 @@ _LAZY_EXPORTS: dict[str, str] = {
     "feature_circuit": "sae_lens_attn.attribution.circuit",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",
+    "MultiHeadToyConfig": "sae_lens_attn.toy.ground_truth",
+    "SweepConfig": "sae_lens_attn.toy.sweep",
+    "evaluate_on_toy": "sae_lens_attn.toy.evaluation",
+    "make_multi_head_toy": "sae_lens_attn.toy.ground_truth",
+    "mmcs": "sae_lens_attn.toy.metrics",
+    "run_sweep": "sae_lens_attn.toy.sweep",
+    "train_sae_on_toy": "sae_lens_attn.toy.training",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_EXPORTS)]
