@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_attn.commands._common import (
     add_model_argument,
@@ -21,6 +22,9 @@ from sae_lens_attn.commands._common import (
     load_model,
     load_sae,
 )
+
+if TYPE_CHECKING:
+    from sae_lens_attn.attribution.circuit import FeatureCircuit
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,17 +67,42 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def write_circuit(
+    circuit: FeatureCircuit,
+    out: Path,
+    decode: Callable[[int], str] = str,
+    top_tokens: int = 10,
+    top_components: int = 20,
+) -> dict[str, Any]:
+    """Write the tables, `summary.json` and plots of `circuit` into `out`; returns the
+    summary."""
     from sae_lens_attn.attribution.circuit import (
         circuit_summary,
         downstream_rows,
-        feature_circuit,
         query_key_rows,
         upstream_rows,
     )
     from sae_lens_attn.dashboard.circuit_panel import effects_figure, upstream_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "upstream.csv", upstream_rows(circuit, decode))
+    _write_csv(out / "query_key.csv", query_key_rows(circuit))
+    _write_csv(out / "downstream.csv", downstream_rows(circuit, top_tokens, decode))
+    summary = circuit_summary(circuit, decode=decode)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    figures = {"upstream.html": upstream_figure(circuit, decode, top_components)}
+    if circuit.downstream is not None:
+        figures["effects.html"] = effects_figure(circuit, decode, top_tokens)
+    for name, figure in figures.items():
+        figure.write_html(out / name, include_plotlyjs="directory")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sae_lens_attn.attribution.circuit import feature_circuit
+    from sae_lens_attn.dashboard.render import token_decoder
     from sae_lens_attn.sources.head_layout import HeadLayout
 
     steps = tqdm(total=4, desc="circuit", unit="step")
@@ -82,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     upstream = [load_sae(path) for path in args.upstream_sae]
     steps.update()
     tokens = model.to_tokens(args.prompt)[0]
-    decode = model.to_single_str_token if model.tokenizer is not None else str
+    decode = token_decoder(model.tokenizer)
     try:
         circuit = feature_circuit(
             model, sae, tokens, args.feature, destination=args.destination,
@@ -94,18 +123,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {error}") from None
     steps.update(2)
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "upstream.csv", upstream_rows(circuit, decode))
-    _write_csv(out / "query_key.csv", query_key_rows(circuit))
-    _write_csv(out / "downstream.csv", downstream_rows(circuit, args.top_tokens, decode))
-    summary = circuit_summary(circuit, decode=decode)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    figures = {"upstream.html": upstream_figure(circuit, decode, args.top_components)}
-    if circuit.downstream is not None:
-        figures["effects.html"] = effects_figure(circuit, decode, args.top_tokens)
-    for name, figure in figures.items():
-        figure.write_html(out / name, include_plotlyjs="directory")
+    summary = write_circuit(circuit, args.out, decode, args.top_tokens, args.top_components)
     steps.update()
     steps.close()
 
@@ -119,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  source {source['source']:>3} {source['token']!r}: DFA {source['dfa']:+.4f}")
     for row in summary.get("top_promoted_direct", []):
         print(f"  promotes {row['token']!r}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}")
+    print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return 0
