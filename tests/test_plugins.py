@@ -166,3 +166,14 @@ def test_registration_is_idempotent():
     assert first == second
     assert set(first) <= set(SAE_CLASS_REGISTRY)
     assert {k: v for k, v in SAE_CLASS_REGISTRY.items() if k in before} == before
+
+
+def test_sae_lens_cli_offers_block_diagonal_without_our_import():
+    """SAELens's own runner CLI lists and parses block_diagonal in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sae_lens.llm_sae_training_runner",
+         "--architecture", "block_diagonal", "--help"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "block_diagonal}" in result.stdout
+    assert "--n_heads" in result.stdout
