@@ -344,3 +344,15 @@ def test_plugin_registers_the_four_classes_with_saelens_by_name():
         BlockDiagonalTrainingSAE,
         BlockDiagonalTrainingSAEConfig,
     )
+
+
+def test_saelens_command_line_accepts_architecture_block_diagonal():
+    from sae_lens.llm_sae_training_runner import _parse_cfg_args
+
+    cfg = _parse_cfg_args(
+        ["--architecture", "block_diagonal", "--d_in", "64", "--d_sae", "256", "--n_heads", "4",
+         "--activation", "topk", "--k", "8", "--model_name", "m", "--hook_name", "blocks.0.attn.hook_z",
+         "--dataset_path", "d"]
+    )  # fmt: skip
+    assert isinstance(cfg.sae, BlockDiagonalTrainingSAEConfig)
+    assert (cfg.sae.n_heads, cfg.sae.activation, cfg.sae.k, cfg.sae.d_sae_per_head) == (4, "topk", 8, 64)
