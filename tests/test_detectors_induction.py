@@ -161,3 +161,29 @@ def test_contradictory_thresholds_are_rejected(setup):
     model, layout, sae = setup
     with pytest.raises(ValueError, match="max_control_rate < min_induction_rate"):
         InductionDetector().detect(model, sae, layout, min_induction_rate=0.1, max_control_rate=0.5)
+
+
+def test_block_diagonal_sae_gives_the_same_families_as_its_dense_copy(setup):
+    from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
+
+    model, layout, _ = setup
+    sae = BlockDiagonalSAE(
+        BlockDiagonalSAEConfig(d_in=layout.d_in, d_sae=8, n_heads=2, apply_b_dec_to_input=False)
+    )
+    layout.store_in(sae)
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.zero_()
+        for feature, token in INDUCTION.items():  # head 0 owns features 0-3
+            sae.W_enc_blocks[0, token, feature] = 1.0
+            sae.W_dec_blocks[0, feature, token] = 1.0
+            sae.b_enc[feature] = -0.5
+        sae.W_enc_blocks[1, 13, 0] = 1.0  # feature 4 (head 1): the current token is 13
+        sae.W_dec_blocks[1, 0, 13] = 1.0
+        sae.b_enc[4] = -0.5
+    options = {"pairs_per_sequence": 4, "gap": 1, "features": range(5)}
+    rows = InductionDetector().detect(model, sae, layout, **options)
+    dense = InductionDetector().detect(model, sae.to_dense_sae(), layout, **options)
+    assert [r.family for r in rows] == [FAMILY] * 3 + [None, None]
+    assert [(r.family, r.score) for r in rows] == [(r.family, r.score) for r in dense]
+    assert all(r.evidence["heads"] == {"0": 1.0, "1": 0.0} for r in rows[:3])

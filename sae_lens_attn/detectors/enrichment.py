@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sae_lens_attn.attribution.logit_lens import (
-    DEFAULT_CHUNK_SIZE,
-    sae_output_directions,
-    unembed_through_final_ln,
-)
+from sae_lens_attn.attribution.logit_lens import sae_output_directions, unembed_through_final_ln
 from sae_lens_attn.detectors.base import feature_index, resolve_layout
 from sae_lens_attn.detectors.results import FamilyRow
-from sae_lens_attn.detectors.tsea import EnrichmentResult, PValueMethod, token_set_enrichment
+from sae_lens_attn.detectors.tsea import (
+    ENRICHMENT_CHUNK_SIZE,
+    EnrichmentResult,
+    PValueMethod,
+    token_set_enrichment,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -93,7 +94,7 @@ class EnrichmentDetector:
         alpha: float = 0.05,
         min_es: float = 0.2,
         through_final_ln: bool = True,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int = ENRICHMENT_CHUNK_SIZE,
         seed: int = 0,
         progress: bool = False,
         **_: Any,

@@ -19,7 +19,8 @@ without, those whose decoder row is not zero. Rows of features that are not live
 Members also get their head attribution (`sae_head_attribution`: decoder-norm fraction
 per head, keyed by the model's head index).
 
-Defaults: `n_prompts=8` tests per token, `pairs_per_sequence=8`, `gap=2`,
+Defaults: `n_prompts=8` tests per token, `pairs_per_sequence=8`, `gap=1` (prompts of 41
+tokens, 5 per test),
 `activation_threshold=0`, `min_induction_rate=0.75`, `max_control_rate=0.1`.
 """
 
@@ -195,7 +196,7 @@ class InductionDetector:
         tokens: torch.Tensor | None = None,
         n_prompts: int = 8,
         pairs_per_sequence: int = 8,
-        gap: int = 2,
+        gap: int = 1,
         activation_threshold: float = 0.0,
         min_induction_rate: float = 0.75,
         max_control_rate: float = 0.1,

@@ -63,7 +63,7 @@ def induction_prompts(
     pool: torch.Tensor,
     n_prompts: int = 8,
     pairs_per_sequence: int = 8,
-    gap: int = 2,
+    gap: int = 1,
     bos_token_id: int | None = None,
     seed: int = 0,
 ) -> InductionPrompts:
