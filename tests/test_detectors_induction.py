@@ -187,3 +187,32 @@ def test_block_diagonal_sae_gives_the_same_families_as_its_dense_copy(setup):
     assert [r.family for r in rows] == [FAMILY] * 3 + [None, None]
     assert [(r.family, r.score) for r in rows] == [(r.family, r.score) for r in dense]
     assert all(r.evidence["heads"] == {"0": 1.0, "1": 0.0} for r in rows[:3])
+
+
+def test_one_forward_pass_per_batch_of_prompts_serves_every_feature(setup):
+    model, layout, sae = setup
+    calls = []
+    model.add_hook("hook_embed", lambda x, hook: calls.append(x.shape[0]))
+    try:
+        rows = InductionDetector().detect(model, sae, layout, pairs_per_sequence=4, gap=1, batch_size=4)
+    finally:
+        model.reset_hooks()
+    n_tokens = len({row.evidence["token"] for row in rows})  # 7 distinct top tokens
+    n_sequences = -(-n_tokens * 8 // 4)  # 8 prompts per token, 4 tests per sequence
+    assert len(calls) == -(-n_sequences // 4) and sum(calls) == n_sequences
+
+
+def test_controls_come_from_the_first_sequences_and_pairs_match_a_dense_comparison(setup):
+    from sae_lens_attn.detectors.induction import _matching_pairs
+
+    tested = torch.tensor([4, 9, 4, 1, 7])
+    top = torch.tensor([9, 4, 3, 4, 1, 4])
+    position, feature = _matching_pairs(tested, top)
+    dense = (tested[:, None] == top[None, :]).nonzero()
+    assert sorted(zip(position.tolist(), feature.tolist())) == sorted(map(tuple, dense.tolist()))
+
+    model, layout, sae = setup
+    rows = InductionDetector().detect(model, sae, layout, pairs_per_sequence=4, gap=1, n_control_sequences=1)
+    for row in rows:  # one sequence of controls: its 4 first A's, and its 4 tests minus own token
+        assert row.evidence["no_prev_tests"] == 4 and 3 <= row.evidence["other_tests"] <= 4
+    assert {row.feature for row in rows if row.family == FAMILY} == set(INDUCTION)

@@ -11,7 +11,9 @@ For each live feature, `t` is the token it promotes most through its direct logi
 
 Its score is the induction rate minus the larger control rate. One forward pass, stopped
 at the SAE's hook_z, serves every feature: the SAE encodes all features at the test
-positions and each feature reads the positions that test its own token.
+positions and each feature reads the positions that test its own token. The controls are
+the first `n_control_sequences` sequences (default 64: 512 positions of each kind), whose
+slots test random tokens.
 
 **Live features**: with evaluation `tokens`, those that fire at least once on them;
 without, those whose decoder row is not zero. Rows of features that are not live say
@@ -138,6 +140,18 @@ def _bos_token_id(model: HookedTransformer) -> int | None:
     return tokenizer.bos_token_id
 
 
+def _matching_pairs(tested: torch.Tensor, top_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All `(position, feature)` with `top_tokens[feature] == tested[position]`, without
+    a dense `[positions, features]` comparison (a token is the top token of few features)."""
+    order = top_tokens.argsort()
+    sorted_tokens = top_tokens[order]
+    low = torch.searchsorted(sorted_tokens, tested)
+    count = torch.searchsorted(sorted_tokens, tested, right=True) - low
+    position = torch.repeat_interleave(torch.arange(len(tested)), count)
+    within = torch.arange(len(position)) - (count.cumsum(0) - count)[position]
+    return position, order[low[position] + within]
+
+
 @torch.no_grad()
 def count_induction_firing(
     model: HookedTransformer,
@@ -148,35 +162,53 @@ def count_induction_firing(
     prompts: InductionPrompts,
     batch_size: int = 64,
     activation_threshold: float = 0.0,
+    n_control_sequences: int = 64,
     progress: bool = False,
 ) -> InductionCounts:
     """Run the prompts (each batch once, stopped at hook_z) and count, for the features
-    `index` with top tokens `top_tokens`, firing on induction tests and controls."""
+    `index` with top tokens `top_tokens`, firing on induction tests and controls.
+
+    Every test position counts for the features whose top token it tests. The first
+    `n_control_sequences` sequences also serve as controls for every feature: their test
+    positions of other tokens and their first `A`s.
+    """
     from tqdm.auto import tqdm
 
     source = HookZSource(model, layout.layer, layout.heads)
     counts = InductionCounts.zeros(len(index))
     device = model.cfg.device
     feature_columns = index.to(sae.W_dec.device)
+    n_tests = prompts.test_positions.shape[1]
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="induction prompts", disable=not progress):
         rows = slice(start, start + batch_size)
         x = source.activations(prompts.tokens[rows].to(device))  # [b, pos, d_in]
-        positions = torch.cat([prompts.test_positions[rows], prompts.first_positions[rows]], dim=1)
-        at = x.gather(1, positions.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1]))
-        acts = encode_hook_z(sae, at, layout)[..., feature_columns].float().cpu()  # [b, 2K, n]
-        k = prompts.test_positions.shape[1]
-        tests, firsts = acts[:, :k].flatten(0, 1), acts[:, k:].flatten(0, 1)
-        match = prompts.tested_tokens[rows].flatten()[:, None] == top_tokens[None, :]
-        fires = tests > activation_threshold
-        counts.induction_fires += (fires & match).sum(dim=0)
-        counts.induction_tests += match.sum(dim=0)
-        counts.other_fires += (fires & ~match).sum(dim=0)
-        counts.other_tests += (~match).sum(dim=0)
-        counts.no_prev_fires += (firsts > activation_threshold).sum(dim=0)
-        counts.no_prev_tests += firsts.shape[0]
-        counts.induction_act_sum += (tests * match).sum(dim=0)
-        counts.control_act_sum += (tests * ~match).sum(dim=0) + firsts.sum(dim=0)
+        n_controls = max(0, min(n_control_sequences - start, x.shape[0]))  # leading rows
+        positions = torch.cat(
+            [prompts.test_positions[rows].flatten(), prompts.first_positions[rows][:n_controls].flatten()]
+        )
+        sequence = torch.cat(
+            [torch.arange(x.shape[0]).repeat_interleave(n_tests), torch.arange(n_controls).repeat_interleave(n_tests)]
+        )
+        at = x[sequence.to(x.device), positions.to(x.device)]  # [b*K + controls*K, d_in]
+        acts = encode_hook_z(sae, at, layout)[:, feature_columns].float().cpu()
+        tests, firsts = acts[: x.shape[0] * n_tests], acts[x.shape[0] * n_tests :]
+
+        position, feature = _matching_pairs(prompts.tested_tokens[rows].flatten(), top_tokens)
+        matched = tests[position, feature]
+        counts.induction_fires.index_add_(0, feature, (matched > activation_threshold).double())
+        counts.induction_tests.index_add_(0, feature, torch.ones_like(matched, dtype=torch.float64))
+        counts.induction_act_sum.index_add_(0, feature, matched.double())
+        if n_controls:
+            controls = tests[: n_controls * n_tests]
+            is_control = position < n_controls * n_tests
+            own = torch.zeros_like(controls, dtype=torch.bool)
+            own[position[is_control], feature[is_control]] = True
+            counts.other_fires += ((controls > activation_threshold) & ~own).sum(dim=0)
+            counts.other_tests += (~own).sum(dim=0)
+            counts.no_prev_fires += (firsts > activation_threshold).sum(dim=0)
+            counts.no_prev_tests += firsts.shape[0]
+            counts.control_act_sum += controls.masked_fill(own, 0.0).sum(dim=0) + firsts.sum(dim=0)
     return counts
 
 
@@ -201,6 +233,7 @@ class InductionDetector:
         min_induction_rate: float = 0.75,
         max_control_rate: float = 0.1,
         through_final_ln: bool = True,
+        n_control_sequences: int = 64,
         batch_size: int = 64,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         seed: int = 0,
@@ -238,7 +271,8 @@ class InductionDetector:
                     f"{model.cfg.n_ctx}: lower pairs_per_sequence or gap"
                 )
             counts = count_induction_firing(
-                model, sae, layout, tested, top_tokens, prompts, batch_size, activation_threshold, progress
+                model, sae, layout, tested, top_tokens, prompts, batch_size, activation_threshold,
+                n_control_sequences, progress,
             )
         return self._rows(model, sae, layout, index, live, tested, top_tokens, top_values, counts,
                           min_induction_rate, max_control_rate, tokens is not None)
