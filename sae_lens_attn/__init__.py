@@ -49,6 +49,10 @@ _LAZY_EXPORTS: dict[str, str] = {
     "mmcs": "sae_lens_attn.toy.metrics",
     "run_sweep": "sae_lens_attn.toy.sweep",
     "train_sae_on_toy": "sae_lens_attn.toy.training",
+    "corpus_dataset": "sae_lens_attn.models.dataset",
+    "load_embedded_model": "sae_lens_attn.models.embedded",
+    "load_model": "sae_lens_attn.models.embedded",
+    "run_demo": "sae_lens_attn.demo.pipeline",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_EXPORTS)]

@@ -23,6 +23,10 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
+class HubUnavailableError(RuntimeError):
+    """A hub model could not be loaded (no network, no local cache)."""
+
+
 def build_model_config(model_args: dict[str, Any], seed: int = 0) -> HookedTransformerConfig:
     """A CPU `HookedTransformerConfig` from the arguments saved in `config.json`."""
     from transformer_lens import HookedTransformerConfig
@@ -75,8 +79,8 @@ def load_embedded_model(folder: Path = EMBEDDED_DIR, device: str = "cpu") -> Hoo
 def load_model(name: str, device: str = "cpu") -> HookedTransformer:
     """`"embedded"` -> the shipped model; any other name -> `HookedTransformer.from_pretrained`.
 
-    A hub model needs the Hugging Face hub (or its local cache); without it this raises a
-    `RuntimeError` that names the embedded default.
+    A hub model needs the Hugging Face hub (or its local cache); without it this raises
+    `HubUnavailableError` (a `RuntimeError`) naming the embedded default.
     """
     if name == EMBEDDED_NAME:
         return load_embedded_model(device=device)
@@ -85,7 +89,7 @@ def load_model(name: str, device: str = "cpu") -> HookedTransformer:
     try:
         return HookedTransformer.from_pretrained(name, device=device)
     except (OSError, ConnectionError) as error:  # requests/hf_hub errors derive from these
-        raise RuntimeError(
+        raise HubUnavailableError(
             f"could not load {name!r} from the Hugging Face hub ({type(error).__name__}: "
             f"{error}). Without network access use the model shipped with the package: "
             f"--model {EMBEDDED_NAME} (sae_lens_attn.models.load_embedded_model())."

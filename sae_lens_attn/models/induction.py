@@ -32,26 +32,45 @@ def repeated_random_tokens(
     return torch.cat([bos, half, half], dim=1)
 
 
-def induction_scores(
-    model: HookedTransformer, batch: int = 16, half_length: int = 50, seed: int = 0
-) -> torch.Tensor:
-    """`[n_layers, n_heads]` mean attention on the induction target over the second copy."""
+def _repeated_patterns(
+    model: HookedTransformer, batch: int, half_length: int, seed: int
+) -> list[torch.Tensor]:
+    """Attention patterns `[batch, head, q, k]` of every layer on repeated random tokens."""
     import torch
 
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
     tokens = repeated_random_tokens(batch, half_length, model.cfg.d_vocab, bos, seed)
-    tokens = tokens.to(model.cfg.device)
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(
             f"half_length {half_length} needs {tokens.shape[1]} positions; the model has "
             f"n_ctx {model.cfg.n_ctx}: use half_length <= {(model.cfg.n_ctx - 1) // 2}"
         )
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("pattern"))
+        _, cache = model.run_with_cache(
+            tokens.to(model.cfg.device), names_filter=lambda name: name.endswith("pattern")
+        )
+    return [cache["pattern", layer] for layer in range(model.cfg.n_layers)]
+
+
+def previous_token_scores(
+    model: HookedTransformer, batch: int = 16, half_length: int = 50, seed: int = 0
+) -> torch.Tensor:
+    """`[n_layers, n_heads]` mean attention from each position to the one before it, on the
+    same sequences as `induction_scores` (the other half of an induction circuit)."""
+    import torch
+
+    patterns = _repeated_patterns(model, batch, half_length, seed)
+    dest = torch.arange(1, 2 * half_length + 1)
+    return torch.stack([p[:, :, dest, dest - 1].mean(dim=(0, 2)) for p in patterns]).float().cpu()
+
+
+def induction_scores(
+    model: HookedTransformer, batch: int = 16, half_length: int = 50, seed: int = 0
+) -> torch.Tensor:
+    """`[n_layers, n_heads]` mean attention on the induction target over the second copy."""
+    import torch
+
+    patterns = _repeated_patterns(model, batch, half_length, seed)
     dest = torch.arange(half_length + 1, 2 * half_length + 1)
     src = dest - half_length + 1
-    scores = []
-    for layer in range(model.cfg.n_layers):
-        pattern = cache["pattern", layer]  # [batch, head, q, k]
-        scores.append(pattern[:, :, dest, src].mean(dim=(0, 2)))
-    return torch.stack(scores).float().cpu()
+    return torch.stack([p[:, :, dest, src].mean(dim=(0, 2)) for p in patterns]).float().cpu()

@@ -37,7 +37,7 @@ from sae_lens_attn.models.embedded import (
     build_model_config,
     load_embedded_model,
 )
-from sae_lens_attn.models.induction import induction_scores
+from sae_lens_attn.models.induction import induction_scores, previous_token_scores
 from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
 LOG_FILE = "training_log.csv"
@@ -53,6 +53,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-heads", type=int, default=8)
     parser.add_argument("--d-head", type=int, default=16)
     parser.add_argument("--n-ctx", type=int, default=128)
+    parser.add_argument("--positional-embedding", default="standard",
+                        choices=["standard", "rotary"])
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -60,6 +62,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--final-lr-ratio", type=float, default=0.1,
                         help="cosine decay ends at lr * this")
     parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--repeat-fraction", type=float, default=0.0,
+                        help="share of training rows replaced by a random token segment "
+                             "repeated twice (a curriculum that makes induction heads form "
+                             "early)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-sequences", type=int, default=64,
                         help="held-out sequences for the test loss")
@@ -75,6 +81,27 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return floor + 0.5 * (args.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def repeat_random_segments(
+    batch: torch.Tensor, fraction: float, d_vocab: int, bos: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`[batch, n_ctx]` rows (BOS first); a `fraction` of them (chosen with `generator`)
+    become BOS + a uniform random token segment of `n_ctx // 2` tokens repeated to fill
+    the row: a synthetic induction curriculum."""
+    from sae_lens_attn.models.induction import repeated_random_tokens
+
+    if fraction <= 0:
+        return batch
+    chosen = torch.nonzero(torch.rand(batch.shape[0], generator=generator) < fraction).flatten()
+    if len(chosen) == 0:
+        return batch
+    n_ctx = batch.shape[1]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    rows = repeated_random_tokens(len(chosen), n_ctx // 2, d_vocab, bos, seed)
+    batch = batch.clone()
+    batch[chosen] = rows[:, :n_ctx]
+    return batch
+
+
 def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The HookedTransformerConfig arguments saved in config.json."""
     return {
@@ -87,7 +114,8 @@ def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "n_ctx": args.n_ctx,
         "act_fn": "gelu",
         "normalization_type": "LN",
-        "positional_embedding_type": "standard",
+        "positional_embedding_type": args.positional_embedding,
+        **({"rotary_dim": args.d_head} if args.positional_embedding == "rotary" else {}),
         "original_architecture": "sae_lens_attn.embedded",
         "model_name": "sae-lens-attn-embedded-2l",
     }
@@ -105,6 +133,7 @@ def evaluate(model: HookedTransformer, test_tokens: torch.Tensor, batch_size: in
     model.train()
     row = {"test_loss": held_out_loss(model, test_tokens, batch_size)}
     row["max_induction_L1"] = scores[1].max().item()
+    row["max_previous_token_L0"] = previous_token_scores(model)[0].max().item()
     for layer in range(scores.shape[0]):
         for head in range(scores.shape[1]):
             row[f"induction_L{layer}H{head}"] = scores[layer, head].item()
@@ -147,7 +176,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if cursor + args.batch_size > len(permutation):
             permutation, cursor = torch.randperm(train_tokens.shape[0], generator=order), 0
             epoch += 1
-        batch = train_tokens[permutation[cursor: cursor + args.batch_size]]
+        batch = repeat_random_segments(train_tokens[permutation[cursor: cursor + args.batch_size]],
+                                       args.repeat_fraction, args.vocab_size,
+                                       tokenizer.bos_token_id, order)
         cursor += args.batch_size
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
@@ -166,7 +197,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             running, running_n = 0.0, 0
             print(f"step {row['step']:5d}  train {row['train_loss']:.3f}  "
                   f"test {row['test_loss']:.3f}  max L1 induction "
-                  f"{row['max_induction_L1']:.3f}  {row['elapsed_s']:.0f}s", flush=True)
+                  f"{row['max_induction_L1']:.3f}  max L0 previous-token "
+                  f"{row['max_previous_token_L0']:.3f}  {row['elapsed_s']:.0f}s", flush=True)
 
     with open(out / LOG_FILE, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(log_rows[0]))

@@ -1,0 +1,237 @@
+"""The demo's `report.md` and `index.html`: the same tables in Markdown and in HTML.
+
+The HTML page also draws per-head L0 as a plotly bar chart (plotly.js inlined, so the
+page opens offline) and links every dashboard and detector result.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from sae_lens_attn.demo.pipeline import DemoResult
+
+SEED_INDUCTION_SHARE = 0.05  # Kissane et al. 2024: ~5% of live gelu-2l L1 features
+REPORT_NAME = "report.md"
+INDEX_NAME = "index.html"
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str
+
+
+Cell = Union[str, Link]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[Cell, ...]]
+    note: str = ""
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_table(result: DemoResult) -> Table:
+    rows = []
+    for sae in result.saes:
+        m = sae.metrics
+        rows.append((
+            sae.architecture, str(sae.d_sae), _num(m.get("l0"), 1),
+            _num(m.get("explained_variance")), _num(m.get("ce_loss_score")),
+            _pct(sae.activity.dead_share), f"{sae.live_count}",
+            Link("SAE folder", f"{sae.folder.as_posix()}/sae"),
+        ))
+    return Table(
+        f"SAEs on {result.model_summary['hook_name']}",
+        ("architecture", "d_sae", "L0", "explained variance", "CE loss recovered",
+         "dead", "live features", "files"),
+        rows,
+        "L0, explained variance and CE loss recovered from SAELens's evals "
+        "(`run_evals`) on held-out stdlib files; dead = never fires on "
+        f"{result.settings.eval_sequences} held-out sequences of "
+        f"{result.settings.context_size} tokens.",
+    )
+
+
+def per_head_table(result: DemoResult) -> Table:
+    labels = result.saes[0].head_labels
+    rows = [
+        (label, *(f"{sae.activity.per_head_l0[i].item():.2f}" for sae in result.saes))
+        for i, label in enumerate(labels)
+    ]
+    return Table(
+        "Per-head L0", ("head", *(sae.architecture for sae in result.saes)), rows,
+        "Mean active features per token, each counted towards the heads its decoder row "
+        "lives in (one head for block-diagonal; split by decoder-norm fraction for dense).",
+    )
+
+
+def families_table(result: DemoResult) -> Table:
+    rows = []
+    for sae in result.saes:
+        for detector, summary in sae.family_summary.items():
+            for family, counts in summary["families"].items():
+                rows.append((sae.architecture, detector, family, str(counts["count"]),
+                             _pct(counts["share_of_live"])))
+            if not summary["families"]:
+                rows.append((sae.architecture, detector, "(no members)", "0", _pct(0.0)))
+        for detector, error in sae.detector_errors.items():
+            rows.append((sae.architecture, detector, f"failed: {error}", "", ""))
+    return Table("Feature families", ("architecture", "detector", "family", "features",
+                                      "share of live"), rows,
+                 "From every installed detector plugin; full rows in each `families.json`.")
+
+
+def induction_table(result: DemoResult) -> Table:
+    rows = []
+    for sae in result.saes:
+        live = sae.family_summary.get("induction", {}).get("live", sae.live_count)
+        share = len(sae.induction_features) / live if live else 0.0
+        heads = ", ".join(f"{head} ({count})" for head, count in sae.induction_heads.items())
+        rows.append((sae.architecture, str(len(sae.induction_features)), _pct(share),
+                     _pct(SEED_INDUCTION_SHARE), heads or "none"))
+    return Table('"<token> is next by induction" features',
+                 ("architecture", "features", "share of live", "seed paper (gelu-2l L1)",
+                  "carrying heads (features)"), rows,
+                 "Kissane et al. (2024) found ~5% of live features of a gelu-2l layer-1 "
+                 "hook_z SAE in this family.")
+
+
+def outputs_table(result: DemoResult) -> Table:
+    rows = []
+    for sae in result.saes:
+        dashboard: Cell = "not rendered"
+        if sae.dashboard is not None:
+            dashboard = Link(f"{len(sae.dashboard_features)} features", sae.dashboard.as_posix())
+        rows.append((sae.architecture, dashboard,
+                     Link("families.json", sae.families_json.as_posix()),
+                     ", ".join(f"{k} {v:.0f}s" for k, v in sae.seconds.items())))
+    return Table("Dashboards and results", ("architecture", "dashboard", "detector results",
+                                            "time"), rows,
+                 "Dashboards: the first live features round-robin over heads, plus every "
+                 "induction-family feature.")
+
+
+def report_tables(result: DemoResult) -> list[Table]:
+    return [metrics_table(result), per_head_table(result), families_table(result),
+            induction_table(result), outputs_table(result)]
+
+
+def _intro(result: DemoResult) -> list[str]:
+    model = result.model_summary
+    return [
+        f"Model `{model['name']}`: {model['n_layers']} layers, d_model {model['d_model']}, "
+        f"{model['n_heads']} heads x d_head {model['d_head']}, vocabulary {model['d_vocab']}. "
+        f"SAEs on `{model['hook_name']}` trained with SAELens's runner on "
+        f"{result.settings.training_tokens:,} tokens of the stdlib corpus.",
+        f"Wall time: {result.seconds['total']:.0f} s.",
+    ]
+
+
+def _md_cell(cell: Cell) -> str:
+    text = f"[{cell.text}]({cell.href})" if isinstance(cell, Link) else cell
+    return text.replace("|", "\\|")
+
+
+def to_markdown(result: DemoResult, tables: list[Table]) -> str:
+    lines = ["# sae_lens_attn demo", "", *_intro(result), ""]
+    for table in tables:
+        lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |",
+                  "|" + "---|" * len(table.header)]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+        lines += ["", table.note, ""] if table.note else [""]
+    return "\n".join(lines)
+
+
+def _html_cell(cell: Cell) -> str:
+    if isinstance(cell, Link):
+        return f'<a href="{html.escape(cell.href)}">{html.escape(cell.text)}</a>'
+    return html.escape(cell)
+
+
+def per_head_l0_figure(result: DemoResult) -> go.Figure:
+    import plotly.graph_objects as go
+
+    figure = go.Figure([
+        go.Bar(name=sae.architecture, x=sae.head_labels, y=sae.activity.per_head_l0.tolist())
+        for sae in result.saes
+    ])
+    figure.update_layout(title="Per-head L0", barmode="group", xaxis_title="head",
+                         yaxis_title="active features per token", height=380)
+    return figure
+
+
+def to_html(result: DemoResult, tables: list[Table]) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             "<title>sae_lens_attn demo</title><style>body{font-family:sans-serif;"
+             "max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             ".note{color:#555;font-size:90%}</style></head><body>",
+             "<h1>sae_lens_attn demo</h1>"]
+    parts += [f"<p>{html.escape(line)}</p>" for line in _intro(result)]
+    for table in tables:
+        parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
+                  for row in table.rows]
+        parts.append("</table>")
+        if table.note:
+            parts.append(f'<p class="note">{html.escape(table.note)}</p>')
+    parts.append(per_head_l0_figure(result).to_html(full_html=False, include_plotlyjs=True))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def summary(result: DemoResult) -> dict:
+    """The report's numbers as JSON-able data (`summary.json`)."""
+    return {
+        "model": result.model_summary,
+        "seconds": result.seconds,
+        "saes": [
+            {
+                "architecture": sae.architecture,
+                "d_sae": sae.d_sae,
+                "metrics": {k: v for k, v in sae.metrics.items() if isinstance(v, (int, float))},
+                "dead_share": sae.activity.dead_share,
+                "live_features": sae.live_count,
+                "per_head_l0": dict(zip(sae.head_labels, sae.activity.per_head_l0.tolist(),
+                                        strict=True)),
+                "family_summary": sae.family_summary,
+                "detector_errors": sae.detector_errors,
+                "induction_features": sae.induction_features,
+                "induction_heads": sae.induction_heads,
+                "dashboard": None if sae.dashboard is None else sae.dashboard.as_posix(),
+                "dashboard_features": sae.dashboard_features,
+                "seconds": sae.seconds,
+            }
+            for sae in result.saes
+        ],
+    }
+
+
+def write_report(result: DemoResult, out: Path) -> tuple[Path, Path]:
+    """Write `report.md`, `index.html` and `summary.json` into `out`."""
+    tables = report_tables(result)
+    out = Path(out)
+    report, index = out / REPORT_NAME, out / INDEX_NAME
+    report.write_text(to_markdown(result, tables), encoding="utf-8")
+    index.write_text(to_html(result, tables), encoding="utf-8")
+    (out / SUMMARY_NAME).write_text(json.dumps(summary(result), indent=1, allow_nan=False))
+    return report, index
