@@ -356,3 +356,12 @@ def test_saelens_command_line_accepts_architecture_block_diagonal():
     )  # fmt: skip
     assert isinstance(cfg.sae, BlockDiagonalTrainingSAEConfig)
     assert (cfg.sae.n_heads, cfg.sae.activation, cfg.sae.k, cfg.sae.d_sae_per_head) == (4, "topk", 8, 64)
+
+
+def test_a_config_registers_the_architecture_when_the_import_hook_did_not(monkeypatch):
+    # as under `python -S` or SAE_LENS_ATTN_NO_AUTOLOAD=1: SAELens's registry lacks us
+    monkeypatch.delitem(SAE_CLASS_REGISTRY, "block_diagonal")
+    monkeypatch.delitem(SAE_TRAINING_CLASS_REGISTRY, "block_diagonal")
+    cfg = BlockDiagonalTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS)
+    assert cfg.metadata.training_architecture == "block_diagonal"
+    assert SAE_TRAINING_CLASS_REGISTRY["block_diagonal"][0] is BlockDiagonalTrainingSAE

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -81,8 +82,18 @@ class _BlockDiagonalFields:
         return self.d_sae // self.n_heads  # type: ignore[attr-defined]
 
     def __post_init__(self) -> None:
+        _ensure_registered()  # TrainingSAEConfig.__post_init__ looks us up in SAELens's registry
         super().__post_init__()  # type: ignore[misc]
         _check_block_diagonal_config(self)
+
+
+def _ensure_registered() -> None:
+    """Register through the plugin system if SAELens's import hook did not run (Python
+    started with -S/-I, or SAE_LENS_ATTN_NO_AUTOLOAD=1). Idempotent."""
+    if ARCHITECTURE not in SAE_CLASS_REGISTRY or ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
+        from sae_lens_attn.plugins import register_architectures_with_sae_lens
+
+        register_architectures_with_sae_lens()
 
 
 def _check_block_diagonal_config(cfg: Any) -> None:
