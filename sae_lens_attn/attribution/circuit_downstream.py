@@ -107,13 +107,13 @@ def downstream_effect(
             captured["z"] = output
 
         hooks = [(names[0], ablate), (names[1], capture)]
-        if freeze_final_ln_scale:
+        if freeze_final_ln_scale and names[2] in spliced.hook_dict:  # no final LN: nothing to freeze
             hooks.append((names[2], lambda scale, hook: cache[names[2]]))
         ablated_logits = spliced.run_with_hooks(tokens, fwd_hooks=hooks)
         delta_z = cache[names[1]] - captured["z"]  # [1, pos, n_heads, d_head]
         delta_resid = torch.einsum("bphd,hdm->bpm", delta_z, spliced.blocks[layout.layer].attn.W_O)
         final = cache.apply_ln_to_stack(delta_resid[None], layer=None)[0]
-        weight = getattr(spliced.ln_final, "w", None)
+        weight = getattr(getattr(spliced, "ln_final", None), "w", None)
         if isinstance(weight, torch.Tensor):
             final = final * weight
         direct = final @ spliced.W_U
