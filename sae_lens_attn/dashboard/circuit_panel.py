@@ -42,7 +42,9 @@ def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20
     token = decode(int(circuit.tokens[circuit.destination]))
     figure.update_layout(
         title=f"Feature {circuit.feature} at position {circuit.destination} ({token!r}): "
-        f"top upstream contributions (pre-activation {value.pre_activation:.3f})",
+        f"top upstream contributions<br><sub>pre-activation {value.pre_activation:.3f} = "
+        f"all sources {value.dfa.sum().item():.3f} + b_dec centring {value.centring:.3f} "
+        f"+ b_enc {value.b_enc:.3f}</sub>",
         xaxis_title="contribution to the pre-activation",
         height=200 + 22 * len(totals),
         margin={"l": 260},
