@@ -7,15 +7,18 @@ fresh subprocess; peak memory is the growth of the process's peak RSS over its R
 the model and SAE exist. Enrichment uses 10 random token sets (the model has no
 tokenizer) of sizes 25000, 12000, 5000, 2000, 1000, 500, 200, 100, 50 and 20 tokens.
 Induction tests every feature (no evaluation tokens: all features are live) with
-`--n-prompts` prompts per distinct top token.
+`--n-prompts` prompts per distinct top token. CPU time (user + system, all threads) is
+shown beside wall time because the machine may be shared; so is the 1-minute load
+average at the end of each run.
 
-    python benchmarks/detectors.py [--threads 2] [--layer 5] [--n-prompts 8]
+    python benchmarks/detectors.py [--threads 2] [--layer 0] [--n-prompts 8] [--detectors ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,20 +71,21 @@ def worker(name: str, layer: int, threads: int, n_prompts: int) -> None:
     options = {"n_prompts": n_prompts, "token_sets": token_sets() if name == "enrichment" else None}
     detector = get_plugin_manager().get("detector", name)
     baseline = psutil.Process().memory_info().rss
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = detector.detect(model, sae, layout, **{k: v for k, v in options.items() if v is not None})
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # Linux: KiB
     summary = family_summary(rows)[name]
     found = {family: stats["count"] for family, stats in summary["families"].items()}
-    print(json.dumps({"detector": name, "seconds": seconds, "peak_bytes": peak, "rows": len(rows),
-                      "layer": layout.layer, "families": found}))
+    print(json.dumps({"detector": name, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                      "peak_bytes": peak, "rows": len(rows), "layer": layout.layer,
+                      "families": found, "load_average": os.getloadavg()[0]}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layer", type=int, default=5)
+    parser.add_argument("--layer", type=int, default=0)
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--worker", choices=DETECTORS, help=argparse.SUPPRESS)
@@ -92,7 +96,8 @@ def main() -> None:
 
     print(f"detectors on all {D_SAE} features of a dense SAE on blocks.{args.layer}.attn.hook_z, "
           f"gpt2-small shape (random weights, vocabulary {D_VOCAB}), CPU, {args.threads} thread(s)")
-    print(f"{'detector':<12} {'time (s)':>9} {'peak memory (MB)':>17}  families found")
+    print(f"{'detector':<12} {'time (s)':>9} {'CPU time (s)':>13} {'peak memory (MB)':>17} "
+          f"{'load avg':>9}  families found")
     total = 0.0
     for name in args.detectors.split(","):
         command = [sys.executable, __file__, "--worker", name, "--layer", str(args.layer),
@@ -102,7 +107,8 @@ def main() -> None:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
         total += row["seconds"] if name != "induction" else 0.0
-        print(f"{name:<12} {row['seconds']:>9.1f} {row['peak_bytes'] / 1e6:>17.0f}  {row['families']}")
+        print(f"{name:<12} {row['seconds']:>9.1f} {row['cpu_seconds']:>13.1f} "
+              f"{row['peak_bytes'] / 1e6:>17.0f} {row['load_average']:>9.1f}  {row['families']}")
     if {"logit_lens", "enrichment"} <= set(args.detectors.split(",")):
         print(f"logit-lens stats + enrichment over {len(SET_SIZES)} token sets: {total:.1f} s "
               f"(target: under 120 s)")

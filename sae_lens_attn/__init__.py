@@ -25,6 +25,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "encoder_head_attribution": "sae_lens_attn.attribution.heads",
     "feature_dfa": "sae_lens_attn.attribution.dfa",
     "FamilyRow": "sae_lens_attn.detectors.results",
+    "family_summary": "sae_lens_attn.detectors.results",
     "feature_output_directions": "sae_lens_attn.attribution.logit_lens",
     "load_family_rows": "sae_lens_attn.detectors.results",
     "logit_weight_stats": "sae_lens_attn.attribution.logit_lens",

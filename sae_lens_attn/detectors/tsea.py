@@ -133,9 +133,9 @@ def _ranks(weights: np.ndarray) -> _Ranks:
 
 
 def _extremes(ranks: _Ranks, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Largest and smallest running sum of one token set, as exact integers: returns
-    `(top [n] >= 0, bottom [n] <= 0, scale)`, the sums being `top / scale` and
-    `bottom / scale`.
+    """Largest and smallest running sum of one token set, as exact integers (held in
+    float64): returns `(top [n] >= 0, bottom [n] <= 0, scale)`, the sums being
+    `top / scale` and `bottom / scale`.
 
     With the set's s tokens at ascending positions `p_0 < ... < p_{s-1}` (from the
     bottom), the walk from the top has the running sum `(p_k - k)/(V-s) - k/s =
@@ -148,11 +148,15 @@ def _extremes(ranks: _Ranks, members: np.ndarray) -> tuple[np.ndarray, np.ndarra
     positions = np.sort(np.take(ranks.rank, members, axis=1), axis=1)
     first = positions if ranks.run_first is None else _gather_rows(ranks.run_first, positions)
     last = positions if ranks.run_last is None else _gather_rows(ranks.run_last, positions)
-    k_times_v = np.arange(size, dtype=np.int64) * vocab_size
-    after = first.astype(np.int64) * size - k_times_v
-    before = last.astype(np.int64) * size - k_times_v
-    top = np.maximum(after.max(axis=1), 0)
-    bottom = np.minimum(before.min(axis=1) - (vocab_size - size), 0)
+    # float64 holds these integers (< 2**53) exactly, and int32 * float skips a cast pass
+    k_times_v = np.arange(size, dtype=np.float64) * vocab_size
+    after = first * float(size)
+    after -= k_times_v
+    top = np.maximum(after.max(axis=1), 0.0)
+    if last is not first:
+        after = last * float(size)
+        after -= k_times_v
+    bottom = np.minimum(after.min(axis=1) - (vocab_size - size), 0.0)
     return top, bottom, size * (vocab_size - size)
 
 
