@@ -28,6 +28,7 @@ def test_toy_command_writes_sweep_table_plots_and_report(tmp_path, capsys):
     assert "true features: **8** (4 single-head, 4 spanning 2 heads)" in report
     assert "## Estimated number of features" in report
     assert "## Multi-head features" in report and "1/sqrt(2) = 0.707" in report
+    assert "4 + 2 x 4 = 12 block-diagonal latents, against 8 dense ones" in report
     assert "| 0.5 | 16 |" in report  # same parameter count: block 16 vs standard 8 latents
     printed = capsys.readouterr().out
     assert "true features: 8" in printed and "estimated features: dead latents:" in printed

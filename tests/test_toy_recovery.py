@@ -21,6 +21,16 @@ TRAINING = ToyTrainingConfig(training_samples=200_000, batch_size=256, lr=3e-3, 
 L1 = 0.6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These SAEs are tiny: on a busy 2-core machine, two torch threads contend and the
+    training is ~25x slower (measured: 96 s instead of 3.5 s per test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def single_head_toy():
     return make_multi_head_toy(MultiHeadToyConfig(**SMALL))

@@ -72,6 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sweep.add_argument("--threshold", type=float, default=0.9,
                        help="MMCS between dictionaries counted as 'reproduced' (default 0.9)")
     sweep.add_argument("--seed", type=int, default=0, help="default 0")
+    sweep.add_argument("--threads", type=int,
+                       help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     sweep.add_argument("--quick", action="store_true",
                        help="small preset for a smoke test: "
                        + ", ".join(f"{k.replace('_', '-')} {v[1]}" for k, v in PRESETS.items()))
@@ -103,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.toy.report import size_estimates
 
     args = _resolve(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         toy_cfg = MultiHeadToyConfig(
             n_heads=args.heads,

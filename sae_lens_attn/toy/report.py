@@ -199,7 +199,8 @@ def _same_params_section(result: SweepResult) -> list[str]:
 
 def _multi_head_section(result: SweepResult) -> list[str]:
     cfg = result.toy.cfg
-    if cfg.n_multi_head_features == 0:
+    n_multi = cfg.n_multi_head_features
+    if n_multi == 0:
         return []
     ceiling = 1 / math.sqrt(cfg.heads_per_multi_head_feature)
     lines = [
@@ -210,7 +211,10 @@ def _multi_head_section(result: SweepResult) -> list[str]:
         f"equally over {cfg.heads_per_multi_head_feature} heads is at most "
         f"1/sqrt({cfg.heads_per_multi_head_feature}) = {ceiling:.3f}: such features can only "
         "be recovered split across heads. *Split MMCS* scores the best one-latent-per-head "
-        "combination.",
+        "combination. Held as pieces, the features need "
+        f"{cfg.n_features - n_multi} + {cfg.heads_per_multi_head_feature} x {n_multi} = "
+        f"{cfg.n_features + (cfg.heads_per_multi_head_feature - 1) * n_multi} block-diagonal "
+        f"latents, against {cfg.n_features} dense ones.",
         "",
     ]
     for architecture in result.config.architectures:
