@@ -79,7 +79,9 @@ def downstream_effect(
 ) -> DownstreamEffect:
     """Direct and total logit effects of `feature` on one prompt `tokens [pos]` (or
     `[1, pos]`). The feature is ablated at every position; `freeze_final_ln_scale` holds
-    the final LayerNorm scale at its clean value in the ablated run too."""
+    the final LayerNorm scale at its clean value in the ablated run too. A plain
+    `HookedTransformer` is copied into a `HookedSAETransformer` on every call: pass one
+    (`as_hooked_sae_transformer(model)`) when calling this many times."""
     tokens = tokens.reshape(1, -1) if tokens.dim() == 1 else tokens
     if tokens.shape[0] != 1:
         raise ValueError(f"expected one prompt, got tokens of shape {list(tokens.shape)}")
