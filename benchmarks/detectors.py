@@ -12,6 +12,7 @@ shown beside wall time because the machine may be shared; so is the 1-minute loa
 average at the end of each run.
 
     python benchmarks/detectors.py [--threads 2] [--layer 0] [--n-prompts 8] [--detectors ...]
+        [--n-features N]
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def token_sets() -> dict[str, list[int]]:
     }
 
 
-def worker(name: str, layer: int, threads: int, n_prompts: int) -> None:
+def worker(name: str, layer: int, threads: int, n_prompts: int, n_features: int) -> None:
     import resource
 
     import psutil
@@ -68,7 +69,11 @@ def worker(name: str, layer: int, threads: int, n_prompts: int) -> None:
 
     torch.set_num_threads(threads)
     model, sae, layout = build(layer)
-    options = {"n_prompts": n_prompts, "token_sets": token_sets() if name == "enrichment" else None}
+    options = {
+        "n_prompts": n_prompts,
+        "token_sets": token_sets() if name == "enrichment" else None,
+        "features": range(n_features) if n_features < D_SAE else None,
+    }
     detector = get_plugin_manager().get("detector", name)
     baseline = psutil.Process().memory_info().rss
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -88,20 +93,22 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=0)
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("--detectors", default=",".join(DETECTORS))
+    parser.add_argument("--n-features", type=int, default=D_SAE, help="analyse features 0..N-1 only")
     parser.add_argument("--worker", choices=DETECTORS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.layer, args.threads, args.n_prompts)
+        worker(args.worker, args.layer, args.threads, args.n_prompts, args.n_features)
         return
 
-    print(f"detectors on all {D_SAE} features of a dense SAE on blocks.{args.layer}.attn.hook_z, "
+    print(f"detectors on {args.n_features} of the {D_SAE} features of a dense SAE on blocks.{args.layer}.attn.hook_z, "
           f"gpt2-small shape (random weights, vocabulary {D_VOCAB}), CPU, {args.threads} thread(s)")
     print(f"{'detector':<12} {'time (s)':>9} {'CPU time (s)':>13} {'peak memory (MB)':>17} "
           f"{'load avg':>9}  families found")
     total = 0.0
     for name in args.detectors.split(","):
         command = [sys.executable, __file__, "--worker", name, "--layer", str(args.layer),
-                   "--threads", str(args.threads), "--n-prompts", str(args.n_prompts)]
+                   "--threads", str(args.threads), "--n-prompts", str(args.n_prompts),
+                   "--n-features", str(args.n_features)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
