@@ -209,7 +209,7 @@ def test_controls_come_from_the_first_sequences_and_pairs_match_a_dense_comparis
     top = torch.tensor([9, 4, 3, 4, 1, 4])
     position, feature = _matching_pairs(tested, top)
     dense = (tested[:, None] == top[None, :]).nonzero()
-    assert sorted(zip(position.tolist(), feature.tolist())) == sorted(map(tuple, dense.tolist()))
+    assert sorted(zip(position.tolist(), feature.tolist(), strict=True)) == sorted(map(tuple, dense.tolist()))
 
     model, layout, sae = setup
     rows = InductionDetector().detect(model, sae, layout, pairs_per_sequence=4, gap=1, n_control_sequences=1)
