@@ -274,8 +274,10 @@ class InductionDetector:
                 model, sae, layout, tested, top_tokens, prompts, batch_size, activation_threshold,
                 n_control_sequences, progress,
             )
-        return self._rows(model, sae, layout, index, live, tested, top_tokens, top_values, counts,
-                          min_induction_rate, max_control_rate, tokens is not None)
+        return self._rows(
+            model, sae, layout, index, live, tested, top_tokens, top_values, counts,
+            min_induction_rate, max_control_rate, live_by_tokens=tokens is not None,
+        )
 
     def _rows(
         self,
@@ -308,7 +310,8 @@ class InductionDetector:
         for feature, is_live in zip(index.tolist(), live.tolist(), strict=True):
             if not is_live:
                 reason = "never fires on the evaluation tokens" if live_by_tokens else "zero decoder row"
-                rows.append(FamilyRow(self.name, feature, None, 0.0, {"live": False, "live_by": live_by, "summary": f"not live: {reason}"}))
+                evidence = {"live": False, "live_by": live_by, "summary": f"not live: {reason}"}
+                rows.append(FamilyRow(self.name, feature, None, 0.0, evidence))
                 continue
             i = position[feature]
             token = int(top_tokens[i])
