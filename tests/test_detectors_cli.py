@@ -84,3 +84,15 @@ def test_figures_are_saved_as_html_and_png_where_kaleido_can_render(tmp_path):
     written = detect.save_figure(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), tmp_path, "f")
     assert written == [tmp_path / "f.html", tmp_path / "f.png"]
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_listing_detectors_and_building_the_cli_import_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sae_lens_attn.detectors.plugin, sae_lens_attn.detectors, "
+        "sae_lens_attn.commands.detect; print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
