@@ -88,6 +88,16 @@ def held_out_z(model) -> torch.Tensor:
     return cache[HOOK].flatten(0, 1).flatten(-2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared CPU two contending OpenMP
+    threads made these runs 3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def train(model, dataset, cfg, initial_sae=None):
     disable_datasets_torchvision_formatting()  # see sae_lens_attn._upstream
     torch.manual_seed(cfg.seed)
