@@ -59,6 +59,7 @@ def runner_config(**changes) -> LanguageModelSAERunnerConfig:
         lr=3e-3,
         n_checkpoints=0,
         checkpoint_path=None,
+        output_path=None,  # SAELens's default writes ./output
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
         device="cpu",

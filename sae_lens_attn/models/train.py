@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--d-head", type=int, default=16)
     parser.add_argument("--n-ctx", type=int, default=128)
     parser.add_argument("--positional-embedding", default="standard",
-                        choices=["standard", "rotary"])
+                        choices=["standard", "rotary", "alibi"])
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
