@@ -63,9 +63,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="cosine decay ends at lr * this")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--repeat-fraction", type=float, default=0.0,
-                        help="share of training rows replaced by a random token segment "
-                             "repeated twice (a curriculum that makes induction heads form "
-                             "early)")
+                        help="share of training rows replaced by random token segments of "
+                             "random length, each repeated (a curriculum that makes induction "
+                             "heads form early)")
+    parser.add_argument("--repeat-source", default="random", choices=["random", "corpus"],
+                        help="repeated segments are random tokens or slices of the corpus")
+    parser.add_argument("--repeat-pool", type=int, default=0,
+                        help="random segments use the N most frequent tokens (0: all)")
+    parser.add_argument("--plant-previous-token-head", type=float, default=0.0, metavar="SCALE",
+                        help="if > 0, layer-0 head 0 starts as a previous-token head with "
+                             "query/key biases of this size (rotary models only)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-sequences", type=int, default=64,
                         help="held-out sequences for the test loss")
@@ -81,25 +88,83 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return floor + 0.5 * (args.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-def repeat_random_segments(
-    batch: torch.Tensor, fraction: float, d_vocab: int, bos: int, generator: torch.Generator
-) -> torch.Tensor:
-    """`[batch, n_ctx]` rows (BOS first); a `fraction` of them (chosen with `generator`)
-    become BOS + a uniform random token segment of `n_ctx // 2` tokens repeated to fill
-    the row: a synthetic induction curriculum."""
-    from sae_lens_attn.models.induction import repeated_random_tokens
+class SegmentDrawer:
+    """Draws the token segments that `repeated_segment_row` repeats.
 
+    `source="random"`: uniform over the `pool` most frequent training tokens (BOS never
+    drawn; `pool=0` means the whole vocabulary). `source="corpus"`: contiguous slices of
+    training rows, so repeats have natural text statistics.
+    """
+
+    def __init__(self, train_tokens: torch.Tensor, source: str, pool: int, bos: int,
+                 d_vocab: int) -> None:
+        if source not in ("random", "corpus"):
+            raise ValueError(f"repeat source must be 'random' or 'corpus', got {source!r}")
+        self.train_tokens, self.source = train_tokens, source
+        counts = torch.bincount(train_tokens.flatten(), minlength=d_vocab)
+        counts[bos] = -1
+        order = counts.argsort(descending=True)
+        self.pool = order[: pool if pool > 0 else d_vocab - 1]
+
+    def __call__(self, n: int, generator: torch.Generator) -> list[int]:
+        if self.source == "random":
+            return self.pool[torch.randint(0, len(self.pool), (n,), generator=generator)].tolist()
+        row = int(torch.randint(0, self.train_tokens.shape[0], (1,), generator=generator))
+        start = int(torch.randint(1, self.train_tokens.shape[1] - n + 1, (1,), generator=generator))
+        return self.train_tokens[row, start: start + n].tolist()
+
+
+def repeated_segment_row(
+    n_ctx: int, draw: SegmentDrawer, bos: int, generator: torch.Generator,
+    max_segment: int = 40,
+) -> torch.Tensor:
+    """`[n_ctx]`: BOS, then segments of random length (4..`max_segment`), each followed by
+    up to 8 other tokens and the segment again. The lengths vary so that no fixed attention
+    offset predicts the repeat: only induction (content matching) does."""
+    row = [bos]
+    while len(row) < n_ctx:
+        length = int(torch.randint(4, max_segment + 1, (1,), generator=generator))
+        gap = int(torch.randint(0, 9, (1,), generator=generator))
+        drawn = draw(length + gap, generator)
+        row += drawn + drawn[:length]
+    return torch.tensor(row[:n_ctx])
+
+
+def mix_in_repeated_segments(
+    batch: torch.Tensor, fraction: float, draw: SegmentDrawer, bos: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """`[batch, n_ctx]` corpus rows; a `fraction` of them (chosen with `generator`) are
+    replaced by `repeated_segment_row`s: a synthetic induction curriculum."""
     if fraction <= 0:
         return batch
     chosen = torch.nonzero(torch.rand(batch.shape[0], generator=generator) < fraction).flatten()
-    if len(chosen) == 0:
-        return batch
-    n_ctx = batch.shape[1]
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    rows = repeated_random_tokens(len(chosen), n_ctx // 2, d_vocab, bos, seed)
     batch = batch.clone()
-    batch[chosen] = rows[:, :n_ctx]
+    for row in chosen.tolist():
+        batch[row] = repeated_segment_row(batch.shape[1], draw, bos, generator)
     return batch
+
+
+@torch.no_grad()
+def plant_previous_token_head(model: HookedTransformer, head: int, scale: float) -> None:
+    """Initialise layer-0 `head` as a previous-token head of a rotary model.
+
+    The query bias `q` sits on the two fastest rotary frequencies and the key bias is `q`
+    rotated by one position, so the score `(R_i q) . (R_j k)` peaks at `j = i - 1`; the
+    head's W_Q/W_K start at a tenth of their initial scale, so position dominates. Training
+    is free to change all of it. This shortens the long plateau before induction heads
+    form (a previous-token head and a copying head must appear together) to what a CPU can
+    train in minutes.
+    """
+    if model.cfg.positional_embedding_type != "rotary":
+        raise ValueError("plant_previous_token_head needs positional_embedding='rotary'")
+    attn = model.blocks[0].attn
+    query = torch.zeros(model.cfg.d_head)
+    query[:2] = scale
+    key = attn.apply_rotary(query.expand(1, 2, 1, -1).clone())[0, 1, 0]
+    attn.b_Q[head], attn.b_K[head] = query, key
+    attn.W_Q[head] *= 0.1
+    attn.W_K[head] *= 0.1
 
 
 def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,6 +223,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = HookedTransformer(build_model_config(model_args, seed=args.seed), move_to_device=False)
     model.set_tokenizer(tokenizer)
+    if args.plant_previous_token_head > 0:
+        plant_previous_token_head(model, 0, args.plant_previous_token_head)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("pos")]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.startswith("pos")]
@@ -166,6 +233,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
          {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.95),
     )
+    draw = SegmentDrawer(train_tokens, args.repeat_source, args.repeat_pool,
+                         tokenizer.bos_token_id, args.vocab_size)
     order = torch.Generator().manual_seed(args.seed)
     permutation = torch.randperm(train_tokens.shape[0], generator=order)
     cursor, epoch = 0, 0
@@ -176,9 +245,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if cursor + args.batch_size > len(permutation):
             permutation, cursor = torch.randperm(train_tokens.shape[0], generator=order), 0
             epoch += 1
-        batch = repeat_random_segments(train_tokens[permutation[cursor: cursor + args.batch_size]],
-                                       args.repeat_fraction, args.vocab_size,
-                                       tokenizer.bos_token_id, order)
+        batch = mix_in_repeated_segments(train_tokens[permutation[cursor: cursor + args.batch_size]],
+                                         args.repeat_fraction, draw, tokenizer.bos_token_id, order)
         cursor += args.batch_size
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
