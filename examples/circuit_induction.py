@@ -1,6 +1,7 @@
 """The circuit of "<t> is next by induction" features on the embedded model, written up.
 
     python examples/circuit_induction.py --out circuit_induction
+    python examples/circuit_induction.py --quick   # tiny SAE (seconds): checks that it runs
 
 1. Train a hook_z SAE on layer 1 of the embedded model with SAELens's runner
    (`train_hook_z_sae`) on the embedded corpus.
@@ -35,7 +36,7 @@ from sae_lens_attn.sources.training import train_hook_z_sae
 LAYER = 1
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("circuit_induction"))
     parser.add_argument("--model-folder", type=Path, default=EMBEDDED_DIR,
@@ -46,7 +47,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=10, help="induction features checked")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per feature")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="16k training tokens, expansion 2, 1 feature x 2 prompts")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.training_tokens, args.expansion_factor, args.features, args.prompts = 16_384, 2, 1, 2
+    return args
 
 
 def token_pool(model) -> torch.Tensor:
@@ -94,8 +100,8 @@ def describe(circuit: FeatureCircuit, position: int) -> tuple[str, str, str]:
     )
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()

@@ -1,0 +1,1 @@
+"""`sae-lens-attn demo`: the whole pipeline on one model (settings, pipeline, report)."""
