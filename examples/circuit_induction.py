@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-folder", type=Path, default=EMBEDDED_DIR,
                         help="embedded-model folder (default: the one shipped with the package)")
     parser.add_argument("--architecture", default="standard", choices=["standard", "block_diagonal"])
-    parser.add_argument("--training-tokens", type=int, default=400_000)
+    parser.add_argument("--training-tokens", type=int, default=1_000_000)
+    parser.add_argument("--l1-coefficient", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--expansion-factor", type=int, default=8)
     parser.add_argument("--features", type=int, default=10, help="induction features checked")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per feature")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     sae, layout = train_hook_z_sae(
         model, LAYER, architecture=args.architecture, dataset=dataset,
         training_tokens=args.training_tokens, expansion_factor=args.expansion_factor,
-        seed=args.seed,
+        lr=args.lr, sae_kwargs={"l1_coefficient": args.l1_coefficient}, seed=args.seed,
     )
     trained = time.perf_counter()
     eval_tokens = corpus_tokens(model.tokenizer, context, 32, split="test")
