@@ -12,6 +12,9 @@ before the SAE was built, on CUDA `torch.cuda.max_memory_allocated`. It prints a
 (params, peak memory, median ms) and the ratio dense / ours; the last line is
 `train_step_speedup=<x>` for the gpt2-small shape. `--compile` wraps
 `training_forward_pass` in `torch.compile`, as SAELens's runner does with `compile_sae`.
+On CPU, `THP_MEM_ALLOC_ENABLE=1 python benchmarks/block_diagonal.py` measures both SAEs
+with PyTorch's transparent-huge-page allocation (fewer page faults on the large
+`[batch, d_sae]` tensors); the header says which.
 """
 
 from __future__ import annotations
@@ -168,7 +171,8 @@ def main() -> None:
     print(
         f"device={args.device} dtype={args.dtype} batch={args.batch} tokens, expansion {EXPANSION}, "
         f"median of {args.repeats} after {args.warmup} warm-up, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads, compile={args.compile}"
+        f"{torch.get_num_threads()} CPU threads, compile={args.compile}, "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
     )
     header = f"{'shape':<11} {'sae':<15} {'d_in':>5} {'d_sae':>6} {'params':>11} {'peak MiB':>9} {'train ms':>9} {'encode ms':>10}"
     print(header)

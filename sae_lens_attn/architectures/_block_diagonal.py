@@ -26,6 +26,7 @@ they live here.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -408,7 +409,28 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._encode_with_hidden_pre(x)
+        feature_acts, hidden_pre = self._encode_with_hidden_pre(x)
+        self._acts_token_sum = None
+        if self._uses_token_sum_l1() and feature_acts.requires_grad:
+            # The L1 term needs the acts summed over tokens. Summing here, before
+            # `decode` builds its graph node, makes autograd run the decoder's backward
+            # first, so the L1 gradient (a broadcast) is added in place into the
+            # decoder's fresh [batch, d_sae] gradient: without it the engine allocates
+            # the sum out of place (measured ~200 ms of a 0.8 s CPU step, gpt2-small).
+            token_sum = feature_acts.reshape(-1, self.cfg.d_sae).sum(0)
+            self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
+        return feature_acts, hidden_pre
+
+    def _uses_token_sum_l1(self) -> bool:
+        return self.cfg.activation == "relu" and self.cfg.lp_norm == 1
+
+    def _token_sum_of(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """`[d_sae]` sum over tokens of `feature_acts`: the one `encode_with_hidden_pre`
+        made for this very tensor (then forgotten), else computed now."""
+        stash, self._acts_token_sum = getattr(self, "_acts_token_sum", None), None
+        if stash is not None and stash[0]() is feature_acts:
+            return stash[1]
+        return feature_acts.reshape(-1, self.cfg.d_sae).sum(0)
 
     @override
     def calculate_aux_loss(
@@ -425,12 +447,12 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
     def _l1_loss(self, coefficient: float, feature_acts: torch.Tensor) -> torch.Tensor:
         """SAELens's standard penalty: mean over tokens of `||acts * W_dec_norms||_p`."""
         norms = self._decoder_row_norms()
-        if self.cfg.lp_norm == 1:
+        if self._uses_token_sum_l1():
             # ReLU acts are >= 0, so the p=1 norm is the plain weighted sum. Summing over
             # tokens first gives the same value with a broadcast backward instead of
             # three [batch, d_sae] temporaries.
-            acts = feature_acts.reshape(-1, self.cfg.d_sae)
-            return coefficient * (acts.sum(0) @ norms) / acts.shape[0]
+            n_tokens = feature_acts.numel() // self.cfg.d_sae
+            return coefficient * (self._token_sum_of(feature_acts) @ norms) / n_tokens
         sparsity = (feature_acts * norms).norm(p=self.cfg.lp_norm, dim=-1)
         return (coefficient * sparsity).mean()
 
