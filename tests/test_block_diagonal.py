@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
@@ -142,6 +144,18 @@ def test_l1_gradient_is_added_in_place_into_the_decoder_gradient():
     adds = [(e.name, e.input_shapes) for e in profile.events() if e.name in ("aten::add", "aten::add_")]
     assert ("aten::add_", [big, big, []]) in adds, adds
     assert not [shapes for name, shapes in adds if name == "aten::add" and big in shapes], adds
+
+
+def test_no_part_of_the_training_graph_stays_on_the_sae():
+    """The L1 token sum lives only inside `training_forward_pass`: afterwards, and after
+    an encode with gradients, the SAE deep-copies (a kept non-leaf tensor would refuse)."""
+    ours, _ = training_pair(1.0)
+    x = inputs(8)
+    output = ours.training_forward_pass(step_input(x))
+    ours.encode_with_hidden_pre(x)
+    assert ours._acts_token_sum is None
+    copy.deepcopy(ours)
+    output.loss.backward()
 
 
 def test_topk_auxiliary_loss_equals_saelens_topk_on_the_dense_matrix():

@@ -42,6 +42,7 @@ from sae_lens.saes.sae import (
     TrainingSAE,
     TrainingSAEConfig,
     TrainStepInput,
+    TrainStepOutput,
 )
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopK, calculate_topk_aux_acts
@@ -407,11 +408,23 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             )
         }
 
+    # Set only during `training_forward_pass`: (weakref to the feature acts, their token sum).
+    _acts_token_sum: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
+    _in_training_forward_pass = False
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        self._in_training_forward_pass = True
+        try:
+            return super().training_forward_pass(step_input)
+        finally:  # nothing of the graph outlives the pass (deepcopy, memory)
+            self._in_training_forward_pass, self._acts_token_sum = False, None
+
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_acts, hidden_pre = self._encode_with_hidden_pre(x)
         self._acts_token_sum = None
-        if self._uses_token_sum_l1() and feature_acts.requires_grad:
+        if self._in_training_forward_pass and self._uses_token_sum_l1() and feature_acts.requires_grad:
             # The L1 term needs the acts summed over tokens. Summing here, before
             # `decode` builds its graph node, makes autograd run the decoder's backward
             # first, so the L1 gradient (a broadcast) is added in place into the
@@ -427,7 +440,7 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
     def _token_sum_of(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """`[d_sae]` sum over tokens of `feature_acts`: the one `encode_with_hidden_pre`
         made for this very tensor (then forgotten), else computed now."""
-        stash, self._acts_token_sum = getattr(self, "_acts_token_sum", None), None
+        stash, self._acts_token_sum = self._acts_token_sum, None
         if stash is not None and stash[0]() is feature_acts:
             return stash[1]
         return feature_acts.reshape(-1, self.cfg.d_sae).sum(0)
