@@ -196,3 +196,20 @@ def test_training_script_defaults_are_the_shipped_models_recipe():
     defaults = vars(parse_args(["--out", "x"]))
     del defaults["out"]
     assert defaults == read_embedded_config()["training"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--repeat-fraction", "1.5"], "--repeat-fraction must be between 0 and 1, got 1.5"),
+        (["--repeat-pool", "-3"], "--repeat-pool must be 0 (whole vocabulary) or a positive count"),
+        (["--positional-embedding", "standard"], "--plant-previous-token-head needs --positional-embedding rotary"),
+    ],
+)
+def test_training_script_rejects_bad_arguments_before_any_work(arguments, message, capsys):
+    from sae_lens_attn.models.train import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--out", "x", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -86,7 +86,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-sequences", type=int, default=64,
                         help="held-out sequences for the test loss")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # checked here, before minutes of tokenizer training and data preparation
+    if not 0 <= args.repeat_fraction <= 1:
+        parser.error(f"--repeat-fraction must be between 0 and 1, got {args.repeat_fraction}")
+    if args.repeat_pool < 0:
+        parser.error(f"--repeat-pool must be 0 (whole vocabulary) or a positive count, got {args.repeat_pool}")
+    if args.plant_previous_token_head > 0 and args.positional_embedding != "rotary":
+        parser.error("--plant-previous-token-head needs --positional-embedding rotary "
+                     f"(got {args.positional_embedding}); pass --plant-previous-token-head 0")
+    return args
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
