@@ -17,10 +17,29 @@ from collections.abc import Sequence
 from sae_lens_attn import __version__, commands
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` with every option's default: appended as "(default: X)" unless the help
+    text already states it (defaults decided at run time, such as "default: all"); flags
+    show "off", empty repeatable options "none"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text  # no default to show: the help must say what happens (a test checks)
+        if action.default in ([], ()):
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-attn",
         description="Sparse autoencoders on attention outputs (hook_z) for SAELens.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sae-lens-attn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -29,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         command_parser = module.add_parser(subparsers)
+        command_parser.formatter_class = HelpFormatter  # one help style for every command
         command_parser.set_defaults(run=module.run)
     return parser
 

@@ -51,9 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--destination", type=int, help="position to explain (default: where the feature peaks)"
     )
-    parser.add_argument("--n-sources", type=int, default=3, help="top source positions (3)")
-    parser.add_argument("--top-tokens", type=int, default=10, help="promoted tokens shown (10)")
-    parser.add_argument("--top-components", type=int, default=20, help="bars in the plot (20)")
+    parser.add_argument("--n-sources", type=int, default=3, help="top source positions")
+    parser.add_argument("--top-tokens", type=int, default=10, help="promoted tokens shown")
+    parser.add_argument("--top-components", type=int, default=20, help="bars in the plot")
     add_out_argument(parser, "circuit")
     return parser
 

@@ -31,17 +31,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_sae_argument(parser)
     add_model_argument(parser)
     parser.add_argument(
-        "--features", type=parse_index_list, default=parse_index_list("0-49"),
-        help="feature indices and ranges, e.g. 0-49,60 (default 0-49)",
+        "--features", type=parse_index_list, default="0-49",
+        help="feature indices and ranges, e.g. 0-49,60",
     )
     parser.add_argument(
         "--families", type=Path,
-        help="families.json written by the detectors: shown in the family and logit-lens panels",
+        help="families.json written by the detectors: shown in the family and logit-lens "
+        "panels (default: none, those panels say no detector ran)",
     )
-    parser.add_argument("--n-prompts", type=int, default=512, help="corpus rows to search (512)")
-    parser.add_argument("--context-size", type=int, default=64, help="tokens per row (64)")
+    parser.add_argument("--n-prompts", type=int, default=512, help="corpus rows to search")
+    parser.add_argument("--context-size", type=int, default=64, help="tokens per row")
     parser.add_argument(
-        "--split", default="test", choices=["train", "test"], help="corpus split (test)"
+        "--split", default="test", choices=["train", "test"], help="corpus split"
     )
     parser.add_argument(
         "--panels", type=lambda text: [p for p in text.split(",") if p],
@@ -52,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--dfa-examples", type=int,
         help="how many of the shown top examples get a DFA row (default: all 8)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device")
     add_out_argument(parser, "dashboard")
     return parser
 

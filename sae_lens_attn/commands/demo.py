@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--quick", action="store_true",
                         help="tiny step counts (seconds, for tests and CI): checks that "
                         "everything runs, the numbers mean nothing")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random step")
     return parser
 
 

@@ -45,33 +45,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     data.add_argument("--d-head", type=int, help=f"width of each head (default {full['d_head']})")
     data.add_argument("--features", type=int, help=f"true features (default {full['features']})")
     data.add_argument("--single-head-fraction", type=float, default=1.0,
-                      help="share of features living in one head; the rest span several (default 1)")
+                      help="share of features living in one head; the rest span several")
     data.add_argument("--heads-per-feature", type=int, default=2,
-                      help="heads spanned by each multi-head feature (default 2)")
+                      help="heads spanned by each multi-head feature")
     data.add_argument("--mean-l0", type=float,
                       help=f"expected active features per sample (default {full['mean_l0']})")
     data.add_argument("--firing", choices=("zipfian", "constant"), default="zipfian",
-                      help="firing probabilities: decaying (Zipf) or all equal (default zipfian)")
+                      help="firing probabilities: decaying (Zipf) or all equal")
     data.add_argument("--correlation-rank", type=int, default=0,
                       help="rank of SAELens's low-rank firing correlations; 0: independent (default)")
     data.add_argument("--correlation-scale", type=float, default=0.1,
-                      help="strength of the low-rank correlations (default 0.1)")
+                      help="strength of the low-rank correlations")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sizes", type=_list_of(int),
                        help="dictionary sizes, e.g. 256,512,1024 (default: features x 1/2, 1, 2)")
     sweep.add_argument("--l1", type=_list_of(float),
                        help=f"L1 coefficients (default {full['l1']})")
-    sweep.add_argument("--architectures", type=_list_of(str), default=("standard", "block_diagonal"),
-                       help="standard and/or block_diagonal (default both)")
+    sweep.add_argument("--architectures", type=_list_of(str), default="standard,block_diagonal",
+                       help="standard and/or block_diagonal, comma-separated")
     sweep.add_argument("--training-samples", type=int,
                        help=f"training samples per SAE (default {full['training_samples']})")
-    sweep.add_argument("--batch-size", type=int, default=256, help="default 256")
-    sweep.add_argument("--lr", type=float, default=3e-3, help="default 3e-3")
+    sweep.add_argument("--batch-size", type=int, default=256, help="training batch size in samples")
+    sweep.add_argument("--lr", type=float, default=3e-3, help="learning rate")
     sweep.add_argument("--eval-samples", type=int,
                        help=f"evaluation samples per SAE (default {full['eval_samples']})")
     sweep.add_argument("--threshold", type=float, default=0.9,
-                       help="MMCS between dictionaries counted as 'reproduced' (default 0.9)")
-    sweep.add_argument("--seed", type=int, default=0, help="default 0")
+                       help="MMCS between dictionaries counted as 'reproduced'")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the ground truth, data and SAEs")
     sweep.add_argument("--threads", type=int,
                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     sweep.add_argument("--quick", action="store_true",
