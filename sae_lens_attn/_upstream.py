@@ -7,6 +7,11 @@ workaround can go.
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
+from typing import Any
+
 
 def disable_datasets_torchvision_formatting() -> None:
     """Stop `datasets` from importing `torchvision.io.VideoReader` when it formats rows as torch.
@@ -21,3 +26,76 @@ def disable_datasets_torchvision_formatting() -> None:
     import datasets.config
 
     datasets.config.TORCHVISION_AVAILABLE = False
+
+
+# Upstream warnings that tell our users nothing true or actionable, each pinned by
+# (message regex, category, module regex) so that nothing else is hidden
+# (tests/test_upstream.py checks that each still occurs upstream and that only it is hidden).
+KNOWN_UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    # sae_lens 6.54 `ActivationsStore.__init__` compares the dataset's rows with the
+    # training *tokens* (rows x context_size are what count): wrong for every run.
+    (r"The training dataset contains fewer samples \(\d+\) than the number of samples required",
+     UserWarning, r"sae_lens\.training\.activations_store\Z"),
+    # torch's advice to sae_lens's own `torch.tensor(row)` on pretokenized rows.
+    (r"To copy construct from a tensor, it is recommended",
+     UserWarning, r"sae_lens\.training\.activations_store\Z"),
+    # torch 2.x deprecation inside eindex (used by sae_dashboard), three times per dashboard.
+    (r"Using a non-tuple sequence for multidimensional indexing is deprecated",
+     UserWarning, r"eindex\.indexing\Z"),
+)
+
+# sae_lens's runner logs these whenever a model or dataset is passed in; our runner always
+# passes the hook_z source's model and our corpus, on purpose.
+KNOWN_UPSTREAM_LOG_MESSAGES: tuple[str, ...] = (
+    r"You just passed in a (dataset|model) which will override the one specified in your configuration",
+)
+
+
+class _KnownLogMessages(logging.Filter):
+    """Drops the `sae_lens` log records listed in `KNOWN_UPSTREAM_LOG_MESSAGES`."""
+
+    patterns = [re.compile(pattern) for pattern in KNOWN_UPSTREAM_LOG_MESSAGES]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(p.match(record.getMessage()) for p in self.patterns)
+
+
+def silence_known_upstream_warnings() -> None:
+    """Hide exactly the upstream warnings and log lines listed above (idempotent).
+
+    The command line calls this; library code leaves the process's warning filters alone.
+    """
+    for message, category, module in KNOWN_UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    sae_lens_logger = logging.getLogger("sae_lens")
+    if not any(isinstance(f, _KnownLogMessages) for f in sae_lens_logger.filters):
+        sae_lens_logger.addFilter(_KnownLogMessages())
+
+
+class _DescriptionOnly:
+    """A stand-in for a tqdm bar that takes descriptions and ignores `update`."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+
+    def set_description(self, text: str) -> None:
+        self._bar.set_description(text)
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+
+def progress_every_step(trainer: Any) -> None:
+    """Make SAELens's "Training SAE" bar move on every step (in place, on one trainer).
+
+    sae_lens 6.54's `SAETrainer._update_pbar` advances the bar only every 100 steps, so a
+    run of fewer than 100 steps sits at 0% until it ends. This advances it by each step's
+    tokens and still lets upstream write the loss description every 100 steps.
+    """
+    upstream_update = trainer._update_pbar
+
+    def update(step_output: Any, pbar: Any, update_interval: int = 100) -> None:
+        pbar.update(trainer.cfg.train_batch_size_samples)
+        upstream_update(step_output, _DescriptionOnly(pbar), update_interval)
+
+    trainer._update_pbar = update

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from sae_lens_attn import __version__, commands
+from sae_lens_attn._upstream import silence_known_upstream_warnings
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_known_upstream_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):

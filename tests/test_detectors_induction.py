@@ -126,7 +126,8 @@ def test_planted_induction_features_are_found_with_precision_and_recall_one(setu
         evidence = by_feature[feature].evidence
         assert evidence["token"] == token and evidence["induction_rate"] == 1.0
         assert evidence["control_rate"] == 0.0 and by_feature[feature].score == 1.0
-        assert evidence["heads"] == {"0": 1.0, "1": 0.0} and evidence["top_head"] == 0
+        assert evidence["heads"] == {"L1H0": 1.0, "L1H1": 0.0} and evidence["top_head"] == 0
+        assert evidence["summary"].endswith("; L1H0)")
     # the impostor that fires on induction of its token also fires on every control
     assert by_feature[5].evidence["induction_rate"] == 1.0 and by_feature[5].evidence["control_rate"] == 1.0
 
@@ -186,7 +187,7 @@ def test_block_diagonal_sae_gives_the_same_families_as_its_dense_copy(setup):
     dense = InductionDetector().detect(model, sae.to_dense_sae(), layout, **options)
     assert [r.family for r in rows] == [FAMILY] * 3 + [None, None]
     assert [(r.family, r.score) for r in rows] == [(r.family, r.score) for r in dense]
-    assert all(r.evidence["heads"] == {"0": 1.0, "1": 0.0} for r in rows[:3])
+    assert all(r.evidence["heads"] == {"L1H0": 1.0, "L1H1": 0.0} for r in rows[:3])
 
 
 def test_one_forward_pass_per_batch_of_prompts_serves_every_feature(setup):

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.detectors.results import load_family_rows
     from sae_lens_attn.models.dataset import corpus_tokens
 
-    model = load_model(args.model).to(args.device)
+    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     sae = load_sae(args.sae, device=args.device)
     if model.tokenizer is None:
         raise SystemExit(f"error: model {args.model!r} has no tokenizer to build prompts with")

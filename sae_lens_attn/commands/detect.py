@@ -92,7 +92,7 @@ def evaluation_tokens(model: Any, n_sequences: int, context_size: int):
 
 def save_figure(figure: Any, out_dir: Path, stem: str, png: bool = True) -> list[Path]:
     """`stem.html` (plotly.js embedded: opens offline) and `stem.png` where kaleido can
-    render; a PNG that cannot be made is reported, not fatal."""
+    render; a PNG that cannot be made is reported in one line, not fatal."""
     html = out_dir / f"{stem}.html"
     figure.write_html(html, include_plotlyjs=True)
     written = [html]
@@ -102,15 +102,33 @@ def save_figure(figure: Any, out_dir: Path, stem: str, png: bool = True) -> list
         figure.write_image(out_dir / f"{stem}.png", width=1000, height=650)
         written.append(out_dir / f"{stem}.png")
     except Exception as error:  # kaleido missing or no browser for it to drive
-        print(f"note: {stem}.png not written ({type(error).__name__}: {error}); the HTML has the figure")
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        print(f"note: no PNG figures ({type(error).__name__}: {reason}); the .html files hold "
+              "them (--no-png skips PNGs)")
     return written
+
+
+def families_table(rows: list[Any], detectors: list[str]) -> list[tuple[str, ...]]:
+    """One line per family found, and a "none found" line for each detector that found none."""
+    from sae_lens_attn.detectors.results import family_summary
+
+    summary = family_summary(rows)
+    table = []
+    for detector in detectors:
+        found = summary.get(detector, {"live": 0, "families": {}})
+        live = str(found["live"])
+        for family, stats in found["families"].items():
+            table.append((detector, family, str(stats["count"]), f"{stats['share_of_live']:.1%}", live))
+        if not found["families"]:
+            table.append((detector, "(none found)", "0", f"{0:.1%}", live))
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae_lens_attn.commands.plugins import format_table
-    from sae_lens_attn.detectors.results import family_summary, save_family_rows
+    from sae_lens_attn.detectors.results import save_family_rows
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -126,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {error}") from None
 
     torch.manual_seed(args.seed)
-    model = load_model(args.model).to(args.device)
+    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     sae = load_sae(args.sae, device=args.device)
     layout = HeadLayout.from_sae(sae, model)
     print(f"SAE {args.sae}: {sae.cfg.d_sae} features on {layout.hook_name} heads {list(layout.heads)}")
@@ -154,13 +172,12 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     written = list(save_family_rows(rows, args.out))
+    png = not args.no_png
     for stem, figure in figures.items():
-        written.extend(save_figure(figure, args.out, stem, png=not args.no_png))
-    table = [
-        (detector, family, str(stats["count"]), f"{stats['share_of_live']:.1%}", str(summary["live"]))
-        for detector, summary in family_summary(rows).items()
-        for family, stats in summary["families"].items()
-    ]
-    print(format_table(table, ("detector", "family", "features", "share of live", "live")) if table else "no family found")
+        files = save_figure(figure, args.out, stem, png=png)
+        png = png and files[-1].suffix == ".png"  # after one failure, do not try again
+        written.extend(files)
+    print(format_table(families_table(rows, list(detectors)),
+                       ("detector", "family", "features", "share of live", "live")))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -129,7 +129,7 @@ def render_dashboard(
         layout=layout,
         tokens=tokens,
         decode=token_decoder(model.tokenizer),
-        head_labels=[f"L{layout.layer}H{h}" for h in layout.heads],
+        head_labels=layout.head_labels,
         detectors_ran=families is not None,
         config=config,
     )

@@ -142,7 +142,7 @@ def carrying_heads(sae: SAE, layout: HeadLayout, features: list[int]) -> dict[st
     dominant = sae_head_attribution(sae, layout.n_heads, features).argmax(dim=1).tolist()
     counts: dict[str, int] = {}
     for index in dominant:
-        label = f"L{layout.layer}H{layout.heads[index]}"
+        label = layout.head_labels[index]
         counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
@@ -224,7 +224,7 @@ def demo_one_sae(
         d_sae=sae.cfg.d_sae,
         metrics=metrics,
         activity=activity,
-        head_labels=[f"L{layout.layer}H{h}" for h in layout.heads],
+        head_labels=layout.head_labels,
         families_json=families_json.relative_to(out),
         family_summary=family_summary(rows),
         detector_errors=errors,

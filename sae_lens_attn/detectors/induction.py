@@ -339,10 +339,10 @@ class InductionDetector:
             )
             if feature in head_of:
                 fractions = head_of[feature]
-                evidence["heads"] = {str(h): f for h, f in zip(layout.heads, fractions, strict=True)}
-                top_head = layout.heads[max(range(len(fractions)), key=fractions.__getitem__)]
-                evidence["top_head"] = top_head
-                evidence["summary"] = f"{shown} is next by induction ({tally}; head {layout.layer}.{top_head})"
+                evidence["heads"] = dict(zip(layout.head_labels, fractions, strict=True))
+                top = max(range(len(fractions)), key=fractions.__getitem__)
+                evidence["top_head"] = layout.heads[top]
+                evidence["summary"] = f"{shown} is next by induction ({tally}; {layout.head_labels[top]})"
                 rows.append(FamilyRow(self.name, feature, FAMILY, (induction[i] - control[i]).item(), evidence))
             else:
                 evidence["summary"] = f"not induction for {shown} ({tally})"

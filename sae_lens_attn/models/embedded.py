@@ -73,7 +73,8 @@ def load_embedded_model(folder: Path = EMBEDDED_DIR, device: str = "cpu") -> Hoo
     state_dict = {k: v.float() for k, v in load_file(Path(folder) / WEIGHTS_FILE).items()}
     model.load_and_process_state_dict(state_dict)
     model.eval()
-    return model.to(device)
+    # TransformerLens prints "Moving model to device" on every `.to`: a loader says nothing
+    return model.to(device, print_details=False)
 
 
 def load_model(name: str, device: str = "cpu") -> HookedTransformer:

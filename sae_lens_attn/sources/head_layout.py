@@ -23,6 +23,11 @@ METADATA_KEY = "head_layout"
 _HOOK_Z_PATTERN = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
 
 
+def head_label(layer: int, head: int) -> str:
+    """The one way heads are named in output: `L1H2` is head 2 of layer 1."""
+    return f"L{layer}H{head}"
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """Layer, heads (in the SAE input's order) and `d_head` of a hook_z SAE input.
@@ -71,6 +76,11 @@ class HeadLayout:
     def head_slice(self, position: int) -> slice:
         """Columns of the SAE input that belong to `heads[position]`."""
         return slice(position * self.d_head, (position + 1) * self.d_head)
+
+    @property
+    def head_labels(self) -> list[str]:
+        """`L{layer}H{head}` of each head, in input order."""
+        return [head_label(self.layer, head) for head in self.heads]
 
     @property
     def slices(self) -> list[slice]:

@@ -20,7 +20,7 @@ from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunne
 from sae_lens.config import HfDataset
 from typing_extensions import override
 
-from sae_lens_attn._upstream import disable_datasets_torchvision_formatting
+from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
 from sae_lens_attn.sources.evaluation import HookZEvaluator
 from sae_lens_attn.sources.folding import fold_input_scale
 from sae_lens_attn.sources.hook_z import STATE_FILENAME, HookZSource
@@ -99,6 +99,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
 
     @override
     def run_trainer_with_interruption_handling(self, trainer: Any) -> TrainingSAE[Any]:
+        progress_every_step(trainer)
         sae = super().run_trainer_with_interruption_handling(trainer)
         finish_hook_z_sae(sae, self.source)
         return sae
