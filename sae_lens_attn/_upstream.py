@@ -95,7 +95,8 @@ def progress_every_step(trainer: Any) -> None:
     upstream_update = trainer._update_pbar
 
     def update(step_output: Any, pbar: Any, update_interval: int = 100) -> None:
-        pbar.update(trainer.cfg.train_batch_size_samples)
+        # the last step may pass the total (training stops at >= total): stop the bar at 100%
+        pbar.update(max(0, min(trainer.cfg.train_batch_size_samples, pbar.total - pbar.n)))
         upstream_update(step_output, _DescriptionOnly(pbar), update_interval)
 
     trainer._update_pbar = update

@@ -89,11 +89,12 @@ def test_the_pinned_warnings_still_occur_upstream_and_are_hidden_by_the_cli_filt
 
 def test_training_bar_moves_on_every_step_of_a_short_run(tiny_model, capsys):
     tokens = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(0))
-    train_hook_z_sae(tiny_model, 1, architecture="standard", dataset=tokens, training_tokens=640,
+    train_hook_z_sae(tiny_model, 1, architecture="standard", dataset=tokens, training_tokens=600,
                      train_batch_size_tokens=128, store_batch_size_prompts=4, expansion_factor=2)
     bar = capsys.readouterr().err
-    # 5 steps of 128 tokens: upstream alone advances every 100 steps, so it closes at 0/640
-    assert "640/640" in bar.splitlines()[-1]
+    # 5 steps of 128 tokens (the last one passes 600): upstream alone advances every 100
+    # steps, so it closes at 0/600
+    assert "| 600/600 [" in bar.splitlines()[-1]
 
 
 def test_loading_the_embedded_model_prints_nothing(capsys):
