@@ -47,5 +47,5 @@ def test_mkdocs_build_strict(tmp_path):
     cli = (site / "cli" / "index.html").read_text()
     assert "usage: sae-lens-attn detect" in cli and "(default: detect_out)" in cli
     quickstart = (site / "quickstart" / "index.html").read_text()
-    assert "sae-lens-attn detect" in quickstart
+    assert "Pick a feature in the dropdown" in quickstart
     assert "Unreleased" in (site / "changelog" / "index.html").read_text()
