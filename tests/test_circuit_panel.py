@@ -4,6 +4,7 @@ value-side split of each feature's top example once per prompt, and adds up exac
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -67,3 +68,4 @@ def test_circuit_panel_shows_the_value_side_split_of_each_top_example(setup):
         assert [s["source"] for s in data["top_sources"]] == reference.top_sources(3)
         # tokens are arbitrary text: escaped in the HTML
         assert "<t" not in output.html and "sla-plotly" in output.html
+        assert re.search(r"\bL1H\d attends from it", output.html)  # heads read L{l}H{h}

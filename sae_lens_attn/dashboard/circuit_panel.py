@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc, plotly_div
+from sae_lens_attn.sources.head_layout import head_label
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -130,7 +131,8 @@ class CircuitPanel(DashboardPanel):
         if qk is not None:
             top_key = qk.key_labels[int(qk.key_totals.argmax())]
             note += (
-                f" Head {qk.head} attends from it to position {qk.source} with score "
+                f" {head_label(context.layout.layer, qk.head)} attends from it to position "
+                f"{qk.source} with score "
                 f"{qk.score:.2f}, raised most by {top_key} at the source."
             )
         figure = upstream_figure(circuit, context.decode, self.n_bars)
