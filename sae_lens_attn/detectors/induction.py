@@ -180,7 +180,8 @@ def count_induction_firing(
     feature_columns = index.to(sae.W_dec.device)
     n_tests = prompts.test_positions.shape[1]
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="induction prompts", disable=not progress):
+    bar = tqdm(total=len(prompts), desc="induction prompts", unit="prompt", disable=not progress)
+    for start in starts:
         rows = slice(start, start + batch_size)
         x = source.activations(prompts.tokens[rows].to(device))  # [b, pos, d_in]
         n_controls = max(0, min(n_control_sequences - start, x.shape[0]))  # leading rows
@@ -209,6 +210,8 @@ def count_induction_firing(
             counts.no_prev_fires += (firsts > activation_threshold).sum(dim=0)
             counts.no_prev_tests += firsts.shape[0]
             counts.control_act_sum += controls.masked_fill(own, 0.0).sum(dim=0) + firsts.sum(dim=0)
+        bar.update(x.shape[0])
+    bar.close()
     return counts
 
 

@@ -123,10 +123,12 @@ class LogitLensClassDetector:
         W_U = unembed_through_final_ln(model) if through_final_ln else model.W_U.detach()
         stats_parts, top_parts, bottom_parts = [], [], []
         chunks = iter_logit_weights(directions, W_U, chunk_size)
-        for _, weights in tqdm(chunks, total=-(-len(index) // chunk_size), desc="logit lens", disable=not progress):
-            stats_parts.append(moments(weights).cpu())
-            top_parts.append(weights.topk(top_k, dim=1).indices.cpu())
-            bottom_parts.append(weights.topk(top_k, dim=1, largest=False).indices.cpu())
+        with tqdm(total=len(index), desc="logit lens", unit="feature", disable=not progress) as bar:
+            for _, weights in chunks:
+                stats_parts.append(moments(weights).cpu())
+                top_parts.append(weights.topk(top_k, dim=1).indices.cpu())
+                bottom_parts.append(weights.topk(top_k, dim=1, largest=False).indices.cpu())
+                bar.update(weights.shape[0])
         stats = LogitStats.concat(stats_parts)
         classes, score = logit_lens_classes(stats, thresholds)
         strings = token_strings_of(model)

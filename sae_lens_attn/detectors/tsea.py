@@ -253,21 +253,21 @@ def token_set_enrichment(
     vocab_size = W_U.shape[1]
     index_sets = _as_index_sets([token_sets[name] for name in names], vocab_size)
     chunks = iter_logit_weights(directions, W_U, chunk_size)
-    total = -(-directions.shape[0] // chunk_size)
     # numpy's sorts release the GIL: `workers` chunks are scored at once while the next
     # chunk's logit weights are computed; at most `workers + 1` wait, so memory stays bounded
     workers = max(1, torch.get_num_threads())
     scored = []
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc="enrichment", disable=not progress) as bar:
+    bar = tqdm(total=directions.shape[0], desc="enrichment", unit="feature", disable=not progress)
+    with ThreadPoolExecutor(workers) as pool, bar:
         pending: deque[Future] = deque()
         for _, weights in chunks:
             pending.append(pool.submit(enrichment_scores, weights.cpu(), index_sets))
             while len(pending) > workers:
                 scored.append(pending.popleft().result())
-                bar.update()
+                bar.update(scored[-1][0].shape[0])
         while pending:
             scored.append(pending.popleft().result())
-            bar.update()
+            bar.update(scored[-1][0].shape[0])
     empty = torch.empty(0, len(names), dtype=torch.float64)
     es = torch.cat([part[0] for part in scored]) if scored else empty
     direction = torch.cat([part[1] for part in scored]) if scored else empty.to(torch.int8)
