@@ -16,7 +16,7 @@ _MARKER = re.compile(r"<!-- cli-help ?([a-z_-]*) -->")
 def _help_text(command: str) -> str:
     from sae_lens_attn.cli import build_parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it
+    os.environ["COLUMNS"] = "80"  # argparse wraps to the terminal width: fit the page column
     parser = build_parser()
     if not command:
         return parser.format_help()
