@@ -115,7 +115,7 @@ def test_output_folder_holds_one_loadable_sae_per_name_and_a_saes_json_listing_t
     ]
     for entry in entries:
         sae = SAE.load_from_disk(tmp_path / entry["path"])
-        assert entry["metrics"]["l0"] == pytest.approx(sae.cfg.metadata.l0)
+        assert entry["metrics"]["training_l0"] == pytest.approx(sae.cfg.metadata.l0)
         assert HeadLayout.from_sae(sae, tiny_model).heads == tuple(entry["heads"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
 

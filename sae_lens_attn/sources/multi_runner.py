@@ -47,6 +47,7 @@ from sae_lens_attn.sources.outputs import (
     publish_sae_folder,
     sae_list_entry,
     staging_folder,
+    training_metrics,
     write_sae_list,
 )
 from sae_lens_attn.sources.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
@@ -175,14 +176,12 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         atomic_write_text(out / RUNNER_CFG_FILENAME, json.dumps(self.cfg.to_dict()))
         write_sae_list(out, [self.sae_list_entry(name, sae) for name, sae in saes.items()])
 
-    def sae_list_entry(self, name: str, sae: TrainingSAE[Any], metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The `saes.json` entry of SAE `name`: training metrics (`l0`,
-        `num_dead_features`) unless `metrics` are given."""
+    def sae_list_entry(self, name: str, sae: TrainingSAE[Any]) -> dict[str, Any]:
+        """The `saes.json` entry of SAE `name`, with its `training_metrics`."""
         layout = self.sources[name].layout
-        if metrics is None:
-            metrics = {key: sae.cfg.metadata.get(key) for key in ("l0", "num_dead_features")}
         return sae_list_entry(
-            name, layout.layer, layout.heads, sae.cfg.architecture(), self.folders[name], metrics
+            name, layout.layer, layout.heads, sae.cfg.architecture(), self.folders[name],
+            training_metrics(sae),
         )
 
 

@@ -45,6 +45,13 @@ def sae_list_entry(
     }
 
 
+def training_metrics(sae: Any) -> dict[str, Any]:
+    """What SAELens's trainer recorded about a trained SAE: `training_l0` (mean L0 over
+    the last sparsity window) and `num_dead_features`."""
+    metadata = sae.cfg.metadata
+    return {"training_l0": metadata.get("l0"), "num_dead_features": metadata.get("num_dead_features")}
+
+
 def write_sae_list(folder: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
     """Write `folder/saes.json` atomically; names must be unique."""
     names = [entry["name"] for entry in entries]
