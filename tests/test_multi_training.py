@@ -147,3 +147,57 @@ def test_diverged_training_saves_no_sae(tiny_model, train_tokens, tmp_path):
         sae.b_enc[3] = float("nan")
     with pytest.raises(ValueError, match="training diverged: b_enc hold NaN or inf"):
         check_finite_weights(sae)
+
+
+def test_checkpoints_hold_each_sae_with_its_source_state_and_resume_takes_the_scales(tiny_model, train_tokens, tmp_path):
+    specs = [HookZSAESpec(1, heads=(1, 3), per_head_norm=True, expansion_factor=2, name="subset"),
+             HookZSAESpec(0, architecture="standard", expansion_factor=2)]
+    train_hook_z_saes(tiny_model, specs, dataset=train_tokens, checkpoint_path=str(tmp_path),
+                      runner_kwargs={"n_checkpoints": 1}, **RUN)
+    [checkpoint] = {path.parent.parent for path in tmp_path.rglob("hook_z_source.json")}
+    states = {name: json.loads((checkpoint / name / "hook_z_source.json").read_text()) for name in ("subset", "L0_standard")}
+    assert states["subset"]["head_layout"]["heads"] == [1, 3] and len(states["subset"]["per_head_scale"]) == 2
+    assert states["L0_standard"]["per_head_scale"] is None
+    assert (checkpoint / "subset" / "sae_weights.safetensors").is_file()  # SAELens's per-SAE checkpoint
+    sources = {"subset": HookZSource(tiny_model, 1, heads=[1, 3], per_head_norm=True),
+               "L0_standard": HookZSource(tiny_model, 0)}
+    saes = {"subset": StandardTrainingSAEConfig(d_in=32, d_sae=64), "L0_standard": StandardTrainingSAEConfig(d_in=64, d_sae=128)}
+    other_tokens = torch.randint(0, 101, (32, 32), generator=torch.Generator().manual_seed(5))
+    cfg = multi_runner_config(sources, saes, context_size=32, training_tokens=256, train_batch_size_tokens=128,
+                              store_batch_size_prompts=4, n_batches_in_buffer=8, checkpoint_path=None,
+                              output_path=None, resume_from_checkpoint=str(checkpoint))
+    HookZMultiSAETrainingRunner(cfg, sources, override_dataset=as_token_dataset(other_tokens))
+    # taken from the checkpoint, not re-estimated from the other tokens
+    assert sources["subset"].per_head_scale.tolist() == states["subset"]["per_head_scale"]
+
+
+def test_in_training_evals_scale_each_sae_like_its_batches_and_skip_head_subsets(tiny_model, train_tokens):
+    import copy
+
+    from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from sae_lens_attn.sources.folding import fold_input_scale
+
+    sources = {"norm": HookZSource(tiny_model, 1, per_head_norm=True), "subset": HookZSource(tiny_model, 1, heads=[0])}
+    saes = {"norm": StandardTrainingSAEConfig(d_in=64, d_sae=128), "subset": StandardTrainingSAEConfig(d_in=16, d_sae=32)}
+    cfg = multi_runner_config(sources, saes, context_size=32, training_tokens=256, train_batch_size_tokens=128,
+                              store_batch_size_prompts=4, n_batches_in_buffer=8, n_eval_batches=2,
+                              checkpoint_path=None, output_path=None)
+    torch.manual_seed(0)
+    runner = HookZMultiSAETrainingRunner(cfg, sources, override_dataset=as_token_dataset(train_tokens))
+    runner._set_sae_metadata()
+    store = runner.activations_store
+    store.iterable_sequences = store._iterate_tokenized_sequences()  # from the first prompt
+    scalers = {name: ActivationScaler() for name in saes}
+    with pytest.warns(UserWarning, match=r"subset: .* reads heads \[0\] only"):
+        ours = runner.evaluator(runner.saes, store, scalers, cfg.hook_names_per_sae)
+    assert ours and all(key.startswith("norm/") for key in ours)
+    # reference: the SAE folded to raw input through SAELens's single-SAE evaluator
+    folded = copy.deepcopy(runner.saes["norm"])
+    fold_input_scale(folded, sources["norm"].input_scale)
+    store.iterable_sequences = store._iterate_tokenized_sequences()  # the same prompts again
+    reference = LLMSaeEvaluator(model=tiny_model, activations_store=store, eval_batch_size_prompts=None,
+                                n_eval_batches=2, model_kwargs={})(folded, store, ActivationScaler())
+    for group, name in [("model_performance_preservation", "ce_loss_with_sae"), ("shrinkage", "l2_ratio")]:
+        assert ours[f"norm/{group}"][name] == pytest.approx(reference[group][name], rel=1e-4), name
