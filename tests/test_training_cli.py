@@ -88,7 +88,7 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
     printed = capsys.readouterr().out
     assert printed.count("SAELens evals on 1 x 8 held-out prompts") == 4
     assert f"listed 4 SAEs in {out / 'saes.json'}" in printed
-    assert tiny_embedded == ["train", "test", "test", "test", "test"]  # tokenized once for training
+    assert tiny_embedded == ["train", "test"]  # each split tokenized once
 
 
 def test_sparsity_sweeps_train_one_sae_per_value_and_head_subsets_say_why_evals_are_skipped(tiny_embedded, tmp_path, capsys):

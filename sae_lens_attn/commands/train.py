@@ -272,8 +272,10 @@ def train_saes(
     return {name: (sae, layout, args.out / name) for name, (sae, layout) in trained.items()}
 
 
-def evaluate(args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout) -> dict[str, float]:
-    """SAELens's evals on held-out prompts (printed), or a message saying why none ran."""
+def evaluate(
+    args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any
+) -> dict[str, float]:
+    """SAELens's evals on the `held_out` prompts (printed), or a message saying why none ran."""
     from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae, subset_message
 
     if args.eval_batches == 0:
@@ -282,7 +284,7 @@ def evaluate(args: argparse.Namespace, model: HookedTransformer, name: str, sae:
         print(f"evals skipped for {name}: {subset_message(layout)}")
         return {}
     metrics = evaluate_hook_z_sae(
-        sae, model, eval_dataset(args), n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+        sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
     )
     print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
     for metric in PRINTED_METRICS:
@@ -302,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
         trained = train_saes(args, model, specs, training_dataset(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    evaluated = args.eval_batches > 0 and any(layout.uses_all_heads for _, layout, _ in trained.values())
+    held_out = eval_dataset(args) if evaluated else None
     entries = []
     for name, (sae, layout, folder) in trained.items():
         print(
@@ -309,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
         print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
-        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout)}
+        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out)}
         path = folder.relative_to(args.out).as_posix()
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
     listing = write_sae_list(args.out, entries)
