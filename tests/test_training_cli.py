@@ -194,6 +194,7 @@ def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tm
         (["--architecture", "standard", "--k", "4"], "--k applies to topk and block_diagonal; --architecture "
                                                      "standard has no k"),
         (["--k", "4,4"], "--k lists a value twice: [4, 4]"),
+        (["--layers", "1,1"], "--layers lists a value twice: [1, 1]"),
         (["--out", "FILE"], "argument --out: 'FILE' is an existing file: expected a folder"),
         (["--out", "/proc/sae-lens-attn-out"], "--out /proc/sae-lens-attn-out: cannot write there"),
     ],
@@ -202,7 +203,8 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
     (tmp_path / "FILE").write_text("not a folder")
     argv = [str(tmp_path / "FILE") if arg == "FILE" else arg for arg in argv]
     message = message.replace("'FILE'", repr(str(tmp_path / "FILE")))
-    result = subprocess.run([sys.executable, "-m", "sae_lens_attn.cli", "train", "--layer", "0", *argv],
+    layer = [] if "--layers" in argv else ["--layer", "0"]
+    result = subprocess.run([sys.executable, "-m", "sae_lens_attn.cli", "train", *layer, *argv],
                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     [error_line] = [line for line in result.stderr.splitlines() if "error:" in line]

@@ -143,7 +143,7 @@ def prepare_output_folder(out: Path) -> None:
 
 
 def layers_of(args: argparse.Namespace) -> list[int]:
-    return [args.layer] if args.layer is not None else list(dict.fromkeys(args.layers))
+    return [args.layer] if args.layer is not None else args.layers
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -159,7 +159,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.l1_coefficient is not None and not uses_l1:
         usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
                     f"--architecture {','.join(architectures)} with --k has none")
-    for option in ("l1_coefficient", "k"):
+    for option in ("layers", "l1_coefficient", "k"):
         values = getattr(args, option) or []
         if len(set(values)) != len(values):
             usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
@@ -175,8 +175,14 @@ def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple
         return [(f"k={k}" if len(args.k) > 1 else "", {"k": k, **topk}) for k in args.k]
     if architecture != "topk" and args.l1_coefficient is not None:
         swept = len(args.l1_coefficient) > 1
-        return [(f"l1={c:g}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
+        return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
     return [("", {})]
+
+
+def _short(value: float) -> str:
+    """`4.0` -> `4`, `0.5` -> `0.5`; the full repr where 6 digits would lose the value."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
