@@ -38,7 +38,7 @@ def add_sae_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sae-name", default=None, action=_SAEFolderAction,
         help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
-        "not needed when it lists one SAE",
+        "not needed when it lists one SAE (default: none)",
     )
 
 

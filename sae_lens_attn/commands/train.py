@@ -73,27 +73,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_argument(parser)
     layers = parser.add_mutually_exclusive_group(required=True)
-    layers.add_argument("--layer", type=non_negative_int, help="attention layer L")
+    layers.add_argument("--layer", type=non_negative_int,
+                        help="attention layer L (default: none; give --layer or --layers)")
     layers.add_argument("--layers", type=comma_list(non_negative_int),
-                        help="attention layers, e.g. 0,1: one SAE (per architecture and sweep value) each")
+                        help="attention layers, e.g. 0,1: one SAE (per architecture and sweep value) each "
+                        "(default: none; give --layer or --layers)")
     parser.add_argument(
         "--heads", type=parse_index_list, default=None,
         help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all); the same for every layer",
     )
     parser.add_argument(
-        "--architecture", type=comma_list(architecture_name), default=["block_diagonal"],
+        "--architecture", type=comma_list(architecture_name), default="block_diagonal",
         help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal)",
     )
     parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
-    parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (overrides --expansion-factor)")
+    parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
     parser.add_argument(
         "--l1-coefficient", type=comma_list(non_negative_float), default=None,
-        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it",
+        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it "
+        "(default: SAELens's, 1)",
     )
     parser.add_argument(
         "--k", type=comma_list(positive_int), default=None,
         help="active features per token (topk, required there) or per head (block_diagonal: "
-        "switches it to TopK); a comma list sweeps it",
+        "switches it to TopK); a comma list sweeps it (default: none)",
     )
     parser.add_argument("--per-head-norm", action="store_true",
                         help="scale each head to mean norm sqrt(d_head) while training (folded into the saved SAE)")
@@ -102,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--context-size", type=int_at_least(MIN_CONTEXT_SIZE), default=128,
                         help=f"tokens per row, {MIN_CONTEXT_SIZE} to the model's n_ctx (default: 128)")
     parser.add_argument("--batch-size", type=positive_int, default=4096, help="training batch size in tokens (default: 4096)")
-    parser.add_argument("--lr", type=learning_rate, default=3e-4, help="Adam learning rate, shared by all SAEs (default: 3e-4)")
+    parser.add_argument("--lr", type=learning_rate, default=3e-4, help="Adam learning rate, shared by all SAEs (default: 0.0003)")
     parser.add_argument(
         "--dataset", default=None,
         help="Hugging Face dataset path (needs the hub); default for the embedded model: its corpus",
