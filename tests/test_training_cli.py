@@ -155,6 +155,13 @@ def test_sae_folder_resolution_names_the_choices(listed_saes, capsys):
     (listed_saes / "saes.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"path '../elsewhere' of 'small' leaves"):
         resolve_sae_folder(listed_saes, "small")
+    entries[0]["path"] = 3
+    (listed_saes / "saes.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"must be a list of objects with keys .* \(name and path text\)"):
+        resolve_sae_folder(listed_saes, "small")
+    (listed_saes / "saes.json").write_text("[{")
+    with pytest.raises(SystemExit, match=r"saes.json is not valid JSON"):
+        load_sae(listed_saes)
 
 
 def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tmp_path, monkeypatch, capsys):

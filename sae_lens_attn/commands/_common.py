@@ -102,7 +102,7 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
         matches = [entry for entry in entries if entry["name"] == name]
         if not matches:
             raise ValueError(f"no SAE named {name!r} in {listing}; its SAEs are: {names}")
-        [entry] = matches[:1]
+        entry = matches[0]
     folder = path / entry["path"]
     if not folder.resolve().is_relative_to(path.resolve()):
         raise ValueError(f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}")

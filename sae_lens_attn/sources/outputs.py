@@ -71,9 +71,15 @@ def read_sae_list(folder: str | Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(entries, list) or not all(
-        isinstance(entry, dict) and set(ENTRY_KEYS) <= set(entry) for entry in entries
+        isinstance(entry, dict)
+        and set(ENTRY_KEYS) <= set(entry)
+        and isinstance(entry["name"], str)
+        and isinstance(entry["path"], str)
+        for entry in entries
     ):
-        raise ValueError(f"{path} must be a list of objects with keys {list(ENTRY_KEYS)}")
+        raise ValueError(
+            f"{path} must be a list of objects with keys {list(ENTRY_KEYS)} (name and path text)"
+        )
     return entries
 
 
