@@ -40,6 +40,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "cache_hook_z_activations": "sae_lens_attn.sources.cache",
     "evaluate_hook_z_sae": "sae_lens_attn.sources.evaluation",
     "train_hook_z_sae": "sae_lens_attn.sources.training",
+    "train_hook_z_saes": "sae_lens_attn.sources.multi_training",
+    "HookZSAESpec": "sae_lens_attn.sources.multi_training",
     "feature_circuit": "sae_lens_attn.attribution.circuit",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",

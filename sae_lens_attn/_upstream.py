@@ -48,6 +48,8 @@ KNOWN_UPSTREAM_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
 # passes the hook_z source's model and our corpus, on purpose.
 KNOWN_UPSTREAM_LOG_MESSAGES: tuple[str, ...] = (
     r"You just passed in a (dataset|model) which will override the one specified in your configuration",
+    # the multi-SAE runner's versions of the same notice (sae_lens 6.54)
+    r"override_(dataset|model) overrides cfg\.(dataset_path|model_name)=",
 )
 
 

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from sae_lens_attn import __version__, commands
@@ -34,6 +35,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in ([], ()):
             return f"{text} (default: none)"
         return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # never break inside option names or words like "comma-separated"
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
+                             break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,10 +22,7 @@ def _squash(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-# i14 rewrites `train`'s options with help texts; strict: this mark must go when they land.
-_TRAIN_PENDING = pytest.mark.xfail(strict=True, reason="train's options get help texts in i14's rewrite")
-COMMANDS = [pytest.param(name, marks=_TRAIN_PENDING) if name == "train" else name
-            for name in sorted(_subparsers())]
+COMMANDS = sorted(_subparsers())
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -30,7 +30,7 @@ def test_exactly_these_upstream_warnings_are_filtered():
         (r"To copy construct from a tensor, it is r", UserWarning, r"sae_lens\.training\.activations_store\Z"),
         (r"Using a non-tuple sequence for multidime", UserWarning, r"eindex\.indexing\Z"),
     ]
-    assert len(KNOWN_UPSTREAM_LOG_MESSAGES) == 1
+    assert len(KNOWN_UPSTREAM_LOG_MESSAGES) == 2  # the single- and the multi-SAE runner's notice
 
 
 def _emitted(message: str, category: type[Warning], module: str) -> bool:
@@ -95,6 +95,37 @@ def test_training_bar_moves_on_every_step_of_a_short_run(tiny_model, capsys):
     # 5 steps of 128 tokens (the last one passes 600): upstream alone advances every 100
     # steps, so it closes at 0/600
     assert "| 600/600 [" in bar.splitlines()[-1]
+
+
+def test_multi_sae_run_is_quiet_and_its_bar_moves_on_every_step(tiny_model, capsys, caplog):
+    from sae_lens_attn.sources import HookZSAESpec, train_hook_z_saes
+
+    tokens = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(0))
+    specs = [HookZSAESpec(0, architecture="standard", expansion_factor=2),
+             HookZSAESpec(1, architecture="standard", expansion_factor=2)]
+
+    def train():
+        train_hook_z_saes(tiny_model, specs, dataset=tokens, training_tokens=600,
+                          train_batch_size_tokens=128, store_batch_size_prompts=4)
+
+    upstream_logger = logging.getLogger("sae_lens")
+    kept_filters = list(upstream_logger.filters)
+    for log_filter in kept_filters:  # an earlier test may have silenced it already
+        upstream_logger.removeFilter(log_filter)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sae_lens"):
+            train()
+    finally:
+        for log_filter in kept_filters:
+            upstream_logger.addFilter(log_filter)
+    assert [r for r in caplog.records if r.getMessage().startswith("override_")], "upstream changed"
+    caplog.clear()
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="sae_lens"):
+        silence_known_upstream_warnings()
+        train()
+    assert not [r for r in caplog.records if r.getMessage().startswith("override_")]
+    assert "| 600/600 [" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_loading_the_embedded_model_prints_nothing(capsys):

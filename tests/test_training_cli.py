@@ -1,5 +1,9 @@
 """`sae-lens-attn train` end to end, on a tiny model standing in for the embedded one."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from datasets import Dataset
@@ -7,7 +11,8 @@ from sae_lens import SAE
 
 import sae_lens_attn.commands.train as train_command
 import sae_lens_attn.models
-from sae_lens_attn.cli import main
+from sae_lens_attn.cli import build_parser, main
+from sae_lens_attn.commands._common import load_sae, resolve_sae_folder
 from sae_lens_attn.sources.head_layout import HeadLayout
 
 REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2"]
@@ -55,8 +60,179 @@ def test_train_command_evaluates_an_all_heads_sae_on_held_out_rows(tiny_embedded
     assert SAE.load_from_disk(tmp_path / "sae").cfg.metadata.training_architecture_details["l1_coefficient"] == 2.0
 
 
-def test_train_command_turns_bad_heads_into_an_error_message(tiny_embedded, tmp_path):
-    with pytest.raises(SystemExit, match="head index 7 is out of range for layer 1; valid heads are 0..3"):
-        main(["train", "--layer", "1", "--heads", "0,7", "--out", str(tmp_path), *REDUCED])
-    with pytest.raises(SystemExit, match="needs --dataset"):
-        main(["train", "--model", "gpt2-small", "--layer", "1", "--out", str(tmp_path), *REDUCED])
+def test_train_command_turns_bad_heads_into_an_error_message(tiny_embedded, tmp_path, capsys):
+    for argv, message in [
+        (["--layer", "1", "--heads", "0,7"], "head index 7 is out of range for layer 1; valid heads are 0..3"),
+        (["--model", "gpt2-small", "--layer", "1"], "--model gpt2-small needs --dataset (a Hugging Face dataset path)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", *argv, "--out", str(tmp_path), *REDUCED])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"sae-lens-attn train: error: {message}\n"
+    assert tiny_embedded == []  # checked before any corpus is tokenized
+
+
+def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_them(tiny_embedded, tmp_path, capsys):
+    out = tmp_path / "saes"
+    assert main(["train", "--layers", "0,1", "--architecture", "block_diagonal,standard", "--out", str(out),
+                 "--eval-batches", "1", *REDUCED]) == 0
+    entries = json.loads((out / "saes.json").read_text())
+    names = ["L0_block_diagonal", "L0_standard", "L1_block_diagonal", "L1_standard"]
+    assert [entry["name"] for entry in entries] == names == [entry["path"] for entry in entries]
+    for entry in entries:
+        sae = SAE.load_from_disk(out / entry["path"])
+        assert (sae.cfg.architecture(), sae.cfg.metadata.hook_name) == (
+            entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
+        assert entry["heads"] == [0, 1, 2, 3]
+        assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+    printed = capsys.readouterr().out
+    assert printed.count("SAELens evals on 1 x 8 held-out prompts") == 4
+    assert f"listed 4 SAEs in {out / 'saes.json'}" in printed
+    assert tiny_embedded == ["train", "test"]  # each split tokenized once
+
+
+def test_sparsity_sweeps_train_one_sae_per_value_and_head_subsets_say_why_evals_are_skipped(tiny_embedded, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["train", "--layer", "1", "--heads", "2,0", "--architecture", "standard,topk",
+                 "--l1-coefficient", "0.5,4", "--k", "2,3", "--out", str(out), *REDUCED]) == 0
+    entries = {entry["name"]: entry for entry in json.loads((out / "saes.json").read_text())}
+    assert list(entries) == ["L1_standard_l1=0.5", "L1_standard_l1=4", "L1_topk_k=2", "L1_topk_k=3"]
+    details = [SAE.load_from_disk(out / name).cfg.metadata.training_architecture_details for name in entries]
+    assert [d.get("l1_coefficient") for d in details[:2]] == [0.5, 4.0]
+    assert [SAE.load_from_disk(out / name).cfg.k for name in list(entries)[2:]] == [2, 3]
+    assert all(entry["heads"] == [2, 0] for entry in entries.values())
+    printed = capsys.readouterr().out
+    assert ("evals skipped for L1_topk_k=3: SAELens's evals splice an SAE into all 4 heads of "
+            "blocks.1.attn.hook_z; this SAE reads heads [2, 0] only, so they do not apply") in printed
+
+
+def test_one_sae_is_saved_in_out_itself_and_listed_there(tiny_embedded, tmp_path):
+    out = tmp_path / "one"
+    assert main(["train", "--layers", "0", "--architecture", "standard", "--out", str(out),
+                 "--eval-batches", "0", *REDUCED]) == 0
+    [entry] = json.loads((out / "saes.json").read_text())
+    assert (entry["name"], entry["path"]) == ("L0_standard", ".")
+    assert SAE.load_from_disk(out).cfg.metadata.hook_name == "blocks.0.attn.hook_z"
+    assert resolve_sae_folder(out) == out == resolve_sae_folder(out, "L0_standard")
+
+
+@pytest.fixture
+def listed_saes(tmp_path):
+    """A train output folder with two SAEs of different sizes, as `saes.json` lists them."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from sae_lens_attn.sources.outputs import sae_list_entry, write_sae_list
+
+    for name, d_sae in (("small", 8), ("large", 24)):
+        sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=d_sae))
+        HeadLayout(1, (0, 1, 2, 3), 16, 4).store_in(sae)
+        sae.save_model(tmp_path / name)
+    write_sae_list(tmp_path, [sae_list_entry(name, 1, [0, 1, 2, 3], "standard", name, {}) for name in ("small", "large")])
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", [["detect"], ["dashboard"], ["circuit", "--feature", "0", "--prompt", "x"]])
+def test_every_command_taking_sae_accepts_a_train_output_folder_and_a_name(listed_saes, command):
+    parser = build_parser()
+    for argv in (["--sae", str(listed_saes), "--sae-name", "large"], ["--sae-name", "large", "--sae", str(listed_saes)],
+                 ["--sae", str(listed_saes / "large")]):
+        assert parser.parse_args([*command, *argv]).sae == listed_saes / "large"
+
+
+def test_sae_folder_resolution_names_the_choices(listed_saes, capsys):
+    with pytest.raises(ValueError, match=r"holds 2 SAEs \(saes.json\); choose one with --sae-name: small, large"):
+        resolve_sae_folder(listed_saes)
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["detect", "--sae", str(listed_saes), "--sae-name", "medium"])
+    assert exit_info.value.code == 2
+    assert "error: argument --sae-name: no SAE named 'medium' in" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="has no saes.json, so --sae-name 'small' names nothing"):
+        resolve_sae_folder(listed_saes / "small", "small")
+    with pytest.raises(SystemExit, match="holds 2 SAEs"):
+        load_sae(listed_saes)
+    entries = json.loads((listed_saes / "saes.json").read_text())
+    entries[0]["path"] = "../elsewhere"
+    (listed_saes / "saes.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"path '../elsewhere' of 'small' leaves"):
+        resolve_sae_folder(listed_saes, "small")
+    entries[0]["path"] = 3
+    (listed_saes / "saes.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"must be a list of objects with keys .* \(name and path text\)"):
+        resolve_sae_folder(listed_saes, "small")
+    (listed_saes / "saes.json").write_text("[{")
+    with pytest.raises(SystemExit, match=r"saes.json is not valid JSON"):
+        load_sae(listed_saes)
+
+
+def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tmp_path, monkeypatch, capsys):
+    import sae_lens_attn.commands.dashboard as dashboard_command
+    from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
+    from tests.conftest import make_tiny_model
+
+    text = ["def add(a, b):\n    return a + b\n", "import os\nclass Path(object): pass\n"]
+    folder = save_tokenizer(train_bpe_tokenizer(text, vocab_size=300), tmp_path / "tok", model_max_length=64)
+    model = make_tiny_model(d_vocab=300, seed=4)
+    model.set_tokenizer(load_tokenizer(folder))
+    monkeypatch.setattr(dashboard_command, "load_model", lambda name: model)
+    with pytest.raises(SystemExit, match="feature 30 is out of range; this SAE has features 0..23"):
+        main(["dashboard", "--sae", str(listed_saes), "--sae-name", "large", "--features", "30",
+              "--n-prompts", "4", "--context-size", "16", "--out", str(tmp_path / "out")])
+    assert main(["dashboard", "--sae", str(listed_saes), "--sae-name", "large", "--features", "20",
+                 "--n-prompts", "8", "--context-size", "16", "--out", str(tmp_path / "out")]) == 0
+    document = json.loads((tmp_path / "out" / "features.json").read_text())
+    assert [feature["feature_index"] for feature in document["features"]] == [20]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--context-size", "1"], "argument --context-size: 1 is too small: expected an integer >= 2"),
+        (["--batch-size", "0"], "argument --batch-size: 0 is too small: expected an integer >= 1"),
+        (["--training-tokens", "0"], "argument --training-tokens: 0 is too small: expected an integer >= 1"),
+        (["--d-sae", "0"], "argument --d-sae: 0 is too small: expected an integer >= 1"),
+        (["--expansion-factor", "-2"], "argument --expansion-factor: -2 is too small: expected an integer >= 1"),
+        (["--l1-coefficient", "1,nan"], "argument --l1-coefficient: 'nan' is not finite: expected a finite number"),
+        (["--l1-coefficient", "-1"], "argument --l1-coefficient: '-1' is negative: expected a number >= 0"),
+        (["--eval-batches", "-1"], "argument --eval-batches: -1 is too small: expected an integer >= 0"),
+        (["--lr", "1e7"], "argument --lr: '1e7' is too large: expected a learning rate in (0, 1e+06]"),
+        (["--architecture", "dense"], "argument --architecture: unknown architecture 'dense': expected one of "
+                                      "block_diagonal, standard, topk"),
+        (["--architecture", "topk"], "--architecture topk needs --k (active features per token), e.g. --k 32"),
+        (["--architecture", "standard", "--k", "4"], "--k applies to topk and block_diagonal; --architecture "
+                                                     "standard has no k"),
+        (["--k", "4,4"], "--k lists a value twice: [4, 4]"),
+        (["--layers", "1,1"], "--layers lists a value twice: [1, 1]"),
+        (["--out", "FILE"], "argument --out: 'FILE' is an existing file: expected a folder"),
+        (["--out", "/proc/sae-lens-attn-out"], "--out /proc/sae-lens-attn-out: cannot write there"),
+    ],
+)
+def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tmp_path, argv, message):
+    (tmp_path / "FILE").write_text("not a folder")
+    argv = [str(tmp_path / "FILE") if arg == "FILE" else arg for arg in argv]
+    message = message.replace("'FILE'", repr(str(tmp_path / "FILE")))
+    layer = [] if "--layers" in argv else ["--layer", "0"]
+    result = subprocess.run([sys.executable, "-m", "sae_lens_attn.cli", "train", *layer, *argv],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    [error_line] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error_line.startswith("sae-lens-attn train: error: ") and message in error_line
+    assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--layers", "0,2"], "layer 2 is out of range; expected one of blocks.0.attn.hook_z .. blocks.1.attn.hook_z"),
+        (["--layer", "0", "--context-size", "65"], "--context-size 65 exceeds the model's n_ctx: expected 2..64"),
+        (["--layer", "0", "--architecture", "topk", "--k", "200"], "--k 200 exceeds the 128 features of L0_topk: expected --k at most d_sae"),
+        (["--layer", "0", "--k", "33"], "L0_block_diagonal: activation='topk' needs k (features per head) between 1 and d_sae_per_head=32"),
+        (["--layer", "0", "--d-sae", "30"], "L0_block_diagonal: d_sae=30 is not divisible by n_heads=4; nearest valid: 28 or 32"),
+    ],
+)
+def test_options_that_do_not_fit_the_model_exit_2_before_the_corpus_is_tokenized(tiny_embedded, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--context-size", "16", *argv, "--out", str(tmp_path), "--expansion-factor", "2"])
+    assert exit_info.value.code == 2
+    [error_line] = capsys.readouterr().err.splitlines()
+    assert error_line.startswith("sae-lens-attn train: error: ") and message in error_line
+    assert tiny_embedded == []

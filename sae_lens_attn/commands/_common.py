@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,9 +26,35 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sae_argument(parser: argparse.ArgumentParser) -> None:
+    """`--sae FOLDER` and `--sae-name NAME`. FOLDER is a saved SAE (SAELens's `save_model`,
+    or one SAE of a `train` run, `OUT/NAME`) or a `train` output folder; there `--sae-name`
+    picks one SAE of its `saes.json` (not needed when it lists one). `args.sae` is the
+    SAE's folder once both are parsed, in either order."""
     parser.add_argument(
-        "--sae", required=True, type=Path, help="folder of an SAE saved by SAELens (save_model)"
+        "--sae", required=True, action=_SAEFolderAction,
+        help="an SAE folder (saved by SAELens, or OUT/NAME of a train run) or a train output "
+        "folder with saes.json (pick one of its SAEs with --sae-name)",
     )
+    parser.add_argument(
+        "--sae-name", default=None, action=_SAEFolderAction,
+        help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
+        "not needed when it lists one SAE (default: none)",
+    )
+
+
+class _SAEFolderAction(argparse.Action):
+    """Stores `--sae` / `--sae-name`; once both are known, `--sae` becomes the named SAE's
+    folder (`resolve_sae_folder`), so commands call `load_sae(args.sae)` as before."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        setattr(namespace, self.dest, Path(value) if self.dest == "sae" else value)
+        folder, name = getattr(namespace, "sae", None), getattr(namespace, "sae_name", None)
+        if folder is None or name is None:
+            return
+        try:
+            namespace.sae = resolve_sae_folder(folder, name)
+        except ValueError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
 
 
 def add_out_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -43,17 +70,76 @@ def load_model(name: str) -> HookedTransformer:
     return load_named_model(name)
 
 
-def load_sae(path: Path, device: str = "cpu") -> SAE:
-    """An SAE saved with SAELens's `save_model`; a clear error when the folder is wrong."""
-    from sae_lens import SAE
+def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
+    """The SAE folder that `--sae path [--sae-name name]` means; a ValueError naming the
+    choices when it is ambiguous or unknown.
+
+    A folder without `saes.json` is taken as it is. In a `train` output folder (with
+    `saes.json`), `name` picks an entry; without `name` the folder itself if it is the
+    SAE (a one-SAE run), else its only entry.
+    """
+    from sae_lens_attn.sources.outputs import SAE_CONFIG_FILENAME, SAE_LIST_FILENAME, read_sae_list
 
     path = Path(path)
+    listing = path / SAE_LIST_FILENAME
+    if not listing.is_file():
+        if name is not None:
+            raise ValueError(
+                f"{path} has no {SAE_LIST_FILENAME}, so --sae-name {name!r} names nothing; pass "
+                "the output folder of `sae-lens-attn train`, or the SAE's own folder without --sae-name"
+            )
+        return path
+    entries = read_sae_list(path)
+    names = ", ".join(entry["name"] for entry in entries)
+    if name is None:
+        if (path / SAE_CONFIG_FILENAME).is_file():
+            return path
+        if len(entries) != 1:
+            raise ValueError(f"{path} holds {len(entries)} SAEs ({SAE_LIST_FILENAME}); choose one "
+                             f"with --sae-name: {names}")
+        [entry] = entries
+    else:
+        matches = [entry for entry in entries if entry["name"] == name]
+        if not matches:
+            raise ValueError(f"no SAE named {name!r} in {listing}; its SAEs are: {names}")
+        entry = matches[0]
+    folder = path / entry["path"]
+    if not folder.resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}")
+    return folder
+
+
+def load_sae(path: Path, device: str = "cpu") -> SAE:
+    """An SAE saved with SAELens's `save_model` (or chosen from a `train` output folder,
+    `resolve_sae_folder`); a clear error when the folder is wrong."""
+    from sae_lens import SAE
+
+    try:
+        path = resolve_sae_folder(path)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     if not (path / "cfg.json").is_file():
         raise SystemExit(
             f"error: {path} is not a saved SAE folder (expected {path / 'cfg.json'} and "
             "sae_weights.safetensors, as written by SAE.save_model)"
         )
     return SAE.load_from_disk(path, device=device)
+
+
+def writable_folder(text: str) -> Path:
+    """argparse type: a folder that exists and is writable, or can be created (its
+    nearest existing parent is a writable folder); never an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is an existing file: expected a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r} is not writable: no write permission in {str(existing)!r}")
+    return path
 
 
 def parse_index_list(text: str) -> list[int]:

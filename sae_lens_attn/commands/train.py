@@ -1,138 +1,330 @@
-"""`sae-lens-attn train`: train an SAE on blocks.L.attn.hook_z with SAELens's runner."""
+"""`sae-lens-attn train`: train hook_z SAEs with SAELens's runners, one or many per model pass.
+
+`--layers`, `--architecture`, `--l1-coefficient` and `--k` take comma lists; their cross
+product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
+directly in `--out`, as it always was; several go to `--out/NAME`. Either way
+`--out/saes.json` lists them, so `--sae OUT --sae-name NAME` finds any of them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
-    add_out_argument,
+    comma_list,
+    int_at_least,
     load_model,
+    non_negative_float,
+    non_negative_int,
     parse_index_list,
+    positive_float,
+    positive_int,
+    writable_folder,
 )
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.multi_training import HookZSAESpec
+
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
+USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
 EVAL_BATCH_PROMPTS = 8
+# The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
+# row needs at least 2 tokens.
+MIN_CONTEXT_SIZE = 2
+MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
+PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
+                   "ce_loss_without_sae", "ce_loss_with_ablation")
+
+
+def architecture_name(text: str) -> str:
+    """argparse type: one of `ARCHITECTURES`."""
+    if text not in ARCHITECTURES:
+        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}: expected one of {', '.join(ARCHITECTURES)}")
+    return text
+
+
+def learning_rate(text: str) -> float:
+    """argparse type: a number in (0, MAX_LR]."""
+    value = positive_float(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: expected a learning rate in (0, {MAX_LR:g}]")
+    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
-        help="train an SAE on an attention layer's hook_z (SAELens runner, offline by default)",
-        description="Train an SAE on blocks.L.attn.hook_z (all heads or --heads, in that "
-        "order) with SAELens's LanguageModelSAETrainingRunner and save it to --out. No "
-        "network access unless --wandb or a hub model/dataset is asked for.",
+        help="train SAEs on attention layers' hook_z (SAELens runners, offline by default)",
+        description="Train SAEs on blocks.L.attn.hook_z (all heads or --heads, in that "
+        "order) with SAELens's runners. Comma lists in --layers, --architecture, "
+        "--l1-coefficient and --k train their cross product from one model forward pass per "
+        "batch. No network access unless --wandb or a hub model/dataset is asked for.",
     )
     add_model_argument(parser)
-    parser.add_argument("--layer", type=int, required=True, help="attention layer L")
+    layers = parser.add_mutually_exclusive_group(required=True)
+    layers.add_argument("--layer", type=non_negative_int,
+                        help="attention layer L (default: none; give --layer or --layers)")
+    layers.add_argument("--layers", type=comma_list(non_negative_int),
+                        help="attention layers, e.g. 0,1: one SAE (per architecture and sweep value) each "
+                        "(default: none; give --layer or --layers)")
     parser.add_argument(
         "--heads", type=parse_index_list, default=None,
-        help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all)",
+        help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all); the same for every layer",
     )
-    parser.add_argument("--architecture", choices=ARCHITECTURES, default="block_diagonal")
-    parser.add_argument("--expansion-factor", type=int, default=8, help="d_sae = this x d_in")
-    parser.add_argument("--d-sae", type=int, default=None, help="dictionary size (overrides --expansion-factor)")
-    parser.add_argument("--l1-coefficient", type=float, default=None, help="L1 penalty (ReLU SAEs)")
     parser.add_argument(
-        "--k", type=int, default=None,
-        help="active features per token (topk) or per head (block_diagonal: switches it to TopK)",
+        "--architecture", type=comma_list(architecture_name), default="block_diagonal",
+        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal)",
+    )
+    parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
+    parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
+    parser.add_argument(
+        "--l1-coefficient", type=comma_list(non_negative_float), default=None,
+        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it "
+        "(default: SAELens's, 1)",
+    )
+    parser.add_argument(
+        "--k", type=comma_list(positive_int), default=None,
+        help="active features per token (topk, required there) or per head (block_diagonal: "
+        "switches it to TopK); a comma list sweeps it (default: none)",
     )
     parser.add_argument("--per-head-norm", action="store_true",
                         help="scale each head to mean norm sqrt(d_head) while training (folded into the saved SAE)")
-    parser.add_argument("--training-tokens", type=int, default=1_000_000)
-    parser.add_argument("--context-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4096, help="training batch size in tokens")
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--training-tokens", type=positive_int, default=1_000_000,
+                        help="tokens each SAE trains on (default: 1000000)")
+    parser.add_argument("--context-size", type=int_at_least(MIN_CONTEXT_SIZE), default=128,
+                        help=f"tokens per row, {MIN_CONTEXT_SIZE} to the model's n_ctx (default: 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=4096, help="training batch size in tokens (default: 4096)")
+    parser.add_argument("--lr", type=learning_rate, default=3e-4, help="Adam learning rate, shared by all SAEs (default: 0.0003)")
     parser.add_argument(
         "--dataset", default=None,
         help="Hugging Face dataset path (needs the hub); default for the embedded model: its corpus",
     )
-    parser.add_argument("--eval-batches", type=int, default=4,
-                        help="batches of SAELens evals after training (all heads only; 0: none)")
+    parser.add_argument("--eval-batches", type=non_negative_int, default=4,
+                        help=f"batches of {EVAL_BATCH_PROMPTS} held-out prompts for SAELens's evals after "
+                        "training (SAEs on all heads only; 0: none; default: 4)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
-    parser.add_argument("--wandb-project", default="sae_lens_attn")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=42)
-    add_out_argument(parser, "hook_z_sae")
+    parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
+    parser.add_argument("--seed", type=non_negative_int, default=42,
+                        help="seeds each SAE's initialisation and the order of training batches (default: 42)")
+    parser.add_argument(
+        "--out", type=writable_folder, default=Path("hook_z_sae"),
+        help="output folder: the SAE itself when one is trained, else one folder per SAE; "
+        "saes.json lists them (default: hook_z_sae)",
+    )
     return parser
 
 
-def sae_options(args: argparse.Namespace) -> dict[str, object]:
-    """Architecture config fields from the command line."""
-    options: dict[str, object] = {}
-    if args.l1_coefficient is not None:
-        options["l1_coefficient"] = args.l1_coefficient
-    if args.k is not None:
-        options["k"] = args.k
-        if args.architecture == "block_diagonal":
-            options["activation"] = "topk"
-    return options
+def usage_error(message: str) -> NoReturn:
+    """Exit with status 2 (a usage error, as argparse's) and a one-line `error:` message."""
+    print(f"sae-lens-attn train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create `out` and write a probe file there: an unwritable --out fails now, not after
+    training."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        usage_error(f"--out {out}: cannot write there ({error.strerror or error})")
+
+
+def layers_of(args: argparse.Namespace) -> list[int]:
+    return [args.layer] if args.layer is not None else args.layers
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Checks across options, before any model or data is loaded."""
+    architectures = args.architecture
+    if len(set(architectures)) != len(architectures):
+        usage_error(f"--architecture lists an architecture twice: {','.join(architectures)}")
+    if "topk" in architectures and args.k is None:
+        usage_error("--architecture topk needs --k (active features per token), e.g. --k 32")
+    if args.k is not None and not set(architectures) & set(USES_K):
+        usage_error(f"--k applies to {' and '.join(USES_K)}; --architecture {','.join(architectures)} has no k")
+    uses_l1 = [a for a in architectures if a == "standard" or (a == "block_diagonal" and args.k is None)]
+    if args.l1_coefficient is not None and not uses_l1:
+        usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
+                    f"--architecture {','.join(architectures)} with --k has none")
+    for option in ("layers", "l1_coefficient", "k"):
+        values = getattr(args, option) or []
+        if len(set(values)) != len(values):
+            usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
+    if args.dataset is None and args.model != EMBEDDED_MODEL:
+        usage_error(f"--model {args.model} needs --dataset (a Hugging Face dataset path)")
+
+
+def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """`(name suffix, config fields)` per sweep value of the option `architecture` uses;
+    the suffix is empty unless that option lists several values."""
+    if architecture in USES_K and args.k is not None:
+        topk = {"activation": "topk"} if architecture == "block_diagonal" else {}
+        return [(f"k={k}" if len(args.k) > 1 else "", {"k": k, **topk}) for k in args.k]
+    if architecture != "topk" and args.l1_coefficient is not None:
+        swept = len(args.l1_coefficient) > 1
+        return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
+    return [("", {})]
+
+
+def _short(value: float) -> str:
+    """`4.0` -> `4`, `0.5` -> `0.5`; the full repr where 6 digits would lose the value."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
+    """The cross product layers x architectures x sweep values, named
+    `L{layer}_{architecture}[_k=..|_l1=..]`."""
+    from sae_lens_attn.sources.multi_training import HookZSAESpec
+
+    specs = []
+    for layer in layers_of(args):
+        for architecture in args.architecture:
+            for suffix, sae_kwargs in sparsity_variants(architecture, args):
+                name = f"L{layer}_{architecture}" + (f"_{suffix}" if suffix else "")
+                specs.append(HookZSAESpec(
+                    layer, None if args.heads is None else tuple(args.heads), architecture,
+                    sae_kwargs, args.expansion_factor, args.d_sae, args.per_head_norm, name,
+                ))
+    return specs
+
+
+def check_against_model(args: argparse.Namespace, model: HookedTransformer, specs: Sequence[HookZSAESpec]) -> None:
+    """Layers, heads, context size and every SAE config checked against the model, before
+    any corpus is tokenized."""
+    from sae_lens_attn.sources.configs import sae_config_for
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+    if args.context_size > model.cfg.n_ctx:
+        usage_error(f"--context-size {args.context_size} exceeds the model's n_ctx: expected "
+                    f"{MIN_CONTEXT_SIZE}..{model.cfg.n_ctx}")
+    for spec in specs:
+        try:
+            layout = HeadLayout.for_model(model, spec.layer, spec.heads)
+        except ValueError as error:
+            usage_error(str(error))
+        try:
+            cfg = sae_config_for(layout, spec.architecture, spec.expansion_factor, spec.d_sae, **spec.sae_kwargs)
+        except ValueError as error:
+            usage_error(f"{spec.sae_name}: {error}")
+        k = getattr(cfg, "k", None)
+        if spec.architecture == "topk" and k > cfg.d_sae:  # SAELens's TopK config does not check it
+            usage_error(f"--k {k} exceeds the {cfg.d_sae} features of {spec.sae_name}: expected "
+                        "--k at most d_sae, or a larger --d-sae/--expansion-factor")
 
 
 def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
-    """The `--dataset` path, or the embedded corpus's train split (rows enough for the run)."""
+    """The `--dataset` path, or the embedded corpus's first rows (enough for the run, or
+    the whole train split if it is smaller)."""
     if args.dataset is not None:
         return args.dataset
-    if args.model != EMBEDDED_MODEL:
-        raise SystemExit(f"error: --model {args.model} needs --dataset (a Hugging Face dataset path)")
-    from sae_lens_attn.models import corpus_dataset
-
-    train = corpus_dataset(args.context_size)
-    return train.select(range(min(math.ceil(args.training_tokens / args.context_size), len(train))))
+    return _corpus_rows(args.context_size, math.ceil(args.training_tokens / args.context_size), "train")
 
 
 def eval_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
     """The `--dataset` path, or held-out rows of the embedded corpus's test split."""
     if args.dataset is not None:
         return args.dataset
+    return _corpus_rows(args.context_size, EVAL_BATCH_PROMPTS * args.eval_batches, "test")
+
+
+def _corpus_rows(context_size: int, n_rows: int, split: str):  # -> datasets.Dataset
+    """The first `n_rows` rows of a corpus split, or all of it if it has fewer: tokenizes
+    only as far as needed."""
     from sae_lens_attn.models import corpus_dataset
 
-    test = corpus_dataset(args.context_size, split="test")
-    return test.select(range(min(EVAL_BATCH_PROMPTS * args.eval_batches, len(test))))
+    try:
+        return corpus_dataset(context_size, n_rows, split=split)
+    except ValueError:  # the split has fewer rows: take them all (SAELens loops over epochs)
+        return corpus_dataset(context_size, split=split)
+
+
+def train_saes(
+    args: argparse.Namespace, model: HookedTransformer, specs: Sequence[HookZSAESpec], dataset: Any
+) -> dict[str, tuple[SAE, HeadLayout, Path]]:
+    """Train `specs` into `args.out`: `{name: (sae, layout, folder)}`. One SAE goes
+    directly into `args.out` (`train_hook_z_sae`), several into `args.out/name` from one
+    model pass per batch (`train_hook_z_saes`)."""
+    from sae_lens_attn.sources.multi_training import train_hook_z_saes
+    from sae_lens_attn.sources.training import train_hook_z_sae
+
+    run = dict(
+        dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
+        lr=args.lr, train_batch_size_tokens=args.batch_size, log_to_wandb=args.wandb,
+        wandb_project=args.wandb_project, device=args.device, seed=args.seed,
+    )
+    if len(specs) == 1:
+        [spec] = specs
+        sae, layout = train_hook_z_sae(
+            model, spec.layer, spec.heads, spec.architecture, expansion_factor=spec.expansion_factor,
+            d_sae=spec.d_sae, per_head_norm=spec.per_head_norm, sae_kwargs=dict(spec.sae_kwargs),
+            output_path=args.out, **run,
+        )
+        return {spec.sae_name: (sae, layout, args.out)}
+    trained = train_hook_z_saes(model, specs, output_path=args.out, **run)
+    return {name: (sae, layout, args.out / name) for name, (sae, layout) in trained.items()}
+
+
+def evaluate(
+    args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any
+) -> dict[str, float]:
+    """SAELens's evals on the `held_out` prompts (printed), or a message saying why none ran."""
+    from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae, subset_message
+
+    if args.eval_batches == 0:
+        return {}
+    if not layout.uses_all_heads:
+        print(f"evals skipped for {name}: {subset_message(layout)}")
+        return {}
+    metrics = evaluate_hook_z_sae(
+        sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+    )
+    print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
+    for metric in PRINTED_METRICS:
+        print(f"  {metric:<22}  {metrics[metric]:.4f}")
+    return metrics
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
-    from sae_lens_attn.sources.training import train_hook_z_sae
+    from sae_lens_attn.sources.outputs import sae_list_entry, training_metrics, write_sae_list
 
+    check_arguments(args)
+    prepare_output_folder(args.out)
+    specs = sae_specs(args)
     model = load_model(args.model)
-    dataset = training_dataset(args)
+    check_against_model(args, model, specs)
     try:
-        sae, layout = train_hook_z_sae(
-            model,
-            args.layer,
-            args.heads,
-            args.architecture,
-            dataset=dataset,
-            training_tokens=args.training_tokens,
-            context_size=args.context_size,
-            expansion_factor=args.expansion_factor,
-            d_sae=args.d_sae,
-            lr=args.lr,
-            train_batch_size_tokens=args.batch_size,
-            per_head_norm=args.per_head_norm,
-            sae_kwargs=sae_options(args),
-            output_path=args.out,
-            log_to_wandb=args.wandb,
-            wandb_project=args.wandb_project,
-            device=args.device,
-            seed=args.seed,
-        )
+        trained = train_saes(args, model, specs, training_dataset(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    print(
-        f"saved {args.architecture} SAE on {layout.hook_name} heads {list(layout.heads)} "
-        f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {args.out}"
-    )
-    print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
-    if args.eval_batches > 0 and layout.uses_all_heads:
-        metrics = evaluate_hook_z_sae(
-            sae, model, eval_dataset(args), n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+    evaluated = args.eval_batches > 0 and any(layout.uses_all_heads for _, layout, _ in trained.values())
+    held_out = eval_dataset(args) if evaluated else None
+    entries = []
+    for name, (sae, layout, folder) in trained.items():
+        print(
+            f"saved {sae.cfg.architecture()} SAE on {layout.hook_name} heads {list(layout.heads)} "
+            f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
-        print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts:")
-        for name in ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
-                     "ce_loss_without_sae", "ce_loss_with_ablation"):
-            print(f"  {name:<22}  {metrics[name]:.4f}")
+        print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
+        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out)}
+        path = folder.relative_to(args.out).as_posix()
+        entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
+    listing = write_sae_list(args.out, entries)
+    print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
     return 0

@@ -1,7 +1,8 @@
 """`run_demo`: the whole pipeline on one model, each step done by the module that owns it.
 
-hook_z of layer 1 through `HookZSource` -> a block-diagonal and a dense SAE trained by
-SAELens's runner (`train_hook_z_sae`) -> SAELens's evals (`evaluate_hook_z_sae`), dead
+hook_z of layer 1 -> a block-diagonal and a dense SAE trained together from one model
+pass per batch by SAELens's multi-SAE runner (`train_hook_z_saes`), so both see the same
+activations in the same order -> SAELens's evals (`evaluate_hook_z_sae`), dead
 share and per-head L0 -> every installed detector plugin -> dashboards
 (`render_dashboard`) -> `report.md` and `index.html` (`sae_lens_attn.demo.report`).
 """
@@ -166,33 +167,48 @@ def features_to_show(sae: SAE, layout: HeadLayout, live: list[int], n: int, extr
     return list(dict.fromkeys(chosen + extra))
 
 
+def train_demo_saes(
+    model: HookedTransformer, train_tokens: torch.Tensor, out: Path, settings: DemoSettings
+) -> dict[str, tuple[SAE, HeadLayout]]:
+    """Every demo architecture trained from the same model passes; each SAE saved to
+    `out / architecture / "sae"` (published whole). `{architecture: (sae, layout)}`."""
+    from sae_lens_attn._atomic import atomic_directory
+    from sae_lens_attn.sources.multi_training import HookZSAESpec, train_hook_z_saes
+
+    specs = [
+        HookZSAESpec(settings.layer, architecture=architecture,
+                     sae_kwargs=settings.sae_kwargs.get(architecture, {}),
+                     expansion_factor=settings.expansion_factor, name=architecture)
+        for architecture in ARCHITECTURES
+    ]
+    trained = train_hook_z_saes(
+        model, specs, dataset=train_tokens, training_tokens=settings.training_tokens,
+        train_batch_size_tokens=settings.train_batch_size_tokens, lr=settings.lr,
+        seed=settings.seed,
+    )
+    for architecture, (sae, _) in trained.items():
+        with atomic_directory(out / architecture / "sae") as folder:
+            sae.save_model(folder)
+    return trained
+
+
 def demo_one_sae(
     model: HookedTransformer,
     architecture: str,
-    train_tokens: torch.Tensor,
+    trained: tuple[SAE, HeadLayout],
     eval_tokens: torch.Tensor,
     out: Path,
     settings: DemoSettings,
     step: Callable[[str], None],
 ) -> SAEResult:
-    """Train, evaluate, detect and render one architecture into `out / architecture`."""
+    """Evaluate, detect and render one trained SAE into `out / architecture`."""
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
     from sae_lens_attn.detectors.results import family_summary, save_family_rows
     from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
-    from sae_lens_attn.sources.training import train_hook_z_sae
 
+    sae, layout = trained
     folder = out / architecture
     seconds: dict[str, float] = {}
-    step(f"{architecture}: training the SAE")
-    with _timed(seconds, "train"):
-        sae, layout = train_hook_z_sae(
-            model, settings.layer, architecture=architecture, dataset=train_tokens,
-            training_tokens=settings.training_tokens,
-            train_batch_size_tokens=settings.train_batch_size_tokens,
-            expansion_factor=settings.expansion_factor, lr=settings.lr,
-            sae_kwargs=settings.sae_kwargs.get(architecture), output_path=folder / "sae",
-            seed=settings.seed,
-        )
     step(f"{architecture}: SAELens evals, dead share, per-head L0")
     with _timed(seconds, "evaluate"):
         n_eval = settings.eval_batches * settings.eval_batch_prompts
@@ -253,7 +269,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    steps = tqdm(total=2 + 4 * len(ARCHITECTURES), desc="demo", unit="step")
+    steps = tqdm(total=3 + 3 * len(ARCHITECTURES), desc="demo", unit="step")
 
     started = False
 
@@ -269,9 +285,11 @@ def run_demo(
         if model is None:
             model = load_model(model_name)
         train_tokens, eval_tokens = corpus_splits(model, settings)
-    torch.manual_seed(settings.seed)
+    step(f"training the {' and '.join(ARCHITECTURES)} SAEs from one model pass per batch")
+    with _timed(seconds, "training (all SAEs, one pass)"):
+        trained = train_demo_saes(model, train_tokens, out, settings)
     results = [
-        demo_one_sae(model, architecture, train_tokens, eval_tokens, out, settings, step)
+        demo_one_sae(model, architecture, trained[architecture], eval_tokens, out, settings, step)
         for architecture in ARCHITECTURES
     ]
     step("writing the report")

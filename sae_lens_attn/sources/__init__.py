@@ -23,6 +23,10 @@ _LAZY_EXPORTS: dict[str, str] = {
     "sae_config_for": "sae_lens_attn.sources.configs",
     "fold_input_scale": "sae_lens_attn.sources.folding",
     "train_hook_z_sae": "sae_lens_attn.sources.training",
+    "train_hook_z_saes": "sae_lens_attn.sources.multi_training",
+    "HookZSAESpec": "sae_lens_attn.sources.multi_training",
+    "HookZMultiSAETrainingRunner": "sae_lens_attn.sources.multi_runner",
+    "MultiHookZActivationsStore": "sae_lens_attn.sources.multi_store",
 }
 
 __all__ = ["HeadLayout", "layer_of_hook_z", *sorted(_LAZY_EXPORTS)]

@@ -29,7 +29,7 @@ from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
 
 
-def _subset_message(layout: HeadLayout) -> str:
+def subset_message(layout: HeadLayout) -> str:
     return (
         f"SAELens's evals splice an SAE into all {layout.n_model_heads} heads of "
         f"{layout.hook_name}; this SAE reads heads {list(layout.heads)} only, so they do "
@@ -67,7 +67,7 @@ class HookZEvaluator(LLMSaeEvaluator[Any]):
         self, sae: Any, data_provider: DataProvider, activation_scaler: ActivationScaler
     ) -> dict[str, Any]:
         if not self.source.layout.uses_all_heads:
-            warnings.warn(_subset_message(self.source.layout) + "; skipping them", stacklevel=2)
+            warnings.warn(subset_message(self.source.layout) + "; skipping them", stacklevel=2)
             return {}
         scaler = with_input_scale(activation_scaler, self.source.input_scale)
         return super().__call__(sae, data_provider, scaler)
@@ -90,7 +90,7 @@ def evaluate_hook_z_sae(
     """
     layout = HeadLayout.from_sae(sae, model)
     if not layout.uses_all_heads:
-        raise ValueError(_subset_message(layout))
+        raise ValueError(subset_message(layout))
     disable_datasets_torchvision_formatting()
     dataset = as_token_dataset(dataset) if not isinstance(dataset, str) else dataset
     context_size = context_size or sae.cfg.metadata.context_size or row_length(dataset)

@@ -1,7 +1,8 @@
 """`HookZSource`: SAE inputs from `blocks.L.attn.hook_z`, heads kept first-class.
 
 The source runs the model only as far as it must: a hook on `blocks.L.attn.hook_z` copies
-the activations and stops the forward pass right there, so neither the attention output
+the activations and stops the forward pass right there (`capture_hook_z`, which several
+sources on different layers share in multi-SAE training), so neither the attention output
 projection of layer L, nor its MLP, nor any later layer is computed, and no
 `ActivationCache` is built. hook_z is per query head, so grouped-query-attention models
 (`n_key_value_heads < n_heads`) need nothing special.
@@ -10,7 +11,8 @@ projection of layer L, nor its MLP, nor any later layer is computed, and no
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,38 @@ STATE_FILENAME = "hook_z_source.json"
 
 class _StopForward(Exception):
     """Raised by the hook_z hook once it has what it needs; ends the forward pass."""
+
+
+@torch.no_grad()
+def capture_hook_z(
+    model: HookedTransformer, tokens: torch.Tensor, layers: Iterable[int], **model_kwargs: Any
+) -> dict[int, torch.Tensor]:
+    """hook_z `[batch, pos, n_model_heads, d_head]` of each of `layers`, from one forward
+    pass of `tokens [batch, pos]` that stops right after the deepest layer's hook_z."""
+    wanted = sorted(set(layers))
+    if not wanted:
+        raise ValueError("capture_hook_z needs at least one layer")
+    deepest = wanted[-1]
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(z: torch.Tensor, hook: Any, layer: int) -> None:
+        captured[layer] = z
+        if layer == deepest:
+            raise _StopForward
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", partial(capture, layer=layer)) for layer in wanted]
+    with model.hooks(fwd_hooks=hooks):
+        try:
+            model(tokens, stop_at_layer=deepest + 1, **model_kwargs)
+        except _StopForward:
+            pass
+    missing = [layer for layer in wanted if layer not in captured]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(f'blocks.{layer}.attn.hook_z' for layer in missing)} not called "
+            "during the forward pass"
+        )
+    return captured
 
 
 class HookZSource:
@@ -74,20 +108,8 @@ class HookZSource:
 
         The forward pass stops inside layer `layout.layer`, right after hook_z.
         """
-        captured: list[torch.Tensor] = []
-
-        def capture_and_stop(z: torch.Tensor, hook: Any) -> None:  # z: [batch, pos, n_model_heads, d_head]
-            captured.append(z)
-            raise _StopForward
-
-        with self.model.hooks(fwd_hooks=[(self.hook_name, capture_and_stop)]):
-            try:
-                self.model(tokens, stop_at_layer=self.layout.layer + 1, **model_kwargs)
-            except _StopForward:
-                pass
-        if not captured:
-            raise RuntimeError(f"{self.hook_name} was not called during the forward pass")
-        return self.layout.select(captured[0])
+        layer = self.layout.layer
+        return self.layout.select(capture_hook_z(self.model, tokens, [layer], **model_kwargs)[layer])
 
     @property
     def input_scale(self) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, TrainingSAE
 from sae_lens.config import HfDataset
 from typing_extensions import override
@@ -28,7 +29,7 @@ from sae_lens_attn.sources.store import HookZActivationsStore, check_config_matc
 
 # SAELens normalisations that commute with a per-head diagonal scale and are folded
 # before it; the others normalise inside the SAE or mix heads.
-_PER_HEAD_NORM_COMPATIBLE = ("none", "expected_average_only_in")
+PER_HEAD_NORM_COMPATIBLE = ("none", "expected_average_only_in")
 
 
 class HookZTrainingRunner(LanguageModelSAETrainingRunner):
@@ -51,10 +52,10 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         n_batches_for_head_norm: int = 8,
     ) -> None:
         check_config_matches_source(cfg, source)
-        if source.per_head_norm and cfg.sae.normalize_activations not in _PER_HEAD_NORM_COMPATIBLE:
+        if source.per_head_norm and cfg.sae.normalize_activations not in PER_HEAD_NORM_COMPATIBLE:
             raise ValueError(
                 f"per_head_norm cannot be combined with normalize_activations="
-                f"{cfg.sae.normalize_activations!r}; use one of {_PER_HEAD_NORM_COMPATIBLE}"
+                f"{cfg.sae.normalize_activations!r}; use one of {PER_HEAD_NORM_COMPATIBLE}"
             )
         if cfg.compile_llm:
             raise ValueError(
@@ -114,10 +115,23 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
 def finish_hook_z_sae(sae: TrainingSAE[Any], source: HookZSource) -> None:
     """Make a freshly trained SAE take raw hook_z and know its heads (in place): fold the
     per-head scale, store the layout, and ask for hook_z reshaping when it reads all
-    heads (so `HookedSAETransformer` can splice it in at `blocks.L.attn.hook_z`)."""
+    heads (so `HookedSAETransformer` can splice it in at `blocks.L.attn.hook_z`).
+
+    A ValueError if training left NaN or inf in the weights: such an SAE is never saved."""
+    check_finite_weights(sae)
     scale = source.input_scale
     if scale is not None:
         fold_input_scale(sae, scale)
         sae.cfg.metadata["per_head_scale_folded"] = source.per_head_scale.tolist()
     source.layout.store_in(sae)
     sae.cfg.reshape_activations = "hook_z" if source.layout.uses_all_heads else "none"
+
+
+def check_finite_weights(sae: TrainingSAE[Any]) -> None:
+    """ValueError naming the parameters of `sae` that hold NaN or inf."""
+    bad = [name for name, parameter in sae.named_parameters() if not torch.isfinite(parameter).all()]
+    if bad:
+        raise ValueError(
+            f"training diverged: {', '.join(bad)} hold NaN or inf, so the SAE was not saved; "
+            "train again with a lower learning rate or sparsity coefficient"
+        )

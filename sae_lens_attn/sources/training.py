@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from transformer_lens import HookedTransformer
 from sae_lens_attn.sources.configs import sae_config_for
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
+from sae_lens_attn.sources.outputs import publish_sae_folder, staging_folder
 from sae_lens_attn.sources.runner import HookZTrainingRunner
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
 
@@ -48,7 +50,7 @@ def train_hook_z_sae(
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
 
     The returned SAE is SAELens's inference SAE as saved by the runner (to `output_path`,
-    or a temporary folder): it takes raw hook_z (any per-head scale is folded in), holds
+    published there only once complete, or to a temporary folder): it takes raw hook_z (any per-head scale is folded in), holds
     its `HeadLayout` in `cfg.metadata["head_layout"]`, and on all heads has
     `reshape_activations="hook_z"`, so `HookedSAETransformer` splices it in at hook_z.
     The trainer records `cfg.metadata.l0` and `num_dead_features`; for CE loss and
@@ -62,25 +64,15 @@ def train_hook_z_sae(
     network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
     """
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
-    dataset_path = dataset if isinstance(dataset, str) else ""
-    override_dataset = None if isinstance(dataset, str) else as_token_dataset(dataset)
-    if context_size is None:
-        if override_dataset is None:
-            raise ValueError(f"context_size is needed to train on dataset path {dataset!r}")
-        context_size = row_length(override_dataset)
+    dataset_path, override_dataset, context_size = prepare_dataset(dataset, context_size)
     sae_cfg = sae_config_for(
         source, architecture, expansion_factor, d_sae, device=device, **(sae_kwargs or {})
     )
-    runner_options: dict[str, Any] = {
-        # the shuffling buffer must hold at least one training batch (twice, to mix)
-        "n_batches_in_buffer": max(4, math.ceil(2 * train_batch_size_tokens / context_size)),
-        "n_eval_batches": 2,
-        "verbose": False,
-        **(runner_kwargs or {}),
-    }
-    torch.manual_seed(seed)  # SAELens does not seed: SAE init and buffer shuffling
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(output_path) if output_path is not None else Path(tmp)
+    options = runner_options(
+        context_size, train_batch_size_tokens, {"verbose": False, **(runner_kwargs or {})}
+    )
+    torch.manual_seed(seed)  # SAELens does not seed: SAE init, then (below) buffer shuffling
+    with output_folder(output_path) as (staged, publish):
         cfg = LanguageModelSAERunnerConfig(
             sae=sae_cfg,
             model_name=model.cfg.model_name,
@@ -95,10 +87,61 @@ def train_hook_z_sae(
             seed=seed,
             logger=LoggingConfig(log_to_wandb=log_to_wandb, wandb_project=wandb_project),
             checkpoint_path=checkpoint_path,
-            output_path=str(out),
+            output_path=str(staged),
             model_from_pretrained_kwargs={},  # the model is given, not loaded
-            **runner_options,
+            **options,
         )
-        HookZTrainingRunner(cfg, source, override_dataset=override_dataset).run()
-        sae = SAE.load_from_disk(out, device=device)
+        runner = HookZTrainingRunner(cfg, source, override_dataset=override_dataset)
+        seed_data_order(seed)
+        runner.run()
+        sae = SAE.load_from_disk(staged, device=device)
+        publish(staged)
     return sae, source.layout
+
+
+def prepare_dataset(
+    dataset: HfDataset | torch.Tensor | str, context_size: int | None
+) -> tuple[str, HfDataset | None, int]:
+    """`(dataset_path, override_dataset, context_size)` for SAELens's runner configs: a
+    hub path stays a path (and needs `context_size`); tokens become a dataset whose row
+    length is the default `context_size`."""
+    dataset_path = dataset if isinstance(dataset, str) else ""
+    override_dataset = None if isinstance(dataset, str) else as_token_dataset(dataset)
+    if context_size is None:
+        if override_dataset is None:
+            raise ValueError(f"context_size is needed to train on dataset path {dataset!r}")
+        context_size = row_length(override_dataset)
+    return dataset_path, override_dataset, context_size
+
+
+def runner_options(
+    context_size: int, train_batch_size_tokens: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Runner config fields we default differently from SAELens, then `overrides`."""
+    return {
+        # the shuffling buffer must hold at least one training batch (twice, to mix)
+        "n_batches_in_buffer": max(4, math.ceil(2 * train_batch_size_tokens / context_size)),
+        "n_eval_batches": 2,
+        **overrides,
+    }
+
+
+def seed_data_order(seed: int) -> None:
+    """Seed the global RNG that SAELens's shuffling buffer draws from, right before
+    training. After the SAE's own seeded initialisation, so every SAE trained with the
+    same seed on the same tokens sees the same batches in the same order, whatever its
+    architecture and whether it trains alone or beside others."""
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def output_folder(output_path: str | Path | None) -> Iterator[tuple[Path, Callable[[Path], None]]]:
+    """`(staged, publish)`: a folder to save into and a function that moves what was saved
+    there into `output_path` whole (`publish_sae_folder`); without `output_path`, a
+    temporary folder and a publish that does nothing."""
+    if output_path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp), lambda staged: None
+        return
+    with staging_folder(output_path) as staged:
+        yield staged, lambda folder: publish_sae_folder(folder, output_path)
