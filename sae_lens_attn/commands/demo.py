@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from sae_lens_attn.commands._common import add_model_argument, add_out_argument
+from sae_lens_attn.commands._common import (
+    add_model_argument,
+    add_out_argument,
+    check_model_name,
+    check_output_folder,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.demo.settings import FULL, QUICK
     from sae_lens_attn.models.embedded import HubUnavailableError
 
+    check_output_folder(args.out)
+    check_model_name(args.model)
     settings = replace(QUICK if args.quick else FULL, seed=args.seed)
     try:
         result = run_demo(args.out, settings, model_name=args.model)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_attn._atomic import atomic_write_bytes
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
 
@@ -101,6 +102,7 @@ def render_dashboard(
     from sae_lens_attn.dashboard.page import assemble_page, feature_section, sae_dashboard_page
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.model_inputs import check_token_rows
 
     features = list(dict.fromkeys(int(f) for f in features))
     if not features:
@@ -110,6 +112,7 @@ def render_dashboard(
         raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
+    check_token_rows(tokens, model, "dashboard prompts")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -160,7 +163,6 @@ def render_dashboard(
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
     )
     files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME)
-    files.html.write_text(page, encoding="utf-8")
     document = {
         "hook_name": layout.hook_name,
         "head_layout": layout.to_dict(),
@@ -168,7 +170,12 @@ def render_dashboard(
         "panels": [panel.name for panel in panel_objects],
         "features": records,
     }
-    files.json.write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
+    # Both files are encoded before either is written (a NaN or a lone surrogate fails
+    # here, leaving no page), then each is written under a temporary name and renamed.
+    document_bytes = json.dumps(document, allow_nan=False).encode("utf-8")
+    page_bytes = page.encode("utf-8", errors="replace")  # a lone surrogate in a token -> "?"
+    atomic_write_bytes(files.json, document_bytes)
+    atomic_write_bytes(files.html, page_bytes)
     steps.update(1)
     steps.close()
     return files

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from sae_lens_attn._atomic import atomic_write_text
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -231,7 +233,9 @@ def write_report(result: DemoResult, out: Path) -> tuple[Path, Path]:
     tables = report_tables(result)
     out = Path(out)
     report, index = out / REPORT_NAME, out / INDEX_NAME
-    report.write_text(to_markdown(result, tables), encoding="utf-8")
-    index.write_text(to_html(result, tables), encoding="utf-8")
-    (out / SUMMARY_NAME).write_text(json.dumps(summary(result), indent=1, allow_nan=False))
+    summary_text = json.dumps(summary(result), indent=1, allow_nan=False)
+    markdown, page = to_markdown(result, tables), to_html(result, tables)
+    atomic_write_text(out / SUMMARY_NAME, summary_text)
+    atomic_write_text(report, markdown)
+    atomic_write_text(index, page)
     return report, index

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn.sources.head_layout import HeadLayout
+from sae_lens_attn.sources.model_inputs import check_token_rows
 
 STATE_FILENAME = "hook_z_source.json"
 
@@ -74,6 +76,7 @@ class HookZSource:
 
         The forward pass stops inside layer `layout.layer`, right after hook_z.
         """
+        check_token_rows(tokens, self.model)
         captured: list[torch.Tensor] = []
 
         def capture_and_stop(z: torch.Tensor, hook: Any) -> None:  # z: [batch, pos, n_model_heads, d_head]
@@ -136,7 +139,7 @@ class HookZSource:
         """Write `hook_z_source.json` (head layout and per-head scale) into `folder`."""
         path = Path(folder) / STATE_FILENAME
         scale = None if self.per_head_scale is None else self.per_head_scale.tolist()
-        path.write_text(json.dumps({"head_layout": self.layout.to_dict(), "per_head_scale": scale}))
+        atomic_write_text(path, json.dumps({"head_layout": self.layout.to_dict(), "per_head_scale": scale}))
         return path
 
     def load_state(self, folder: str | Path) -> None:
