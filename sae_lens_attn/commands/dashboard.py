@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         panels=panels,
         progress=True,
     )
+    if files.skipped:
+        print(f"note: skipped dead features {', '.join(map(str, files.skipped))} (zero or "
+              "non-finite decoder row)")
     size_mb = files.html.stat().st_size / 1e6
     print(f"wrote {files.html} ({size_mb:.1f} MB) and {files.json}")
     return 0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_attn._atomic import atomic_write_bytes
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
+from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,7 @@ JSON_NAME = "features.json"
 class DashboardFiles:
     html: Path
     json: Path
+    skipped: tuple[int, ...] = ()  # dead features (zero or non-finite decoder row), not shown
 
 
 def token_decoder(tokenizer: Any) -> Callable[[int], str]:
@@ -98,6 +100,7 @@ def render_dashboard(
     """
     from tqdm.auto import tqdm
 
+    from sae_lens_attn.attribution.logit_lens import dead_rows
     from sae_lens_attn.dashboard.data import feature_reports
     from sae_lens_attn.dashboard.page import assemble_page, feature_section, sae_dashboard_page
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
@@ -110,11 +113,16 @@ def render_dashboard(
     bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
     if bad:
         raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
+    dead = dead_rows(sae.W_dec.detach()[features]).tolist()
+    skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead)
+    features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead]
+    if not features:
+        raise InvalidInputError(f"features {list(skipped)}: all dead (zero or non-finite decoder "
+                                "rows), nothing to show; pick live features")
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
     check_token_rows(tokens, model, "dashboard prompts")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     steps = tqdm(total=3 + len(features), desc="dashboard", disable=not progress, unit="step")
     steps.set_postfix_str("sae_dashboard data")
@@ -162,8 +170,9 @@ def render_dashboard(
         first_key,
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
     )
-    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME)
+    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME, skipped)
     document = {
+        "skipped_dead_features": list(skipped),
         "hook_name": layout.hook_name,
         "head_layout": layout.to_dict(),
         "heads": list(context.head_labels),

@@ -66,11 +66,14 @@ def check_saved_sae(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def load_saved_sae(path: str | Path, device: str = "cpu") -> SAE:
-    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path)`."""
+    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path)`; an SAE with hook_z
+    reshaping gets its input shape checked (`_upstream.guard_hook_z_input`)."""
     from sae_lens import SAE
 
+    from sae_lens_attn._upstream import guard_hook_z_input
+
     check_saved_sae(path)
-    return SAE.load_from_disk(path, device=device)
+    return guard_hook_z_input(SAE.load_from_disk(path, device=device))
 
 
 def _read_cfg(cfg_path: Path, what: str) -> dict[str, Any]:
