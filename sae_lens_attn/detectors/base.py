@@ -7,6 +7,7 @@ A detector is any object with `name`, `description` and `detect(model, sae, layo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -68,10 +69,10 @@ def feature_index(sae: SAE, features: Sequence[int] | torch.Tensor | None) -> to
 
 def dead_feature_row(detector: str, feature: int) -> FamilyRow:
     """The row of a feature whose decoder row is zero or non-finite (`dead_rows`): not
-    live, no family, no score."""
+    live, no family, no score (NaN, saved as null)."""
     from sae_lens_attn.detectors.results import FamilyRow
 
-    return FamilyRow(detector, int(feature), None, None, {"live": False, "summary": DEAD_SUMMARY})
+    return FamilyRow(detector, int(feature), None, math.nan, {"live": False, "summary": DEAD_SUMMARY})
 
 
 def encode_hook_z(sae: SAE, x: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
