@@ -88,7 +88,8 @@ def check_model_name(name: str) -> None:
     try:
         loading.get_official_model_name(name)
     except ValueError:
-        known = [*loading.OFFICIAL_MODEL_NAMES, *loading.MODEL_ALIASES]
+        aliases = [alias for names in loading.MODEL_ALIASES.values() for alias in names]
+        known = [*loading.OFFICIAL_MODEL_NAMES, *aliases]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "for example gpt2-small, gelu-2l"
         raise InvalidInputError(
