@@ -8,6 +8,8 @@
   to spreadsheet programs (`=HYPERLINK(...)`); `csv_cell` prefixes such text with `'`
   (OWASP's advice) and replaces control characters (NUL, ...) except tab and newline with
   U+FFFD. Numbers are left as they are.
+- Markdown renders inline HTML: `markdown_text` escapes `&`, `<`, `>` as entities and `|`
+  (a table cell's end), and puts line breaks on one line.
 - `write_csv` and `write_figure_html` write through `_atomic`: a failure leaves no file.
 """
 
@@ -35,6 +37,11 @@ def plotly_text(text: Any) -> str:
 def plotly_texts(texts: Iterable[Any]) -> list[str]:
     """`plotly_text` of each item."""
     return [plotly_text(text) for text in texts]
+
+
+def markdown_text(text: Any) -> str:
+    """`str(text)` safe inside a Markdown table cell or heading: no HTML, no `|`, one line."""
+    return " ".join(plotly_text(text).replace("|", "\\|").splitlines())
 
 
 def csv_cell(value: Any) -> Any:

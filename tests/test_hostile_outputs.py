@@ -128,3 +128,11 @@ def test_dashboard_whose_json_fails_leaves_no_page(tmp_path):
     assert not out.exists() or not any(out.iterdir())
     files = render_dashboard(model, sae, tokens, [1, 2], out, panels=[])
     assert files.skipped == (2,) and files.html.stat().st_size > 0
+
+
+def test_markdown_cells_carry_no_html_and_no_column_breaks():
+    from sae_lens_attn._safe_output import markdown_text
+    from sae_lens_attn.demo.report import Link, _md_cell
+
+    assert markdown_text('<img src=x onerror="a|b">\nnext') == '&lt;img src=x onerror="a\\|b"&gt; next'
+    assert _md_cell(Link("<b>x</b>", "f/dashboard.html")) == "[&lt;b&gt;x&lt;/b&gt;](f/dashboard.html)"
