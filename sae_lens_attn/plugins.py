@@ -280,12 +280,13 @@ def get_plugin_manager() -> PluginManager:
 
 
 def architecture_plugin_manager() -> PluginManager:
-    """A manager with only what `import sae_lens` may import: the built-ins and the
-    modules of the `sae_lens_attn.architectures` group."""
+    """A manager with only what `import sae_lens` may import: the modules of the
+    `sae_lens_attn.architectures` group (ours included). Installed metadata older than
+    that group has none of ours there: then all built-in modules are imported instead."""
+    ours_declared = any(is_builtin(ep) for ep in entry_points(group=ARCHITECTURE_ENTRY_POINT_GROUP))
     manager = PluginManager()
-    manager.load_entry_points(
-        include=lambda group, ep: group == ARCHITECTURE_ENTRY_POINT_GROUP or is_builtin(ep)
-    )
+    manager.load_entry_points(include=lambda group, ep: group == ARCHITECTURE_ENTRY_POINT_GROUP
+                              or (is_builtin(ep) and not ours_declared))
     return manager
 
 

@@ -221,3 +221,16 @@ def test_isolated_mode_still_runs_the_autoload():
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "True"
+
+
+def test_import_sae_lens_imports_only_architecture_plugins():
+    from importlib.metadata import entry_points
+
+    from sae_lens_attn.plugins import ARCHITECTURE_ENTRY_POINT_GROUP, is_builtin
+
+    if not any(is_builtin(ep) for ep in entry_points(group=ARCHITECTURE_ENTRY_POINT_GROUP)):
+        pytest.skip("installed metadata predates the sae_lens_attn.architectures group: reinstall")
+    code = ("import sys, sae_lens; print(sorted(m for m in sys.modules "
+            "if m.startswith('sae_lens_attn.') and m.endswith('.plugin')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['sae_lens_attn.architectures.plugin']"
