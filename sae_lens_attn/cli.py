@@ -17,6 +17,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    warnings.formatwarning = one_line_warning
     try:
         return args.run(args)
     except (Exception, KeyboardInterrupt) as error:
@@ -67,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {describe_error(error)}", file=sys.stderr)
         return exit_code(error)
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as `warning: <message>` lines (not two lines with a source excerpt)."""
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 def describe_error(error: BaseException) -> str:

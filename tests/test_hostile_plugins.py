@@ -53,6 +53,11 @@ def sae_lens_attn_detectors():
 
 
 @hookimpl
+def sae_lens_attn_dashboard_panels():
+    return [PluginEntry("broken_panel", "load raises", load=_fails)]
+
+
+@hookimpl
 def sae_lens_attn_architectures():
     return [PluginEntry("broken_arch", "load raises", load=_fails),
             PluginEntry("int_arch", "load returns an int", load=lambda: 3)]
@@ -176,6 +181,8 @@ def test_bad_architecture_entries_are_skipped_by_name(hostile_site):
             manager.get("detector", "loads_badly")
         except PluginError as err:
             print("PluginError", err)
+        from sae_lens_attn.dashboard.render import load_panels
+        print("panels", len(load_panels()), "broken_panel" in [p.name for p in load_panels()])
     """)
     result = run_python(hostile_site, "-c", code)
     assert result.returncode == 0, result.stderr
@@ -188,6 +195,7 @@ def test_bad_architecture_entries_are_skipped_by_name(hostile_site):
     assert "fine" in lines
     assert ("PluginError detector 'loads_badly' of plugin 'garbage_plugin' failed to load: "
             "RuntimeError('cannot load')" in lines)
+    assert lines[-1].startswith("panels ") and lines[-1].endswith(" False") and lines[-1] != "panels 0 False"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sae_lens_attn.commands._common import (
     add_model_argument,
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_demo(args.out, settings, model_name=args.model)
     except HubUnavailableError as error:  # the message names the embedded default
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"report: {result.report}\nindex:  {result.index}\n"
           f"wall time: {result.seconds['total']:.0f} s")

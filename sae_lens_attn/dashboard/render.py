@@ -51,13 +51,20 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
 
 
 def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
-    """Every installed dashboard panel (in plugin order), or the ones given: names are
-    looked up among the plugins, panel objects are used as they are."""
-    from sae_lens_attn.plugins import get_plugin_manager
+    """Every installed dashboard panel (in plugin order; one whose `load()` fails is warned
+    about and left out), or the ones given: names are looked up among the plugins, panel
+    objects are used as they are."""
+    from sae_lens_attn.plugins import PluginError, get_plugin_manager
 
     manager = get_plugin_manager()
     if panels is None:
-        return [loaded.entry.load() for loaded in manager.entries("dashboard_panel")]
+        installed = []
+        for loaded in manager.entries("dashboard_panel"):
+            try:
+                installed.append(manager.get("dashboard_panel", loaded.entry.name))
+            except PluginError as err:
+                warnings.warn(f"{err}; the page is written without it", stacklevel=2)
+        return installed
     return [
         manager.get("dashboard_panel", panel) if isinstance(panel, str) else panel
         for panel in panels
