@@ -121,7 +121,10 @@ def _config_from_dict(cfg_dict: dict[str, Any], what: str) -> Any:
 
 def _check_fields(cfg_dict: dict[str, Any], config_class: type, what: str) -> None:
     """Required fields present, int fields ints (not "128", not true), sizes positive."""
-    hints = typing.get_type_hints(config_class)
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # annotations a plugin's config cannot resolve: check presence only
+        hints = {}
     required = [field.name for field in dataclasses.fields(config_class) if field.init
                 and field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING]
