@@ -10,6 +10,8 @@
   U+FFFD. Numbers are left as they are.
 - Markdown renders inline HTML: `markdown_text` escapes `&`, `<`, `>` as entities and `|`
   (a table cell's end), and puts line breaks on one line.
+- A terminal runs escape sequences: `terminal_text` puts text from plugins on one line
+  without control characters.
 - `write_csv` and `write_figure_html` write through `_atomic`: a failure leaves no file.
 """
 
@@ -42,6 +44,12 @@ def plotly_texts(texts: Iterable[Any]) -> list[str]:
 def markdown_text(text: Any) -> str:
     """`str(text)` safe inside a Markdown table cell or heading: no HTML, no `|`, one line."""
     return " ".join(plotly_text(text).replace("|", "\\|").splitlines())
+
+
+def terminal_text(text: Any) -> str:
+    """`str(text)` on one line, control characters (ESC, NUL, ...) replaced by `?` (ASCII,
+    so any terminal encoding can print it)."""
+    return _CONTROL.sub("?", " ".join(str(text).splitlines()))
 
 
 def csv_cell(value: Any) -> Any:

@@ -48,7 +48,7 @@ def sae_lens_attn_activation_sources():
 @hookimpl
 def sae_lens_attn_detectors():
     return [7, object(), PluginEntry(5, "numeric name", load=lambda: 1),
-            PluginEntry("fine_detector", "the one good entry", load=lambda: "fine"),
+            PluginEntry("fine_detector", "the one good entry\x1b[2J", load=lambda: "fine"),
             PluginEntry("loads_badly", "load raises", load=_fails)]
 
 
@@ -146,6 +146,7 @@ def test_plugins_command_lists_the_good_and_reports_each_bad_entry(hostile_site)
     assert ("architecture", "block_diagonal", "block_diagonal") in rows
     assert ("detector", "induction", "detectors") in rows
     assert ("detector", "fine_detector", "garbage_plugin") in rows
+    assert "\x1b" not in result.stdout and "the one good entry?[2J" in result.stdout
     assert ("activation_source", "hook_z", "hook_z") in rows
     errors = [line for line in result.stderr.splitlines() if not line.endswith("PLUGIN imported")]
     assert all(line.startswith("error: plugin ") for line in errors), result.stderr

@@ -27,17 +27,19 @@ def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_lens_attn._safe_output import terminal_text
     from sae_lens_attn.plugins import KIND_TO_HOOK, get_plugin_manager
 
     with warnings.catch_warnings():  # each problem is printed below, once
         warnings.simplefilter("ignore")
         manager = get_plugin_manager()
         rows = [
-            (kind, loaded.entry.name, loaded.plugin, str(loaded.entry.description))
+            tuple(terminal_text(cell) for cell in
+                  (kind, loaded.entry.name, loaded.plugin, loaded.entry.description))
             for kind in KIND_TO_HOOK
             for loaded in manager.entries(kind)
         ]
     print(format_table(rows, ("kind", "name", "plugin", "description")))
     for error in manager.load_errors:
-        print(f"error: plugin {error.plugin!r}: {error.error}", file=sys.stderr)
+        print(terminal_text(f"error: plugin {error.plugin!r}: {error.error}"), file=sys.stderr)
     return 1 if manager.load_errors else 0
