@@ -6,25 +6,44 @@ sae_lens, nothing else is imported. When a program later imports `sae_lens`, the
 lets the normal import run and then calls
 `sae_lens_attn.plugins.register_architectures_with_sae_lens()`, so
 `SAE.load_from_disk(...)` and `python -m sae_lens.llm_sae_training_runner --architecture
-block_diagonal` work without the user importing sae_lens_attn. Set
-`SAE_LENS_ATTN_NO_AUTOLOAD=1` to switch this off.
+block_diagonal` work without the user importing sae_lens_attn.
+
+Only architectures are registered then, and only the built-in plugins and the modules of
+the entry-point group `sae_lens_attn.architectures` are imported: a third-party plugin
+that fails (even with `sys.exit`) is reported as a warning and `import sae_lens` goes on.
+
+`SAE_LENS_ATTN_NO_AUTOLOAD` switches this off when set to anything but "", "0", "false",
+"no" or "off" (case-insensitive).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 WATCHED_PACKAGE = "sae_lens"
+SWITCH_VARIABLE = "SAE_LENS_ATTN_NO_AUTOLOAD"
+VALUES_KEEPING_AUTOLOAD_ON = ("", "0", "false", "no", "off")
+
+
+def autoload_disabled(environ: dict[str, str] | os._Environ = os.environ) -> bool:
+    """Whether `SAE_LENS_ATTN_NO_AUTOLOAD` asks to skip the registration at import."""
+    return environ.get(SWITCH_VARIABLE, "").strip().lower() not in VALUES_KEEPING_AUTOLOAD_ON
 
 
 def _register_after_import() -> None:
     import warnings
 
     try:
-        from sae_lens_attn.plugins import register_architectures_with_sae_lens
+        from sae_lens_attn.plugins import (
+            architecture_plugin_manager,
+            register_architectures_with_sae_lens,
+        )
 
-        register_architectures_with_sae_lens()
-    except Exception as err:  # never break `import sae_lens` because of us
+        register_architectures_with_sae_lens(architecture_plugin_manager())
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # never break `import sae_lens` because of us
         warnings.warn(
             f"sae_lens_attn could not register its architectures with SAELens: {err!r}",
             stacklevel=2,
@@ -60,6 +79,8 @@ class SAELensImportWatcher:
 
 def install() -> None:
     """Install the watcher unless sae_lens is already imported (then register now)."""
+    if autoload_disabled():
+        return
     if WATCHED_PACKAGE in sys.modules:
         _register_after_import()
     elif not any(isinstance(f, SAELensImportWatcher) for f in sys.meta_path):

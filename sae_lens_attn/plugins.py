@@ -14,21 +14,35 @@ A third-party plugin is::
     @hookimpl                                # my_plugin = "my_plugin"
     def sae_lens_attn_detectors():
         return [PluginEntry("my_family", "what it finds", load=lambda: MyDetector)]
+
+Built-ins come from the `sae-lens-attn` distribution itself and win every name clash. A
+plugin that fails to import (any exception, `SystemExit` included; only
+`KeyboardInterrupt` passes through), a hook that raises or returns something other than a
+list of `PluginEntry`, and a clashing name are each recorded in `load_errors` by plugin and
+entry name and skipped: the other plugins and entries still load.
+
+At `import sae_lens` only architectures are registered (see `_autoload.py`), and only
+the built-ins and the modules named in the entry-point group `sae_lens_attn.architectures`
+are imported then: a third-party plugin of the general group is imported only when
+sae_lens_attn itself asks for plugins.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
 
 PROJECT_NAME = "sae_lens_attn"
 ENTRY_POINT_GROUP = "sae_lens_attn"
+# Plugins named here are imported at `import sae_lens` to register their architectures.
+ARCHITECTURE_ENTRY_POINT_GROUP = "sae_lens_attn.architectures"
+BUILTIN_DISTRIBUTION = "sae-lens-attn"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -69,10 +83,14 @@ class LoadedEntry:
 
 @dataclass(frozen=True)
 class PluginLoadError:
-    """A plugin that could not be imported or whose hook raised."""
+    """A plugin, or one entry of it, that was skipped, and why."""
 
     plugin: str
     error: str
+
+
+class PluginError(RuntimeError):
+    """A plugin entry that was asked for could not be loaded."""
 
 
 class HookSpecs:
@@ -108,64 +126,148 @@ KIND_TO_HOOK: dict[str, str] = {
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager plus the load errors met while reading entry points."""
+    """pluggy's manager plus built-in precedence and the problems met on the way
+    (`load_errors`): nothing a plugin does at import or in a hook stops the others."""
 
     def __init__(self) -> None:
         super().__init__(PROJECT_NAME)
         self.add_hookspecs(HookSpecs)
         self.load_errors: list[PluginLoadError] = []
+        self.builtin_plugins: set[str] = set()
+        self._entries: dict[str, list[LoadedEntry]] = {}
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        """Import and register every plugin of `group`; a broken one is warned about
-        by name and skipped. (pluggy's own `load_setuptools_entrypoints` stops at the
-        first plugin that fails to import.)"""
-        seen: set[str] = set()
-        for ep in sorted(entry_points(group=group), key=lambda ep: ep.name):
-            if ep.name in seen or self.get_plugin(ep.name) is not None:
-                continue
-            seen.add(ep.name)
-            try:
-                self.register(ep.load(), name=ep.name)
-            except Exception as err:
-                self._report(ep.name, f"failed to load ({ep.value}): {err!r}")
+    def register(self, plugin: Any, name: str | None = None, *, builtin: bool = False) -> str | None:
+        """pluggy's `register`; `builtin=True` gives the plugin's entries precedence."""
+        registered = super().register(plugin, name)
+        if builtin and registered is not None:
+            self.builtin_plugins.add(registered)
+        self._entries.clear()
+        return registered
+
+    def load_entry_points(
+        self,
+        groups: Iterable[str] = (ENTRY_POINT_GROUP, ARCHITECTURE_ENTRY_POINT_GROUP),
+        include: Callable[[str, EntryPoint], bool] = lambda group, ep: True,
+    ) -> None:
+        """Import and register the plugin modules named in `groups` (those `include`
+        accepts), built-ins first. A module that fails to import is recorded by name and
+        skipped; pluggy's own `load_setuptools_entrypoints` would stop at the first one."""
+        found = [(group, ep) for group in groups for ep in entry_points(group=group)
+                 if include(group, ep)]
+        found.sort(key=lambda item: (not is_builtin(item[1]), item[1].name, _distribution(item[1])))
+        for _, ep in found:
+            self._load_entry_point(ep)
 
     def entries(self, kind: str) -> list[LoadedEntry]:
-        """Everything of `kind` the plugins provide, first provider wins on a name clash."""
-        hook = getattr(self.hook, _hook_name(kind))
-        found: dict[str, LoadedEntry] = {}
-        for impl in hook.get_hookimpls():  # registration order: entry points by name
-            try:
-                provided = impl.function() or []
-            except Exception as err:
-                self._report(impl.plugin_name, f"hook {hook.name} raised {err!r}")
-                continue
-            for entry in provided:
-                if entry.name in found:
-                    warnings.warn(
-                        f"{kind} {entry.name!r} from plugin {impl.plugin_name!r} ignored: "
-                        f"plugin {found[entry.name].plugin!r} already provides it",
-                        stacklevel=2,
-                    )
-                    continue
-                found[entry.name] = LoadedEntry(kind, impl.plugin_name, entry)
-        return list(found.values())
+        """Everything of `kind` the plugins provide, checked entry by entry. On a name
+        clash a built-in wins, else the plugin registered first; the loser is recorded."""
+        if kind not in self._entries:
+            self._entries[kind] = self._collect(kind)
+        return list(self._entries[kind])
 
     def get(self, kind: str, name: str) -> Any:
         """Load the object named `name` of `kind`; unknown names list the valid ones."""
         by_name = {loaded.entry.name: loaded for loaded in self.entries(kind)}
         if name not in by_name:
             valid = ", ".join(sorted(by_name)) or "none installed"
-            raise ValueError(f"unknown {kind} {name!r}; available: {valid}")
-        return by_name[name].entry.load()
+            raise ValueError(f"unknown {kind} {name!r}: available: {valid}")
+        loaded = by_name[name]
+        try:
+            return loaded.entry.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:
+            raise PluginError(
+                f"{kind} {name!r} of plugin {loaded.plugin!r} failed to load: {err!r}"
+            ) from err
+
+    def _load_entry_point(self, ep: EntryPoint) -> None:
+        label = ep.name if is_builtin(ep) else f"{ep.name} ({_distribution(ep)})"
+        try:
+            plugin = ep.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # SystemExit too: a plugin must not end the program
+            self._report(label, f"failed to load ({ep.value}): {err!r}")
+            return
+        if self.is_registered(plugin):  # the same module named in both groups
+            return
+        name = ep.name if self.get_plugin(ep.name) is None else f"{_distribution(ep)}:{ep.name}"
+        try:
+            self.register(plugin, name=name, builtin=is_builtin(ep))
+        except Exception as err:  # pluggy's validation of the hook implementations
+            self._report(label, f"could not be registered: {err}")
+
+    def _collect(self, kind: str) -> list[LoadedEntry]:
+        hook = getattr(self.hook, _hook_name(kind))
+        order = [name for name, _ in self.list_name_plugin()]
+        impls = sorted(hook.get_hookimpls(), key=lambda impl: (
+            impl.plugin_name not in self.builtin_plugins, order.index(impl.plugin_name)))
+        found: dict[str, LoadedEntry] = {}
+        for impl in impls:
+            plugin = impl.plugin_name
+            try:
+                provided = impl.function()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:
+                self._report(plugin, f"hook {hook.name} raised {err!r}")
+                continue
+            if provided is None:
+                continue
+            if not isinstance(provided, (list, tuple)):
+                self._report(plugin, f"hook {hook.name} returned {_short(provided)}: "
+                             "expected a list of PluginEntry; skipped")
+                continue
+            for position, entry in enumerate(provided):
+                problem = _entry_problem(entry)
+                if problem:
+                    self._report(plugin, f"hook {hook.name} entry {position} skipped: {problem}")
+                elif entry.name in found:
+                    holder = found[entry.name].plugin
+                    owner = "built-in plugin" if holder in self.builtin_plugins else "plugin"
+                    self._report(plugin, f"{kind} {entry.name!r} clashes with {kind} "
+                                 f"{entry.name!r} of {owner} {holder!r}: kept the one of {holder!r}")
+                else:
+                    found[entry.name] = LoadedEntry(kind, plugin, entry)
+        return list(found.values())
 
     def _report(self, plugin: str, message: str) -> None:
-        self.load_errors.append(PluginLoadError(plugin, message))
-        warnings.warn(f"sae_lens_attn plugin {plugin!r} {message}", stacklevel=3)
+        error = PluginLoadError(plugin, message)
+        if error not in self.load_errors:
+            self.load_errors.append(error)
+            warnings.warn(f"sae_lens_attn plugin {plugin!r} {message}", stacklevel=3)
+
+
+def is_builtin(ep: EntryPoint) -> bool:
+    """Whether `ep` is declared by sae-lens-attn itself (built-ins win name clashes)."""
+    return _distribution(ep) == BUILTIN_DISTRIBUTION and ep.value.startswith(f"{PROJECT_NAME}.")
+
+
+def _distribution(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name.lower().replace("_", "-") if dist is not None else "unknown distribution"
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Why `entry` is not a usable `PluginEntry`, or None."""
+    if not isinstance(entry, PluginEntry):
+        return f"{_short(entry)} is not a PluginEntry"
+    if not isinstance(entry.name, str) or not entry.name.strip():
+        return f"name {entry.name!r} is not a non-empty string"
+    if not callable(entry.load):
+        return f"{entry.name!r}: load {_short(entry.load)} is not callable"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _hook_name(kind: str) -> str:
     if kind not in KIND_TO_HOOK:
-        raise ValueError(f"unknown plugin kind {kind!r}; expected one of {sorted(KIND_TO_HOOK)}")
+        raise ValueError(f"unknown plugin kind {kind!r}: expected one of {sorted(KIND_TO_HOOK)}")
     return KIND_TO_HOOK[kind]
 
 
@@ -177,45 +279,53 @@ def get_plugin_manager() -> PluginManager:
     return manager
 
 
+def architecture_plugin_manager() -> PluginManager:
+    """A manager with only what `import sae_lens` may import: the modules of the
+    `sae_lens_attn.architectures` group (ours included). Installed metadata older than
+    that group has none of ours there: then all built-in modules are imported instead."""
+    ours_declared = any(is_builtin(ep) for ep in entry_points(group=ARCHITECTURE_ENTRY_POINT_GROUP))
+    manager = PluginManager()
+    manager.load_entry_points(include=lambda group, ep: group == ARCHITECTURE_ENTRY_POINT_GROUP
+                              or (is_builtin(ep) and not ours_declared))
+    return manager
+
+
 def register_architectures_with_sae_lens(manager: PluginManager | None = None) -> list[str]:
     """Register every plugin architecture in SAELens's registry; returns the names.
 
-    Idempotent: a name SAELens already knows is left as it is (a warning says so when
-    another class holds it). The inference class is registered before the training class
-    because `TrainingSAEConfig.__post_init__` looks the inference config up.
+    Idempotent. A name SAELens already holds for another class is left as it is and
+    recorded in `manager.load_errors`, unless the plugin is a built-in: a built-in name
+    always maps to the built-in classes. The inference class is registered before the
+    training class because `TrainingSAEConfig.__post_init__` looks the inference config up.
     """
-    from sae_lens.registry import (
-        SAE_CLASS_REGISTRY,
-        SAE_TRAINING_CLASS_REGISTRY,
-        register_sae_class,
-        register_sae_training_class,
-    )
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
     manager = manager or get_plugin_manager()
     registered = []
     for loaded in manager.entries("architecture"):
         name = loaded.entry.name
         try:
-            classes: ArchitectureClasses = loaded.entry.load()
-        except Exception as err:
+            classes = loaded.entry.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:
             manager._report(loaded.plugin, f"architecture {name!r} failed to load: {err!r}")
             continue
-        for registry, register, sae_class, config_class in (
-            (SAE_CLASS_REGISTRY, register_sae_class, classes.sae_class, classes.config_class),
-            (
-                SAE_TRAINING_CLASS_REGISTRY,
-                register_sae_training_class,
-                classes.training_sae_class,
-                classes.training_config_class,
-            ),
+        if not isinstance(classes, ArchitectureClasses):
+            manager._report(loaded.plugin, f"architecture {name!r} skipped: load() returned "
+                            f"{_short(classes)}, expected an ArchitectureClasses")
+            continue
+        builtin = loaded.plugin in manager.builtin_plugins
+        for registry, sae_class, config_class in (
+            (SAE_CLASS_REGISTRY, classes.sae_class, classes.config_class),
+            (SAE_TRAINING_CLASS_REGISTRY, classes.training_sae_class, classes.training_config_class),
         ):
-            if name not in registry:
-                register(name, sae_class, config_class)
-            elif registry[name][0] is not sae_class:
-                warnings.warn(
-                    f"SAELens already has architecture {name!r} ({registry[name][0].__name__}); "
-                    f"plugin {loaded.plugin!r} left it as it is",
-                    stacklevel=2,
-                )
+            held = registry.get(name)
+            if held is None or (builtin and held[0] is not sae_class):
+                # a plain dict assignment: sae_lens.registry's register_* refuse a known name
+                registry[name] = (sae_class, config_class)
+            elif held[0] is not sae_class:
+                manager._report(loaded.plugin, f"architecture {name!r} skipped: SAELens "
+                                f"already has {held[0].__name__} under that name")
         registered.append(name)
     return registered

@@ -86,10 +86,14 @@ def test_circuit_command_writes_tables_and_plots_that_add_up(
         )
 
 
-def test_circuit_command_rejects_a_feature_out_of_range(tmp_path, monkeypatch, tiny_model_with_tokenizer):
+def test_circuit_command_rejects_a_feature_out_of_range(
+    tmp_path, monkeypatch, tiny_model_with_tokenizer, capsys
+):
     sae = saved_sae(tmp_path / "sae", "blocks.1.attn.hook_z", 64, 64, seed=1)
-    with pytest.raises(SystemExit, match="features 0..63"):
-        run_circuit(
-            monkeypatch, tiny_model_with_tokenizer,
-            "--sae", sae, "--feature", "64", "--out", str(tmp_path / "out"),
-        )
+    code = run_circuit(
+        monkeypatch, tiny_model_with_tokenizer,
+        "--sae", sae, "--feature", "64", "--out", str(tmp_path / "out"),
+    )
+    assert code == 2
+    assert capsys.readouterr().err.endswith("this SAE has features 0..63\n")
+    assert not (tmp_path / "out").exists()

@@ -50,11 +50,13 @@ def test_dashboard_command_writes_page_and_json(tmp_path, monkeypatch, model, ca
     assert (tmp_path / "out" / "dashboard.html").stat().st_size > 1e6  # scripts inlined
 
 
-def test_dashboard_command_rejects_features_the_sae_does_not_have(tmp_path, monkeypatch, model):
+def test_dashboard_command_rejects_features_the_sae_does_not_have(tmp_path, monkeypatch, model, capsys):
     StandardSAE(StandardSAEConfig(
         d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.1.attn.hook_z")
     )).save_model(tmp_path / "sae")
     monkeypatch.setattr(dashboard_command, "load_model", lambda name: model)
-    with pytest.raises(SystemExit, match="feature 9 is out of range; this SAE has features 0..7"):
-        cli.main(["dashboard", "--sae", str(tmp_path / "sae"), "--features", "0,9",
-                  "--n-prompts", "4", "--context-size", "16", "--out", str(tmp_path / "out")])
+    code = cli.main(["dashboard", "--sae", str(tmp_path / "sae"), "--features", "0,9",
+                     "--n-prompts", "4", "--context-size", "16", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "feature 9 is out of range; this SAE has features 0..7" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -103,4 +103,4 @@ def test_demo_on_a_hub_model_offline_says_to_use_the_embedded_model(monkeypatch,
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert main(["demo", "--quick", "--model", "gelu-2l", "--out", str(tmp_path)]) == 1
-    assert "--model embedded" in capsys.readouterr().out
+    assert "--model embedded" in capsys.readouterr().err

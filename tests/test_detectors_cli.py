@@ -68,11 +68,14 @@ def test_detect_writes_families_and_figures_for_every_feature(tmp_path, monkeypa
     assert "wrote" in printed and "families.csv" in printed
 
 
-def test_detect_rejects_unknown_detectors_and_bad_regex(saved_sae, tmp_path):
-    with pytest.raises(SystemExit, match="unknown detector 'nope'"):
-        main(["detect", "--sae", str(saved_sae), "--detectors", "nope", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="expected NAME=PATTERN"):
+def test_detect_rejects_unknown_detectors_and_bad_regex(saved_sae, tmp_path, capsys):
+    assert main(["detect", "--sae", str(saved_sae), "--detectors", "nope", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "error: --detectors: unknown detector 'nope': available: enrichment, induction, logit_lens\n")
+    with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--sae", str(saved_sae), "--regex", "nopattern", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "expected NAME=PATTERN" in capsys.readouterr().err
 
 
 def test_figures_are_saved_as_html_and_png_where_kaleido_can_render(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -74,7 +76,8 @@ def test_detector_rows_carry_scipy_statistics_of_each_feature_through_the_final_
         [r.evidence["kurtosis"] for r in kept], scipy.stats.kurtosis(weights, axis=1, fisher=False), rtol=1e-4
     )
     assert rows[0].evidence["top_tokens"] == np.argsort(-weights[0])[:3].tolist()
-    assert rows[1].family is None and rows[1].evidence["summary"].startswith("zero output direction")
+    assert rows[1].family is None and math.isnan(rows[1].score) and not rows[1].live
+    assert rows[1].evidence["summary"] == "dead: zero or non-finite decoder row"
 
 
 def test_skew_kurtosis_figure_has_one_trace_per_class_present():

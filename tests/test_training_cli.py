@@ -13,6 +13,7 @@ import sae_lens_attn.commands.train as train_command
 import sae_lens_attn.models
 from sae_lens_attn.cli import build_parser, main
 from sae_lens_attn.commands._common import load_sae, resolve_sae_folder
+from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.sources.head_layout import HeadLayout
 
 REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2"]
@@ -65,10 +66,8 @@ def test_train_command_turns_bad_heads_into_an_error_message(tiny_embedded, tmp_
         (["--layer", "1", "--heads", "0,7"], "head index 7 is out of range for layer 1; valid heads are 0..3"),
         (["--model", "gpt2-small", "--layer", "1"], "--model gpt2-small needs --dataset (a Hugging Face dataset path)"),
     ]:
-        with pytest.raises(SystemExit) as exit_info:
-            main(["train", *argv, "--out", str(tmp_path), *REDUCED])
-        assert exit_info.value.code == 2
-        assert capsys.readouterr().err == f"sae-lens-attn train: error: {message}\n"
+        assert main(["train", *argv, "--out", str(tmp_path), *REDUCED]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
     assert tiny_embedded == []  # checked before any corpus is tokenized
 
 
@@ -148,7 +147,7 @@ def test_sae_folder_resolution_names_the_choices(listed_saes, capsys):
     assert "error: argument --sae-name: no SAE named 'medium' in" in capsys.readouterr().err
     with pytest.raises(ValueError, match="has no saes.json, so --sae-name 'small' names nothing"):
         resolve_sae_folder(listed_saes / "small", "small")
-    with pytest.raises(SystemExit, match="holds 2 SAEs"):
+    with pytest.raises(InvalidInputError, match="holds 2 SAEs"):
         load_sae(listed_saes)
     entries = json.loads((listed_saes / "saes.json").read_text())
     entries[0]["path"] = "../elsewhere"
@@ -160,7 +159,7 @@ def test_sae_folder_resolution_names_the_choices(listed_saes, capsys):
     with pytest.raises(ValueError, match=r"must be a list of objects with keys .* \(name and path text\)"):
         resolve_sae_folder(listed_saes, "small")
     (listed_saes / "saes.json").write_text("[{")
-    with pytest.raises(SystemExit, match=r"saes.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"saes.json is not valid JSON"):
         load_sae(listed_saes)
 
 
@@ -174,9 +173,9 @@ def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tm
     model = make_tiny_model(d_vocab=300, seed=4)
     model.set_tokenizer(load_tokenizer(folder))
     monkeypatch.setattr(dashboard_command, "load_model", lambda name: model)
-    with pytest.raises(SystemExit, match="feature 30 is out of range; this SAE has features 0..23"):
-        main(["dashboard", "--sae", str(listed_saes), "--sae-name", "large", "--features", "30",
-              "--n-prompts", "4", "--context-size", "16", "--out", str(tmp_path / "out")])
+    assert main(["dashboard", "--sae", str(listed_saes), "--sae-name", "large", "--features", "30",
+                 "--n-prompts", "4", "--context-size", "16", "--out", str(tmp_path / "out")]) == 2
+    assert "feature 30 is out of range; this SAE has features 0..23" in capsys.readouterr().err
     assert main(["dashboard", "--sae", str(listed_saes), "--sae-name", "large", "--features", "20",
                  "--n-prompts", "8", "--context-size", "16", "--out", str(tmp_path / "out")]) == 0
     document = json.loads((tmp_path / "out" / "features.json").read_text())
@@ -202,8 +201,8 @@ def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tm
                                                      "standard has no k"),
         (["--k", "4,4"], "--k lists a value twice: [4, 4]"),
         (["--layers", "1,1"], "--layers lists a value twice: [1, 1]"),
-        (["--out", "FILE"], "argument --out: 'FILE' is an existing file: expected a folder"),
-        (["--out", "/proc/sae-lens-attn-out"], "--out /proc/sae-lens-attn-out: cannot write there"),
+        (["--out", "FILE"], "argument --out: 'FILE': is an existing file; expected a folder"),
+        (["--out", "/proc/sae-lens-attn-out"], "argument --out: '/proc/sae-lens-attn-out': cannot write into /proc"),
     ],
 )
 def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tmp_path, argv, message):
@@ -215,7 +214,7 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     [error_line] = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert error_line.startswith("sae-lens-attn train: error: ") and message in error_line
+    assert error_line.startswith("error: ") and message in error_line
     assert result.stdout == "" and "Traceback" not in result.stderr
 
 
@@ -230,9 +229,7 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
     ],
 )
 def test_options_that_do_not_fit_the_model_exit_2_before_the_corpus_is_tokenized(tiny_embedded, tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--context-size", "16", *argv, "--out", str(tmp_path), "--expansion-factor", "2"])
-    assert exit_info.value.code == 2
+    assert main(["train", "--context-size", "16", *argv, "--out", str(tmp_path), "--expansion-factor", "2"]) == 2
     [error_line] = capsys.readouterr().err.splitlines()
-    assert error_line.startswith("sae-lens-attn train: error: ") and message in error_line
+    assert error_line.startswith("error: ") and message in error_line
     assert tiny_embedded == []

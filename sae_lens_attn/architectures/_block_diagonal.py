@@ -49,6 +49,7 @@ from sae_lens.saes.topk_sae import TopK, calculate_topk_aux_acts
 from torch import nn
 from typing_extensions import override
 
+from sae_lens_attn.architectures._read_only import read_only_view
 from sae_lens_attn.architectures.block_ops import block_diagonal_dense, block_diagonal_matmul
 
 ARCHITECTURE = "block_diagonal"
@@ -194,13 +195,15 @@ class _BlockDiagonalMixin:
 
     @property
     def W_enc(self) -> torch.Tensor:
-        """Dense `[d_in, d_sae]` block-diagonal encoder, built on each access (read-only)."""
-        return block_diagonal_dense(self.W_enc_blocks)
+        """Dense `[d_in, d_sae]` block-diagonal encoder, built on each access; writes into
+        it raise (they would change nothing): write `W_enc_blocks`."""
+        return read_only_view(block_diagonal_dense(self.W_enc_blocks), "W_enc_blocks")
 
     @property
     def W_dec(self) -> torch.Tensor:
-        """Dense `[d_sae, d_in]` block-diagonal decoder, built on each access (read-only)."""
-        return block_diagonal_dense(self.W_dec_blocks)
+        """Dense `[d_sae, d_in]` block-diagonal decoder, built on each access; writes into
+        it raise (they would change nothing): write `W_dec_blocks`."""
+        return read_only_view(block_diagonal_dense(self.W_dec_blocks), "W_dec_blocks")
 
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.cfg.activation == "topk":

@@ -30,6 +30,7 @@ from sae_lens_attn.attribution.circuit_upstream import (
     ValueSideAttribution,
     value_side_attribution,
 )
+from sae_lens_attn.sources.model_inputs import check_token_rows
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -85,6 +86,7 @@ def feature_circuit(
     tokens = tokens.reshape(-1) if tokens.dim() == 2 and tokens.shape[0] == 1 else tokens
     if tokens.dim() != 1:
         raise ValueError(f"expected one prompt [pos] or [1, pos], got {list(tokens.shape)}")
+    check_token_rows(tokens, model, "prompt")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens[None])
     context = circuit_context(model, sae, cache, batch=0, upstream_saes=upstream_saes)

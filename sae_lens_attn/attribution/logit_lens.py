@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "LogitStats",
+    "dead_rows",
     "feature_output_directions",
     "iter_logit_weights",
     "logit_weight_stats",
@@ -69,6 +70,14 @@ class LogitStats:
             skewness=torch.cat([p.skewness for p in parts]),
             kurtosis=torch.cat([p.kurtosis for p in parts]),
         )
+
+
+def dead_rows(rows: torch.Tensor) -> torch.Tensor:
+    """`[n, d]` decoder rows or output directions -> `[n]` bool: True where a row is all
+    zeros or holds a NaN/inf. Such a feature writes nothing usable: every detector counts
+    it as dead, and dashboards skip it."""
+    rows = rows.detach()
+    return ~torch.isfinite(rows).all(dim=1) | (rows.abs().amax(dim=1) == 0)
 
 
 def feature_output_directions(W_dec: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,20 @@
-"""Arguments and loaders shared by several subcommands (model, SAE path, output folder)."""
+"""Arguments and loaders shared by several subcommands (model, SAE path, output folder).
+
+The `check_*` functions run at the start of a command, before anything expensive; each
+raises `InvalidInputError` with an `<option> <value>: <why, what is valid>` message.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -67,6 +74,7 @@ def load_model(name: str) -> HookedTransformer:
     """The embedded model or a TransformerLens hub model, by name."""
     from sae_lens_attn.models import load_model as load_named_model
 
+    check_model_name(name)
     return load_named_model(name)
 
 
@@ -84,7 +92,7 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     listing = path / SAE_LIST_FILENAME
     if not listing.is_file():
         if name is not None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} has no {SAE_LIST_FILENAME}, so --sae-name {name!r} names nothing; pass "
                 "the output folder of `sae-lens-attn train`, or the SAE's own folder without --sae-name"
             )
@@ -95,51 +103,123 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
         if (path / SAE_CONFIG_FILENAME).is_file():
             return path
         if len(entries) != 1:
-            raise ValueError(f"{path} holds {len(entries)} SAEs ({SAE_LIST_FILENAME}); choose one "
+            raise InvalidInputError(f"{path} holds {len(entries)} SAEs ({SAE_LIST_FILENAME}); choose one "
                              f"with --sae-name: {names}")
         [entry] = entries
     else:
         matches = [entry for entry in entries if entry["name"] == name]
         if not matches:
-            raise ValueError(f"no SAE named {name!r} in {listing}; its SAEs are: {names}")
+            raise InvalidInputError(f"no SAE named {name!r} in {listing}; its SAEs are: {names}")
         entry = matches[0]
     folder = path / entry["path"]
     if not folder.resolve().is_relative_to(path.resolve()):
-        raise ValueError(f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}")
+        raise InvalidInputError(f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}")
     return folder
 
 
 def load_sae(path: Path, device: str = "cpu") -> SAE:
-    """An SAE saved with SAELens's `save_model` (or chosen from a `train` output folder,
-    `resolve_sae_folder`); a clear error when the folder is wrong."""
-    from sae_lens import SAE
+    """An SAE saved with SAELens's `save_model`, or one SAE of a `train` output folder
+    (`resolve_sae_folder`), its folder checked first (see `sae_lens_attn.sources.saved_sae`):
+    a damaged one is an `InvalidInputError`."""
+    from sae_lens_attn.sources.saved_sae import load_saved_sae
+
+    return load_saved_sae(resolve_sae_folder(path), device=device)
+
+
+def check_sae_folders(*paths: Path) -> None:
+    """Check saved SAE folders (config, weights header, shapes) without loading them."""
+    from sae_lens_attn.sources.saved_sae import check_saved_sae
+
+    for path in paths:
+        check_saved_sae(resolve_sae_folder(path))
+
+
+def check_features(features: list[int] | None, d_sae: int, option: str = "--features") -> None:
+    """Every index in `features` (None: all) is a feature of an SAE with `d_sae` features."""
+    bad = [feature for feature in features or [] if feature >= d_sae]
+    if bad:
+        raise InvalidInputError(f"{option}: feature {bad[0]} is out of range; this SAE has "
+                                f"features 0..{d_sae - 1}")
+
+
+def check_model_name(name: str) -> None:
+    """`embedded` or a name TransformerLens knows (alias or official); else the closest
+    names, instead of TransformerLens's list of every model."""
+    if name == EMBEDDED_MODEL:
+        return
+    import difflib
+
+    from transformer_lens import loading_from_pretrained as loading
 
     try:
-        path = resolve_sae_folder(path)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    if not (path / "cfg.json").is_file():
-        raise SystemExit(
-            f"error: {path} is not a saved SAE folder (expected {path / 'cfg.json'} and "
-            "sae_weights.safetensors, as written by SAE.save_model)"
-        )
-    return SAE.load_from_disk(path, device=device)
+        loading.get_official_model_name(name)
+    except ValueError:
+        aliases = [alias for names in loading.MODEL_ALIASES.values() for alias in names]
+        known = [*loading.OFFICIAL_MODEL_NAMES, *aliases]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "for example gpt2-small, gelu-2l"
+        raise InvalidInputError(
+            f"--model {name!r}: not a TransformerLens model name; use '{EMBEDDED_MODEL}' (the "
+            f"model shipped with the package) or a TransformerLens name ({hint})"
+        ) from None
+
+
+def check_device(name: str) -> None:
+    """A torch device string that exists on this machine (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InvalidInputError(
+            f"--device {name!r}: not a torch device; expected cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise InvalidInputError(
+                f"--device {name!r}: this machine has {count} CUDA device(s); use cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"--device {name!r}: MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"--device {name!r}: expected cpu, cuda, cuda:N or mps")
+
+
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """`path` is a folder, or can become one, and a file can be written there: checked
+    by writing a probe file into the nearest existing folder (no folder is created)."""
+    problem = output_folder_problem(Path(path))
+    if problem is not None:
+        raise InvalidInputError(f"{option} {path}: {problem}")
 
 
 def writable_folder(text: str) -> Path:
-    """argparse type: a folder that exists and is writable, or can be created (its
-    nearest existing parent is a writable folder); never an existing file."""
-    path = Path(text)
+    """argparse type: `check_output_folder` at parse time."""
+    problem = output_folder_problem(Path(text))
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return Path(text)
+
+
+def output_folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be an output folder (None when it can): an existing file, a file
+    on the way, or no write permission in its nearest existing folder."""
     if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is an existing file: expected a folder")
+        return "is an existing file; expected a folder (created if missing)"
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text!r} is not writable: no write permission in {str(existing)!r}")
-    return path
+        return f"{existing} is a file, so no folder can be created there; expected a folder path"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        return f"cannot write into {existing} ({reason}); choose a writable folder"
+    return None
 
 
 def parse_index_list(text: str) -> list[int]:

@@ -9,19 +9,25 @@ tokens), `summary.json`, and the plots `upstream.html` and `effects.html`.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_attn._atomic import atomic_write_text
+from sae_lens_attn._safe_output import write_csv, write_figure_html
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
     add_sae_argument,
+    check_output_folder,
+    check_sae_folders,
     load_model,
     load_sae,
+    non_negative_int,
+    positive_int,
 )
+from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from sae_lens_attn.attribution.circuit import FeatureCircuit
@@ -38,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_sae_argument(parser)
     add_model_argument(parser)
-    parser.add_argument("--feature", type=int, required=True, help="feature index")
+    parser.add_argument("--feature", type=non_negative_int, required=True, help="feature index")
     parser.add_argument("--prompt", required=True, help="text to run (a BOS token is prepended)")
     parser.add_argument(
         "--upstream-sae",
@@ -49,22 +55,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "features and error replace the components that hook carries (repeatable)",
     )
     parser.add_argument(
-        "--destination", type=int, help="position to explain (default: where the feature peaks)"
+        "--destination", type=non_negative_int,
+        help="position to explain (default: where the feature peaks)"
     )
-    parser.add_argument("--n-sources", type=int, default=3, help="top source positions")
-    parser.add_argument("--top-tokens", type=int, default=10, help="promoted tokens shown")
-    parser.add_argument("--top-components", type=int, default=20, help="bars in the plot")
+    parser.add_argument("--n-sources", type=positive_int, default=3, help="top source positions")
+    parser.add_argument("--top-tokens", type=positive_int, default=10, help="promoted tokens shown")
+    parser.add_argument("--top-components", type=positive_int, default=20, help="bars in the plot")
     add_out_argument(parser, "circuit")
     return parser
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        if not rows:
-            return
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def write_circuit(
@@ -75,7 +73,8 @@ def write_circuit(
     top_components: int = 20,
 ) -> dict[str, Any]:
     """Write the tables, `summary.json` and plots of `circuit` into `out`; returns the
-    summary."""
+    summary. Everything is computed before the first file is written, and each file is
+    written atomically, so a failure leaves no partial output."""
     from sae_lens_attn.attribution.circuit import (
         circuit_summary,
         downstream_rows,
@@ -84,17 +83,24 @@ def write_circuit(
     )
     from sae_lens_attn.dashboard.circuit_panel import effects_figure, upstream_figure
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "upstream.csv", upstream_rows(circuit, decode))
-    _write_csv(out / "query_key.csv", query_key_rows(circuit))
-    _write_csv(out / "downstream.csv", downstream_rows(circuit, top_tokens, decode))
+    if top_tokens < 1 or top_components < 1:
+        raise InvalidInputError(f"top_tokens={top_tokens}, top_components={top_components}: "
+                                "both must be >= 1")
+    tables = {
+        "upstream.csv": upstream_rows(circuit, decode),
+        "query_key.csv": query_key_rows(circuit),
+        "downstream.csv": downstream_rows(circuit, top_tokens, decode),
+    }
     summary = circuit_summary(circuit, decode=decode)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary_text = json.dumps(summary, indent=2)
     figures = {"upstream.html": upstream_figure(circuit, decode, top_components)}
     if circuit.downstream is not None:
         figures["effects.html"] = effects_figure(circuit, decode, top_tokens)
+    for name, rows in tables.items():
+        write_csv(out / name, rows)
+    atomic_write_text(out / "summary.json", summary_text)
     for name, figure in figures.items():
-        figure.write_html(out / name, include_plotlyjs="directory")
+        write_figure_html(figure, out / name, include_plotlyjs="directory")
     return summary
 
 
@@ -104,28 +110,32 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.attribution.circuit import feature_circuit
     from sae_lens_attn.dashboard.render import token_decoder
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.model_inputs import check_token_rows
 
-    steps = tqdm(total=4, desc="circuit", unit="step")
-    model = load_model(args.model)
+    check_output_folder(args.out)
+    check_sae_folders(args.sae, *args.upstream_sae)
     sae = load_sae(args.sae)
+    if args.feature >= sae.cfg.d_sae:
+        raise InvalidInputError(f"--feature {args.feature}: out of range; this SAE has features "
+                                f"0..{sae.cfg.d_sae - 1}")
     upstream = [load_sae(path) for path in args.upstream_sae]
-    steps.update()
-    tokens = model.to_tokens(args.prompt)[0]
-    decode = token_decoder(model.tokenizer)
+    steps = tqdm(total=4, desc="circuit", unit="step")
     try:
+        model = load_model(args.model)
+        layout = HeadLayout.from_sae(sae, model)
+        steps.update()
+        tokens = model.to_tokens(args.prompt)[0]
+        check_token_rows(tokens, model, "--prompt (with its BOS token)")
+        decode = token_decoder(model.tokenizer)
         circuit = feature_circuit(
             model, sae, tokens, args.feature, destination=args.destination,
             n_sources=args.n_sources, upstream_saes=upstream,
-            downstream=HeadLayout.from_sae(sae, model).uses_all_heads,
+            downstream=layout.uses_all_heads,
         )
-    except ValueError as error:
+    finally:
         steps.close()
-        raise SystemExit(f"error: {error}") from None
-    steps.update(2)
 
     summary = write_circuit(circuit, args.out, decode, args.top_tokens, args.top_components)
-    steps.update()
-    steps.close()
 
     print(
         f"feature {circuit.feature} at position {circuit.destination} "

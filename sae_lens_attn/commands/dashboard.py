@@ -14,10 +14,18 @@ from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
     add_sae_argument,
+    check_device,
+    check_features,
+    check_output_folder,
+    comma_list,
+    int_at_least,
     load_model,
     load_sae,
+    non_negative_int,
     parse_index_list,
+    positive_int,
 )
+from sae_lens_attn.errors import InvalidInputError, MissingInputError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,18 +47,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="families.json written by the detectors: shown in the family and logit-lens "
         "panels (default: none, those panels say no detector ran)",
     )
-    parser.add_argument("--n-prompts", type=int, default=512, help="corpus rows to search")
-    parser.add_argument("--context-size", type=int, default=64, help="tokens per row")
+    parser.add_argument("--n-prompts", type=positive_int, default=512, help="corpus rows to search")
+    parser.add_argument("--context-size", type=int_at_least(2), default=64, help="tokens per row")
     parser.add_argument(
         "--split", default="test", choices=["train", "test"], help="corpus split"
     )
     parser.add_argument(
-        "--panels", type=lambda text: [p for p in text.split(",") if p],
+        "--panels", type=comma_list(str),
         help="comma-separated panel names (default: every installed panel; see "
         "`sae-lens-attn plugins`)",
     )
     parser.add_argument(
-        "--dfa-examples", type=int,
+        "--dfa-examples", type=non_negative_int,
         help="how many of the shown top examples get a DFA row (default: all 8)",
     )
     parser.add_argument("--device", default="cpu", help="torch device")
@@ -58,31 +66,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def read_families(path: Path) -> list:
+    """`FamilyRow`s of `--families` (families.json/.csv or a folder with one), or an
+    `InvalidInputError` saying what the file should be."""
+    from sae_lens_attn.detectors.results import load_family_rows
+
+    if not path.exists():
+        raise MissingInputError(f"--families {path}: does not exist; expected families.json "
+                                "(or .csv, or their folder) written by `sae-lens-attn detect`")
+    try:
+        return load_family_rows(path)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise InvalidInputError(f"--families {path}: not a families file written by "
+                                f"`sae-lens-attn detect` ({type(err).__name__}: {err})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
-    from sae_lens_attn.detectors.results import load_family_rows
+    from sae_lens_attn.dashboard.render import load_panels
     from sae_lens_attn.models.dataset import corpus_tokens
+    from sae_lens_attn.sources.head_layout import HeadLayout
 
-    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
+    check_device(args.device)
+    check_output_folder(args.out)
+    families = read_families(args.families) if args.families else None
+    panels = load_panels(args.panels)
     sae = load_sae(args.sae, device=args.device)
+    check_features(args.features, sae.cfg.d_sae)
+    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
+    HeadLayout.from_sae(sae, model)  # layout against the model, before the corpus
     if model.tokenizer is None:
-        raise SystemExit(f"error: model {args.model!r} has no tokenizer to build prompts with")
+        raise InvalidInputError(f"--model {args.model!r}: has no tokenizer to build prompts with")
+    if args.context_size > model.cfg.n_ctx:
+        raise InvalidInputError(f"--context-size {args.context_size}: longer than the model's "
+                                f"context (n_ctx={model.cfg.n_ctx}); use 2..{model.cfg.n_ctx}")
     tokens = corpus_tokens(model.tokenizer, args.context_size, args.n_prompts, split=args.split)
-    families = load_family_rows(args.families) if args.families else None
-    try:
-        files = render_dashboard(
-            model,
-            sae,
-            tokens,
-            args.features,
-            args.out,
-            families=families,
-            config=DashboardConfig(dfa_examples=args.dfa_examples, device=args.device),
-            panels=args.panels,
-            progress=True,
-        )
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    files = render_dashboard(
+        model,
+        sae,
+        tokens,
+        args.features,
+        args.out,
+        families=families,
+        config=DashboardConfig(dfa_examples=args.dfa_examples, device=args.device),
+        panels=panels,
+        progress=True,
+    )
+    if files.skipped:
+        print(f"note: skipped dead features {', '.join(map(str, files.skipped))} (zero or "
+              "non-finite decoder row)")
     size_mb = files.html.stat().st_size / 1e6
     print(f"wrote {files.html} ({size_mb:.1f} MB) and {files.json}")
     return 0

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from sae_lens_attn.commands._common import add_model_argument, add_out_argument
+from sae_lens_attn.commands._common import (
+    add_model_argument,
+    add_out_argument,
+    check_model_name,
+    check_output_folder,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.demo.settings import FULL, QUICK
     from sae_lens_attn.models.embedded import HubUnavailableError
 
+    check_output_folder(args.out)
+    check_model_name(args.model)
     settings = replace(QUICK if args.quick else FULL, seed=args.seed)
     try:
         result = run_demo(args.out, settings, model_name=args.model)
     except HubUnavailableError as error:  # the message names the embedded default
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"report: {result.report}\nindex:  {result.index}\n"
           f"wall time: {result.seconds['total']:.0f} s")

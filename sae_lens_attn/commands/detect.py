@@ -7,16 +7,24 @@ detector's figures (`<name>.html`, and `<name>.png` where kaleido can render) in
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
+from sae_lens_attn._atomic import atomic_path
+from sae_lens_attn._safe_output import write_figure_html
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
     add_sae_argument,
+    check_device,
+    check_features,
+    check_output_folder,
     load_model,
     load_sae,
+    non_negative_int,
     parse_index_list,
+    positive_int,
 )
 
 DEFAULT_DETECTORS = "induction,logit_lens,enrichment"
@@ -41,16 +49,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--features", type=parse_index_list, help="features to analyse, e.g. 0-99,120 (default: all)")
     parser.add_argument(
         "--eval-sequences",
-        type=int,
+        type=non_negative_int,
         default=64,
         help="sequences of the embedded corpus (Python stdlib, test split, tokenized with the "
         "model's tokenizer) that decide which features are live; 0: every feature with a "
         "nonzero decoder row is live (default: 64)",
     )
-    parser.add_argument("--context-size", type=int, default=128, help="tokens per evaluation sequence (default: 128)")
-    parser.add_argument("--n-prompts", type=int, default=8, help="induction prompts per tested token (default: 8)")
+    parser.add_argument("--context-size", type=positive_int, default=128, help="tokens per evaluation sequence (default: 128)")
+    parser.add_argument("--n-prompts", type=positive_int, default=8, help="induction prompts per tested token (default: 8)")
     parser.add_argument(
         "--regex",
+        type=regex_item,
         action="append",
         default=[],
         metavar="NAME=PATTERN",
@@ -70,15 +79,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def regex_item(text: str) -> str:
+    """argparse type: `NAME=PATTERN` with a pattern `re` compiles."""
+    name, sep, pattern = text.partition("=")
+    if not sep or not name or not pattern:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=PATTERN, e.g. --regex 'year=^ ?1[89]\\d\\d$'")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {pattern!r} is not a valid regular expression ({err})") from None
+    return text
+
+
 def parse_regex(items: list[str]) -> dict[str, str]:
-    """['name=pattern', ...] -> {name: pattern}; a ValueError says what is expected."""
-    patterns = {}
-    for item in items:
-        name, sep, pattern = item.partition("=")
-        if not sep or not name or not pattern:
-            raise ValueError(f"--regex {item!r}: expected NAME=PATTERN, e.g. --regex 'year=^ ?1[89]\\d\\d$'")
-        patterns[name] = pattern
-    return patterns
+    """['name=pattern', ...] (each checked by `regex_item`) -> {name: pattern}."""
+    return dict(regex_item(item).partition("=")[::2] for item in items)
 
 
 def evaluation_tokens(model: Any, n_sequences: int, context_size: int):
@@ -92,14 +109,13 @@ def evaluation_tokens(model: Any, n_sequences: int, context_size: int):
 
 def save_figure(figure: Any, out_dir: Path, stem: str, png: bool = True) -> list[Path]:
     """`stem.html` (plotly.js embedded: opens offline) and `stem.png` where kaleido can
-    render; a PNG that cannot be made is reported in one line, not fatal."""
-    html = out_dir / f"{stem}.html"
-    figure.write_html(html, include_plotlyjs=True)
-    written = [html]
+    render, each written atomically; a PNG that cannot be made is reported, not fatal."""
+    written = [write_figure_html(figure, out_dir / f"{stem}.html", include_plotlyjs=True)]
     if not png:
         return written
     try:
-        figure.write_image(out_dir / f"{stem}.png", width=1000, height=650)
+        with atomic_path(out_dir / f"{stem}.png") as temporary:
+            figure.write_image(temporary, format="png", width=1000, height=650)
         written.append(out_dir / f"{stem}.png")
     except Exception as error:  # kaleido missing or no browser for it to drive
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
@@ -129,23 +145,27 @@ def run(args: argparse.Namespace) -> int:
 
     from sae_lens_attn.commands.plugins import format_table
     from sae_lens_attn.detectors.results import save_family_rows
+    from sae_lens_attn.errors import InvalidInputError
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
 
-    try:
-        regex = parse_regex(args.regex)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    regex = parse_regex(args.regex)
     names = [name.strip() for name in args.detectors.split(",") if name.strip()]
+    if not names:
+        raise InvalidInputError(f"--detectors {args.detectors!r}: no detector named; "
+                                f"expected names such as {DEFAULT_DETECTORS}")
     manager = get_plugin_manager()
     try:
         detectors = {name: manager.get("detector", name) for name in names}
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InvalidInputError(f"--detectors: {error}") from None
+    check_device(args.device)
+    check_output_folder(args.out)
 
     torch.manual_seed(args.seed)
-    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     sae = load_sae(args.sae, device=args.device)
+    check_features(args.features, sae.cfg.d_sae)
+    model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     layout = HeadLayout.from_sae(sae, model)
     print(f"SAE {args.sae}: {sae.cfg.d_sae} features on {layout.hook_name} heads {list(layout.heads)}")
     options = {
@@ -170,7 +190,6 @@ def run(args: argparse.Namespace) -> int:
         for note in sorted(notes):
             print(f"note ({name}): {note}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
     written = list(save_family_rows(rows, args.out))
     png = not args.no_png
     for stem, figure in figures.items():

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from sae_lens_attn.commands._common import add_out_argument
+from sae_lens_attn.commands._common import (
+    add_out_argument,
+    check_output_folder,
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from sae_lens_attn.errors import InvalidInputError
 
 # option -> (full default, --quick default); None in the parser means "not given"
 PRESETS: dict[str, tuple[object, object]] = {
@@ -41,20 +50,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     full = {name: defaults[0] for name, defaults in PRESETS.items()}
     data = parser.add_argument_group("ground truth")
-    data.add_argument("--heads", type=int, help=f"number of heads (default {full['heads']})")
-    data.add_argument("--d-head", type=int, help=f"width of each head (default {full['d_head']})")
-    data.add_argument("--features", type=int, help=f"true features (default {full['features']})")
-    data.add_argument("--single-head-fraction", type=float, default=1.0,
+    data.add_argument("--heads", type=positive_int, help=f"number of heads (default {full['heads']})")
+    data.add_argument("--d-head", type=positive_int, help=f"width of each head (default {full['d_head']})")
+    data.add_argument("--features", type=positive_int, help=f"true features (default {full['features']})")
+    data.add_argument("--single-head-fraction", type=non_negative_float, default=1.0,
                       help="share of features living in one head; the rest span several")
-    data.add_argument("--heads-per-feature", type=int, default=2,
+    data.add_argument("--heads-per-feature", type=positive_int, default=2,
                       help="heads spanned by each multi-head feature")
-    data.add_argument("--mean-l0", type=float,
+    data.add_argument("--mean-l0", type=positive_float,
                       help=f"expected active features per sample (default {full['mean_l0']})")
     data.add_argument("--firing", choices=("zipfian", "constant"), default="zipfian",
                       help="firing probabilities: decaying (Zipf) or all equal")
-    data.add_argument("--correlation-rank", type=int, default=0,
+    data.add_argument("--correlation-rank", type=non_negative_int, default=0,
                       help="rank of SAELens's low-rank firing correlations; 0: independent (default)")
-    data.add_argument("--correlation-scale", type=float, default=0.1,
+    data.add_argument("--correlation-scale", type=non_negative_float, default=0.1,
                       help="strength of the low-rank correlations")
     sweep = parser.add_argument_group("sweep")
     sweep.add_argument("--sizes", type=_list_of(int),
@@ -63,16 +72,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                        help=f"L1 coefficients (default {full['l1']})")
     sweep.add_argument("--architectures", type=_list_of(str), default="standard,block_diagonal",
                        help="standard and/or block_diagonal, comma-separated")
-    sweep.add_argument("--training-samples", type=int,
+    sweep.add_argument("--training-samples", type=positive_int,
                        help=f"training samples per SAE (default {full['training_samples']})")
-    sweep.add_argument("--batch-size", type=int, default=256, help="training batch size in samples")
-    sweep.add_argument("--lr", type=float, default=3e-3, help="learning rate")
-    sweep.add_argument("--eval-samples", type=int,
+    sweep.add_argument("--batch-size", type=positive_int, default=256, help="training batch size in samples")
+    sweep.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate")
+    sweep.add_argument("--eval-samples", type=positive_int,
                        help=f"evaluation samples per SAE (default {full['eval_samples']})")
-    sweep.add_argument("--threshold", type=float, default=0.9,
+    sweep.add_argument("--threshold", type=finite_float, default=0.9,
                        help="MMCS between dictionaries counted as 'reproduced'")
     sweep.add_argument("--seed", type=int, default=0, help="seed of the ground truth, data and SAEs")
-    sweep.add_argument("--threads", type=int,
+    sweep.add_argument("--threads", type=positive_int,
                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     sweep.add_argument("--quick", action="store_true",
                        help="small preset for a smoke test: "
@@ -105,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.toy.report import size_estimates
 
     args = _resolve(args)
+    check_output_folder(args.out)
+    if not 0 < args.threshold <= 1:
+        raise InvalidInputError(f"--threshold {args.threshold}: expected an MMCS in (0, 1]")
     if args.threads:
         import torch
 
@@ -138,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         toy = make_multi_head_toy(toy_cfg)
         sweep_cfg.check(toy)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise InvalidInputError(str(error)) from None
     result = run_sweep(toy, sweep_cfg)
     paths = write_report(result, args.out, args.threshold)
     print(f"true features: {toy_cfg.n_features}")

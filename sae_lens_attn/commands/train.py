@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
+    check_output_folder,
     comma_list,
     int_at_least,
     load_model,
@@ -28,6 +28,7 @@ from sae_lens_attn.commands._common import (
     positive_int,
     writable_folder,
 )
+from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -127,22 +128,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def usage_error(message: str) -> NoReturn:
-    """Exit with status 2 (a usage error, as argparse's) and a one-line `error:` message."""
-    print(f"sae-lens-attn train: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def prepare_output_folder(out: Path) -> None:
-    """Create `out` and write a probe file there: an unwritable --out fails now, not after
-    training."""
-    import tempfile
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        usage_error(f"--out {out}: cannot write there ({error.strerror or error})")
+    """A usage error: the CLI prints one `error:` line and exits with status 2."""
+    raise InvalidInputError(message)
 
 
 def layers_of(args: argparse.Namespace) -> list[int]:
@@ -305,14 +292,11 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.sources.outputs import sae_list_entry, training_metrics, write_sae_list
 
     check_arguments(args)
-    prepare_output_folder(args.out)
+    check_output_folder(args.out)
     specs = sae_specs(args)
     model = load_model(args.model)
     check_against_model(args, model, specs)
-    try:
-        trained = train_saes(args, model, specs, training_dataset(args))
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    trained = train_saes(args, model, specs, training_dataset(args))
     evaluated = args.eval_batches > 0 and any(layout.uses_all_heads for _, layout, _ in trained.values())
     held_out = eval_dataset(args) if evaluated else None
     entries = []

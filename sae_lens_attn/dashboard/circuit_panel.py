@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sae_lens_attn._safe_output import plotly_text, plotly_texts
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc, plotly_div
 from sae_lens_attn.sources.head_layout import head_label
 
@@ -35,14 +36,15 @@ def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20
     figure = go.Figure(
         go.Bar(
             x=[total for _, total in totals],
-            y=[label for label, _ in totals],
+            y=plotly_texts(label for label, _ in totals),
             orientation="h",
             marker_color=["#1f77b4" if total >= 0 else "#d62728" for _, total in totals],
         )
     )
     token = decode(int(circuit.tokens[circuit.destination]))
     figure.update_layout(
-        title=f"Feature {circuit.feature} at position {circuit.destination} ({token!r}): "
+        title=f"Feature {circuit.feature} at position {circuit.destination} "
+        f"({plotly_text(repr(token))}): "
         f"top upstream contributions<br><sub>pre-activation {value.pre_activation:.3f} = "
         f"all sources {value.dfa.sum().item():.3f} + b_dec centring {value.centring:.3f} "
         f"+ b_enc {value.b_enc:.3f}</sub>",
@@ -61,7 +63,7 @@ def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -
     from sae_lens_attn.attribution.circuit import downstream_rows
 
     rows = downstream_rows(circuit, k, decode)
-    labels = [f"{row['token']!r}" for row in rows]
+    labels = plotly_texts(repr(row["token"]) for row in rows)
     figure = go.Figure(
         [
             go.Bar(name=kind, x=labels, y=[row[kind] for row in rows])

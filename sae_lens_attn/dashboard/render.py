@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_attn._atomic import atomic_write_bytes
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
+from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +34,7 @@ JSON_NAME = "features.json"
 class DashboardFiles:
     html: Path
     json: Path
+    skipped: tuple[int, ...] = ()  # dead features (zero or non-finite decoder row), not shown
 
 
 def token_decoder(tokenizer: Any) -> Callable[[int], str]:
@@ -48,13 +51,20 @@ def token_decoder(tokenizer: Any) -> Callable[[int], str]:
 
 
 def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
-    """Every installed dashboard panel (in plugin order), or the ones given: names are
-    looked up among the plugins, panel objects are used as they are."""
-    from sae_lens_attn.plugins import get_plugin_manager
+    """Every installed dashboard panel (in plugin order; one whose `load()` fails is warned
+    about and left out), or the ones given: names are looked up among the plugins, panel
+    objects are used as they are."""
+    from sae_lens_attn.plugins import PluginError, get_plugin_manager
 
     manager = get_plugin_manager()
     if panels is None:
-        return [loaded.entry.load() for loaded in manager.entries("dashboard_panel")]
+        installed = []
+        for loaded in manager.entries("dashboard_panel"):
+            try:
+                installed.append(manager.get("dashboard_panel", loaded.entry.name))
+            except PluginError as err:
+                warnings.warn(f"{err}; the page is written without it", stacklevel=2)
+        return installed
     return [
         manager.get("dashboard_panel", panel) if isinstance(panel, str) else panel
         for panel in panels
@@ -97,10 +107,12 @@ def render_dashboard(
     """
     from tqdm.auto import tqdm
 
+    from sae_lens_attn.attribution.logit_lens import dead_rows
     from sae_lens_attn.dashboard.data import feature_reports
     from sae_lens_attn.dashboard.page import assemble_page, feature_section, sae_dashboard_page
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.model_inputs import check_token_rows
 
     features = list(dict.fromkeys(int(f) for f in features))
     if not features:
@@ -108,10 +120,16 @@ def render_dashboard(
     bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
     if bad:
         raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
+    dead = dead_rows(sae.W_dec.detach()[features]).tolist()
+    skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead)
+    features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead]
+    if not features:
+        raise InvalidInputError(f"features {list(skipped)}: all dead (zero or non-finite decoder "
+                                "rows), nothing to show; pick live features")
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
+    check_token_rows(tokens, model, "dashboard prompts")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     steps = tqdm(total=3 + len(features), desc="dashboard", disable=not progress, unit="step")
     steps.set_postfix_str("sae_dashboard data")
@@ -159,16 +177,21 @@ def render_dashboard(
         first_key,
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
     )
-    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME)
-    files.html.write_text(page, encoding="utf-8")
+    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME, skipped)
     document = {
+        "skipped_dead_features": list(skipped),
         "hook_name": layout.hook_name,
         "head_layout": layout.to_dict(),
         "heads": list(context.head_labels),
         "panels": [panel.name for panel in panel_objects],
         "features": records,
     }
-    files.json.write_text(json.dumps(document, allow_nan=False), encoding="utf-8")
+    # Both files are encoded before either is written (a NaN or a lone surrogate fails
+    # here, leaving no page), then each is written under a temporary name and renamed.
+    document_bytes = json.dumps(document, allow_nan=False).encode("utf-8")
+    page_bytes = page.encode("utf-8", errors="replace")  # a lone surrogate in a token -> "?"
+    atomic_write_bytes(files.json, document_bytes)
+    atomic_write_bytes(files.html, page_bytes)
     steps.update(1)
     steps.close()
     return files

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from sae_lens_attn._atomic import atomic_write_text
+from sae_lens_attn._safe_output import markdown_text
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -146,14 +149,16 @@ def _intro(result: DemoResult) -> list[str]:
 
 
 def _md_cell(cell: Cell) -> str:
-    text = f"[{cell.text}]({cell.href})" if isinstance(cell, Link) else cell
-    return text.replace("|", "\\|")
+    if isinstance(cell, Link):
+        return f"[{markdown_text(cell.text)}]({cell.href})"
+    return markdown_text(cell)
 
 
 def to_markdown(result: DemoResult, tables: list[Table]) -> str:
     lines = ["# sae_lens_attn demo", "", *_intro(result), ""]
     for table in tables:
-        lines += [f"## {table.title}", "", "| " + " | ".join(table.header) + " |",
+        lines += [f"## {markdown_text(table.title)}", "",
+                  "| " + " | ".join(markdown_text(h) for h in table.header) + " |",
                   "|" + "---|" * len(table.header)]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
         lines += ["", table.note, ""] if table.note else [""]
@@ -231,7 +236,9 @@ def write_report(result: DemoResult, out: Path) -> tuple[Path, Path]:
     tables = report_tables(result)
     out = Path(out)
     report, index = out / REPORT_NAME, out / INDEX_NAME
-    report.write_text(to_markdown(result, tables), encoding="utf-8")
-    index.write_text(to_html(result, tables), encoding="utf-8")
-    (out / SUMMARY_NAME).write_text(json.dumps(summary(result), indent=1, allow_nan=False))
+    summary_text = json.dumps(summary(result), indent=1, allow_nan=False)
+    markdown, page = to_markdown(result, tables), to_html(result, tables)
+    atomic_write_text(out / SUMMARY_NAME, summary_text)
+    atomic_write_text(report, markdown)
+    atomic_write_text(index, page)
     return report, index

@@ -7,6 +7,7 @@ A detector is any object with `name`, `description` and `detect(model, sae, layo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -20,7 +21,17 @@ if TYPE_CHECKING:
 
     from sae_lens_attn.detectors.results import FamilyRow
 
-__all__ = ["Detector", "encode_hook_z", "feature_index", "resolve_layout", "token_strings_of"]
+__all__ = [
+    "DEAD_SUMMARY",
+    "Detector",
+    "dead_feature_row",
+    "encode_hook_z",
+    "feature_index",
+    "resolve_layout",
+    "token_strings_of",
+]
+
+DEAD_SUMMARY = "dead: zero or non-finite decoder row"
 
 
 @runtime_checkable
@@ -54,6 +65,14 @@ def feature_index(sae: SAE, features: Sequence[int] | torch.Tensor | None) -> to
     if index[0] < 0 or index[-1] >= d_sae:
         raise ValueError(f"feature indices must be in 0..{d_sae - 1}, got {index.tolist()[:10]}")
     return index
+
+
+def dead_feature_row(detector: str, feature: int) -> FamilyRow:
+    """The row of a feature whose decoder row is zero or non-finite (`dead_rows`): not
+    live, no family, no score (NaN, saved as null)."""
+    from sae_lens_attn.detectors.results import FamilyRow
+
+    return FamilyRow(detector, int(feature), None, math.nan, {"live": False, "summary": DEAD_SUMMARY})
 
 
 def encode_hook_z(sae: SAE, x: torch.Tensor, layout: HeadLayout) -> torch.Tensor:

@@ -15,8 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sae_lens_attn.attribution.logit_lens import sae_output_directions, unembed_through_final_ln
-from sae_lens_attn.detectors.base import feature_index, resolve_layout
+from sae_lens_attn._safe_output import plotly_texts
+from sae_lens_attn.attribution.logit_lens import (
+    dead_rows,
+    sae_output_directions,
+    unembed_through_final_ln,
+)
+from sae_lens_attn.detectors.base import dead_feature_row, feature_index, resolve_layout
 from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.detectors.tsea import (
     ENRICHMENT_CHUNK_SIZE,
@@ -109,12 +114,18 @@ class EnrichmentDetector:
             token_sets, notes = token_sets_for_model(model, regex=regex, pos=pos)
         token_sets = {name: ids for name, ids in token_sets.items() if 0 < len(ids) < model.W_U.shape[1]}
         index = feature_index(sae, features)
-        directions = sae_output_directions(sae, model, resolve_layout(sae, model, layout))[index]
-        W_U = unembed_through_final_ln(model) if through_final_ln else model.W_U.detach()
-        result = token_set_enrichment(
-            directions, W_U, dict(token_sets), method, n_permutations, chunk_size, seed, progress
-        )
-        return enrichment_rows(result, index.tolist(), alpha, min_es, self.name, notes)
+        W_dec = sae.W_dec.detach()
+        dead = dead_rows(W_dec[index.to(W_dec.device)]).cpu()
+        rows = [dead_feature_row(self.name, feature) for feature in index[dead].tolist()]
+        index = index[~dead]  # dead features take no part in the tests (nor in BH's count)
+        if len(index):
+            directions = sae_output_directions(sae, model, resolve_layout(sae, model, layout))[index]
+            W_U = unembed_through_final_ln(model) if through_final_ln else model.W_U.detach()
+            result = token_set_enrichment(
+                directions, W_U, dict(token_sets), method, n_permutations, chunk_size, seed, progress
+            )
+            rows += enrichment_rows(result, index.tolist(), alpha, min_es, self.name, notes)
+        return sorted(rows, key=lambda row: row.feature)
 
     def figures(self, rows: Sequence[FamilyRow], model: HookedTransformer | None = None) -> dict[str, go.Figure]:
         rows = [row for row in rows if row.detector == self.name]
@@ -132,7 +143,7 @@ def enrichment_figure(rows: Sequence[FamilyRow]) -> go.Figure:
     names = sorted(counts, key=lambda name: -sum(counts[name].values()))
     figure = go.Figure(
         [
-            go.Bar(name=direction, x=names, y=[counts[name][direction] for name in names])
+            go.Bar(name=direction, x=plotly_texts(names), y=[counts[name][direction] for name in names])
             for direction in ("promoted", "suppressed")
         ]
     )

@@ -34,14 +34,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sae_lens_attn._safe_output import plotly_text, plotly_texts
 from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.attribution.logit_lens import (
     DEFAULT_CHUNK_SIZE,
+    dead_rows,
     iter_logit_weights,
     sae_output_directions,
     unembed_through_final_ln,
 )
 from sae_lens_attn.detectors.base import (
+    DEAD_SUMMARY,
     encode_hook_z,
     feature_index,
     resolve_layout,
@@ -96,17 +99,18 @@ def live_features(
     batch_size: int = 16,
     activation_threshold: float = 0.0,
 ) -> torch.Tensor:
-    """`[len(index)]` bool: fires on `tokens [batch, pos]` (if given), else has a nonzero
-    decoder row."""
+    """`[len(index)]` bool: a finite, nonzero decoder row (`dead_rows`) that also fires
+    on `tokens [batch, pos]` when those are given."""
+    usable = ~dead_rows(sae.W_dec.detach()[index.to(sae.W_dec.device)]).cpu()
     if tokens is None:
-        return (sae.W_dec.detach()[index.to(sae.W_dec.device)].norm(dim=1) > 0).cpu()
+        return usable
     source = HookZSource(model, layout.layer, layout.heads)
     fired = torch.zeros(len(index), dtype=torch.bool)
     for start in range(0, tokens.shape[0], batch_size):
         x = source.activations(tokens[start : start + batch_size].to(model.cfg.device))
         acts = encode_hook_z(sae, x, layout)[..., index.to(x.device)]
         fired |= (acts.flatten(0, -2) > activation_threshold).any(dim=0).cpu()
-    return fired
+    return fired & usable
 
 
 def top_promoted_tokens(
@@ -310,10 +314,11 @@ class InductionDetector:
         position = {feature: i for i, feature in enumerate(tested.tolist())}
         live_by = "tokens" if live_by_tokens else "weights"
         rows = []
-        for feature, is_live in zip(index.tolist(), live.tolist(), strict=True):
+        dead = dead_rows(sae.W_dec.detach()[index.to(sae.W_dec.device)]).tolist()
+        for feature, is_live, is_dead in zip(index.tolist(), live.tolist(), dead, strict=True):
             if not is_live:
-                reason = "never fires on the evaluation tokens" if live_by_tokens else "zero decoder row"
-                evidence = {"live": False, "live_by": live_by, "summary": f"not live: {reason}"}
+                summary = DEAD_SUMMARY if is_dead else "not live: never fires on the evaluation tokens"
+                evidence = {"live": False, "live_by": live_by, "summary": summary}
                 rows.append(FamilyRow(self.name, feature, None, 0.0, evidence))
                 continue
             i = position[feature]
@@ -371,15 +376,16 @@ def induction_figure(rows: Sequence[FamilyRow]) -> go.Figure:
                 mode="markers",
                 marker={"size": 5, "opacity": 0.6},
                 name=f"{label} ({len(chosen)})",
-                text=[f"feature {r.feature}: {r.evidence.get('summary', '')}" for r in chosen],
+                text=plotly_texts(f"feature {r.feature}: {r.evidence.get('summary', '')}"
+                                  for r in chosen),
                 hoverinfo="text",
             )
         )
     share = sum(r.family == FAMILY for r in rows) / max(len(rows), 1)
     figure.update_layout(
-        title=f'"<token> is next by induction": {share:.1%} of {len(rows)} live features',
-        xaxis_title="firing rate on controls (max of A <other> ... A, no earlier A)",
-        yaxis_title="firing rate on A <token> ... A",
+        title=plotly_text(f'"<token> is next by induction": {share:.1%} of {len(rows)} live features'),
+        xaxis_title=plotly_text("firing rate on controls (max of A <other> ... A, no earlier A)"),
+        yaxis_title=plotly_text("firing rate on A <token> ... A"),
         template="plotly_white",
     )
     return figure

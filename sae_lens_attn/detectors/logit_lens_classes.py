@@ -28,15 +28,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sae_lens_attn._safe_output import plotly_texts
 from sae_lens_attn.attribution.logit_lens import (
     DEFAULT_CHUNK_SIZE,
     LogitStats,
+    dead_rows,
     iter_logit_weights,
     moments,
     sae_output_directions,
     unembed_through_final_ln,
 )
-from sae_lens_attn.detectors.base import feature_index, resolve_layout, token_strings_of
+from sae_lens_attn.detectors.base import (
+    dead_feature_row,
+    feature_index,
+    resolve_layout,
+    token_strings_of,
+)
 from sae_lens_attn.detectors.results import FamilyRow
 
 if TYPE_CHECKING:
@@ -114,11 +121,16 @@ class LogitLensClassDetector:
         progress: bool = False,
         **_: Any,
     ) -> list[FamilyRow]:
-        """One row per feature: class, score, and the statistics and top/bottom tokens."""
+        """One row per feature: class, score, and the statistics and top/bottom tokens;
+        features with a zero or non-finite decoder row are dead (`dead_feature_row`)."""
         from tqdm.auto import tqdm
 
         thresholds = thresholds or LogitLensThresholds()
         index = feature_index(sae, features)
+        W_dec = sae.W_dec.detach()
+        dead = dead_rows(W_dec[index.to(W_dec.device)]).cpu()
+        dead_features = index[dead].tolist()
+        index = index[~dead]
         directions = sae_output_directions(sae, model, resolve_layout(sae, model, layout))[index]
         W_U = unembed_through_final_ln(model) if through_final_ln else model.W_U.detach()
         stats_parts, top_parts, bottom_parts = [], [], []
@@ -129,11 +141,13 @@ class LogitLensClassDetector:
                 top_parts.append(weights.topk(top_k, dim=1).indices.cpu())
                 bottom_parts.append(weights.topk(top_k, dim=1, largest=False).indices.cpu())
                 bar.update(weights.shape[0])
+        rows = [dead_feature_row(self.name, feature) for feature in dead_features]
+        if not len(index):
+            return rows
         stats = LogitStats.concat(stats_parts)
         classes, score = logit_lens_classes(stats, thresholds)
         strings = token_strings_of(model)
         top, bottom = torch.cat(top_parts), torch.cat(bottom_parts)
-        rows = []
         for i, feature in enumerate(index.tolist()):
             evidence: dict[str, Any] = {
                 "mean": stats.mean[i].item(),
@@ -148,7 +162,7 @@ class LogitLensClassDetector:
                 evidence["bottom_token_strings"] = [strings[t] for t in bottom[i].tolist()]
             evidence["summary"] = _summary(classes[i], evidence)
             rows.append(FamilyRow(self.name, feature, classes[i], score[i].item(), evidence))
-        return rows
+        return sorted(rows, key=lambda row: row.feature)
 
     def figures(self, rows: Sequence[FamilyRow], model: HookedTransformer | None = None) -> dict[str, go.Figure]:
         rows = [row for row in rows if row.detector == self.name]
@@ -180,7 +194,8 @@ def skew_kurtosis_figure(rows: Sequence[FamilyRow]) -> go.Figure:
                 mode="markers",
                 marker={"size": 4},
                 name=f"{family or 'none'} ({len(members)})",
-                text=[f"feature {r.feature}: {r.evidence.get('summary', '')}" for r in members],
+                text=plotly_texts(f"feature {r.feature}: {r.evidence.get('summary', '')}"
+                                  for r in members),
                 hoverinfo="text",
             )
         )

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_lens_attn._atomic import atomic_write_text
+from sae_lens_attn._safe_output import read_csv_cell, write_csv
+
 __all__ = [
     "CSV_NAME",
     "JSON_NAME",
@@ -98,25 +101,24 @@ def family_summary(rows: Iterable[FamilyRow]) -> dict[str, dict[str, Any]]:
 
 
 def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write `families.csv` and `families.json` into `out_dir` (created if needed)."""
+    """Write `families.csv` and `families.json` into `out_dir` (created if needed), each
+    atomically, CSV cells neutralised against spreadsheet formulas."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records = [row.to_dict() for row in rows]
     csv_path, json_path = out_dir / CSV_NAME, out_dir / JSON_NAME
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_COLUMNS)
-        writer.writeheader()
-        for record in records:
-            writer.writerow(
-                {
-                    **record,
-                    "family": record["family"] or "",
-                    "score": "" if record["score"] is None else record["score"],
-                    "evidence": json.dumps(record["evidence"], sort_keys=True),
-                }
-            )
-    document = {"summary": family_summary(rows), "rows": records}
-    json_path.write_text(json.dumps(document, indent=1, allow_nan=False), encoding="utf-8")
+    document = json.dumps({"summary": family_summary(rows), "rows": records}, indent=1,
+                          allow_nan=False)
+    csv_rows = [
+        {
+            **record,
+            "family": record["family"] or "",
+            "score": "" if record["score"] is None else record["score"],
+            "evidence": json.dumps(record["evidence"], sort_keys=True),
+        }
+        for record in records
+    ]
+    write_csv(csv_path, csv_rows, _COLUMNS)
+    atomic_write_text(json_path, document)
     return csv_path, json_path
 
 
@@ -135,9 +137,11 @@ def load_family_rows(path: str | Path) -> list[FamilyRow]:
         return [FamilyRow.from_dict(record) for record in records]
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
+            records = [{key: read_csv_cell(value) for key, value in record.items()}
+                       for record in csv.DictReader(handle)]
             return [
                 FamilyRow.from_dict({**record, "evidence": json.loads(record["evidence"] or "{}")})
-                for record in csv.DictReader(handle)
+                for record in records
             ]
     raise ValueError(f"expected a .json or .csv file or a folder, got {path}")
 

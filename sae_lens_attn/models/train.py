@@ -23,7 +23,6 @@ step 1100-1500 in our runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import platform
@@ -38,6 +37,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn._atomic import atomic_path, atomic_write_text
+from sae_lens_attn._safe_output import write_csv
 from sae_lens_attn.models.corpus import TEST_EVERY, corpus_files, iter_corpus_texts, stdlib_dir
 from sae_lens_attn.models.dataset import corpus_tokens
 from sae_lens_attn.models.embedded import (
@@ -287,13 +288,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                   f"{row['max_induction_L1']:.3f}  max L0 previous-token "
                   f"{row['max_previous_token_L0']:.3f}  {row['elapsed_s']:.0f}s", flush=True)
 
-    with open(out / LOG_FILE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(log_rows[0]))
-        writer.writeheader()
-        writer.writerows(log_rows)
+    write_csv(out / LOG_FILE, log_rows)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if not k.endswith((".mask", ".IGNORE"))}
-    save_file(state, out / WEIGHTS_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as temporary:
+        save_file(state, temporary)
 
     config = {
         "model": model_args,
@@ -311,9 +310,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "environment": {"torch": torch.__version__, "platform": platform.platform()},
         "training_wall_s": round(time.time() - train_start, 1),
     }
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     config["measurements"] = measure(out, test_tokens, args.batch_size)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return config
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_attn.errors import InvalidInputError
+
 if TYPE_CHECKING:
     import torch
     from sae_lens import SAE
@@ -43,17 +45,17 @@ class HeadLayout:
 
     def __post_init__(self) -> None:
         if not self.heads:
-            raise ValueError("a head layout needs at least one head")
+            raise InvalidInputError("a head layout needs at least one head")
         if len(set(self.heads)) != len(self.heads):
-            raise ValueError(f"heads must not repeat, got {list(self.heads)}")
+            raise InvalidInputError(f"heads must not repeat, got {list(self.heads)}")
         bad = [h for h in self.heads if not 0 <= h < self.n_model_heads]
         if bad:
-            raise ValueError(
+            raise InvalidInputError(
                 f"head index {bad[0]} is out of range for layer {self.layer}; "
                 f"valid heads are 0..{self.n_model_heads - 1}"
             )
         if self.d_head <= 0 or self.layer < 0:
-            raise ValueError(f"invalid layout: layer={self.layer}, d_head={self.d_head}")
+            raise InvalidInputError(f"invalid layout: layer={self.layer}, d_head={self.d_head}")
 
     @property
     def n_heads(self) -> int:
@@ -89,7 +91,7 @@ class HeadLayout:
     def select(self, z: torch.Tensor) -> torch.Tensor:
         """hook_z `[..., n_model_heads, d_head]` -> SAE input `[..., n_heads * d_head]`."""
         if z.shape[-2:] != (self.n_model_heads, self.d_head):
-            raise ValueError(
+            raise InvalidInputError(
                 f"expected hook_z ending in [{self.n_model_heads}, {self.d_head}], "
                 f"got {list(z.shape)}"
             )
@@ -100,7 +102,7 @@ class HeadLayout:
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """SAE-input-shaped `[..., n_heads * d_head]` -> `[..., n_heads, d_head]`."""
         if x.shape[-1] != self.d_in:
-            raise ValueError(f"expected last dimension {self.d_in}, got {list(x.shape)}")
+            raise InvalidInputError(f"expected last dimension {self.d_in}, got {list(x.shape)}")
         return x.unflatten(-1, (self.n_heads, self.d_head))
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,12 +115,35 @@ class HeadLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadLayout:
-        return cls(
-            layer=int(data["layer"]),
-            heads=tuple(int(h) for h in data["heads"]),
-            d_head=int(data["d_head"]),
-            n_model_heads=int(data["n_model_heads"]),
-        )
+        """The layout `to_dict` wrote; anything else is an `InvalidInputError`."""
+        fields = ("layer", "heads", "d_head", "n_model_heads")
+        if not isinstance(data, dict) or not set(fields) <= set(data):
+            raise InvalidInputError(
+                f"head_layout {data!r}: expected a mapping with the keys {list(fields)}")
+        heads = data["heads"]
+        numbers = [data["layer"], data["d_head"], data["n_model_heads"],
+                   *(heads if isinstance(heads, (list, tuple)) else [None])]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            raise InvalidInputError(
+                f"head_layout {data!r}: layer, d_head, n_model_heads must be integers and "
+                "heads a list of integers")
+        return cls(layer=data["layer"], heads=tuple(heads), d_head=data["d_head"],
+                   n_model_heads=data["n_model_heads"])
+
+    def check_against(self, model: HookedTransformer, hook_name: str | None = None) -> None:
+        """This layout fits `model` (layer, head count, d_head) and names the same layer
+        as `hook_name` (an SAE's `metadata.hook_name`), else an `InvalidInputError`."""
+        cfg = model.cfg
+        expected = (f"the model has layers 0..{cfg.n_layers - 1} with {cfg.n_heads} heads "
+                    f"of d_head={cfg.d_head}")
+        if self.layer >= cfg.n_layers or (self.n_model_heads, self.d_head) != (cfg.n_heads, cfg.d_head):
+            raise InvalidInputError(
+                f"head_layout {self.to_dict()} does not fit the model: {expected}; was the "
+                "SAE trained on another model?")
+        if hook_name and hook_name != self.hook_name:
+            raise InvalidInputError(
+                f"head_layout names {self.hook_name} but the SAE's hook_name is "
+                f"{hook_name!r}; the two must name the same layer")
 
     @classmethod
     def for_model(
@@ -127,7 +152,7 @@ class HeadLayout:
         """Layout of layer `layer` of `model`, all heads unless `heads` is given."""
         n_layers = model.cfg.n_layers
         if not 0 <= layer < n_layers:
-            raise ValueError(
+            raise InvalidInputError(
                 f"layer {layer} is out of range; expected one of "
                 f"blocks.0.attn.hook_z .. blocks.{n_layers - 1}.attn.hook_z"
             )
@@ -151,13 +176,14 @@ class HeadLayout:
         """The layout an SAE was trained on: its stored `head_layout` metadata if any,
         else all heads of the layer its `hook_name` names."""
         stored = sae.cfg.metadata.get(METADATA_KEY)
-        layout = (
-            cls.from_dict(stored)
-            if stored
-            else cls.from_hook_name(model, sae.cfg.metadata.hook_name or "")
-        )
+        hook_name = sae.cfg.metadata.hook_name
+        if stored:
+            layout = cls.from_dict(stored)
+            layout.check_against(model, hook_name)
+        else:
+            layout = cls.from_hook_name(model, hook_name or "")
         if layout.d_in != sae.cfg.d_in:
-            raise ValueError(
+            raise InvalidInputError(
                 f"SAE d_in={sae.cfg.d_in} does not match {layout.hook_name} with heads "
                 f"{list(layout.heads)} (n_heads * d_head = {layout.d_in})"
             )
@@ -174,8 +200,8 @@ def layer_of_hook_z(hook_name: str, n_layers: int) -> int:
     valid = f"blocks.0.attn.hook_z .. blocks.{n_layers - 1}.attn.hook_z"
     match = _HOOK_Z_PATTERN.match(hook_name)
     if match is None:
-        raise ValueError(f"hook {hook_name!r} is not an attention z hook; expected one of {valid}")
+        raise InvalidInputError(f"hook {hook_name!r} is not an attention z hook; expected one of {valid}")
     layer = int(match.group(1))
     if layer >= n_layers:
-        raise ValueError(f"hook {hook_name!r}: layer {layer} is out of range; expected one of {valid}")
+        raise InvalidInputError(f"hook {hook_name!r}: layer {layer} is out of range; expected one of {valid}")
     return layer

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn.sources.head_layout import HeadLayout
+from sae_lens_attn.sources.model_inputs import check_token_rows
 
 STATE_FILENAME = "hook_z_source.json"
 
@@ -37,6 +39,7 @@ def capture_hook_z(
     wanted = sorted(set(layers))
     if not wanted:
         raise ValueError("capture_hook_z needs at least one layer")
+    check_token_rows(tokens, model)
     deepest = wanted[-1]
     captured: dict[int, torch.Tensor] = {}
 
@@ -158,7 +161,7 @@ class HookZSource:
         """Write `hook_z_source.json` (head layout and per-head scale) into `folder`."""
         path = Path(folder) / STATE_FILENAME
         scale = None if self.per_head_scale is None else self.per_head_scale.tolist()
-        path.write_text(json.dumps({"head_layout": self.layout.to_dict(), "per_head_scale": scale}))
+        atomic_write_text(path, json.dumps({"head_layout": self.layout.to_dict(), "per_head_scale": scale}))
         return path
 
     def load_state(self, folder: str | Path) -> None:

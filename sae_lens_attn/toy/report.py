@@ -8,6 +8,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from sae_lens_attn._atomic import atomic_write_text
+from sae_lens_attn._safe_output import write_figure_html
 from sae_lens_attn.toy.estimate import (
     SizeEstimate,
     estimate_from_dead_latents,
@@ -240,10 +242,9 @@ def write_report(result: SweepResult, out_dir: Path, threshold: float = 0.9) -> 
         "dictionary_mmcs": dictionary_mmcs_figure(result),
     }
     for name, figure in figures.items():
-        paths[name] = out_dir / f"{name}.html"
-        figure.write_html(paths[name], include_plotlyjs="directory")
+        paths[name] = write_figure_html(figure, out_dir / f"{name}.html", "directory")
     paths["report"] = out_dir / "report.md"
-    paths["report"].write_text(
-        markdown_report(result, {name: f"{name}.html" for name in figures}, threshold)
+    atomic_write_text(
+        paths["report"], markdown_report(result, {name: f"{name}.html" for name in figures}, threshold)
     )
     return paths

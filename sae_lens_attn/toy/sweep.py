@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from sae_lens_attn._safe_output import write_csv
 from sae_lens_attn.toy.evaluation import ToyEvaluation, evaluate_on_toy
 from sae_lens_attn.toy.ground_truth import MultiHeadToy
 from sae_lens_attn.toy.metrics import dictionary_mmcs_matrix
@@ -122,13 +122,7 @@ class SweepResult:
         )
 
     def write_csv(self, path: Path) -> Path:
-        rows = self.rows()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return write_csv(path, self.rows())
 
 
 def run_sweep(toy: MultiHeadToy, config: SweepConfig, progress: bool = True) -> SweepResult:
