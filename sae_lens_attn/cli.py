@@ -33,12 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def apply_runtime_policy(args: argparse.Namespace) -> None:
+    """Thread and huge-page settings of a compute command (`--threads`,
+    `--no-huge-pages`), put in place before the command imports torch."""
+    if not hasattr(args, "threads"):
+        return
+    from sae_lens_attn.runtime import apply_runtime_settings, configure_torch, resolve_settings
+
+    settings = apply_runtime_settings(resolve_settings(args.threads, args.huge_pages))
+    configure_torch(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    apply_runtime_policy(args)
     return args.run(args)
 
 

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     add_sae_argument,
     load_model,
     load_sae,
 )
+from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
     from sae_lens_attn.attribution.circuit import FeatureCircuit
@@ -55,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--top-tokens", type=int, default=10, help="promoted tokens shown (10)")
     parser.add_argument("--top-components", type=int, default=20, help="bars in the plot (20)")
     add_out_argument(parser, "circuit")
+    add_runtime_arguments(parser)
     return parser
 
 
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sae_lens_attn.attribution.circuit import feature_circuit
-    from sae_lens_attn.dashboard.render import token_decoder
+    from sae_lens_attn.models.token_display import token_display_fn
     from sae_lens_attn.sources.head_layout import HeadLayout
 
     steps = tqdm(total=4, desc="circuit", unit="step")
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     upstream = [load_sae(path) for path in args.upstream_sae]
     steps.update()
     tokens = model.to_tokens(args.prompt)[0]
-    decode = token_decoder(model.tokenizer)
+    decode = token_display_fn(model.tokenizer)
     try:
         circuit = feature_circuit(
             model, sae, tokens, args.feature, destination=args.destination,
@@ -129,13 +132,13 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"feature {circuit.feature} at position {circuit.destination} "
-        f"({summary['destination_token']!r}): activation {circuit.activation:.4f}, "
+        f"({quoted(summary['destination_token'])}): activation {circuit.activation:.4f}, "
         f"pre-activation {circuit.value.pre_activation:.4f} "
         f"(parts add up to within {abs(circuit.value.closure_error):.1e})"
     )
     for source in summary["top_sources"]:
-        print(f"  source {source['source']:>3} {source['token']!r}: DFA {source['dfa']:+.4f}")
+        print(f"  source {source['source']:>3} {quoted(source['token'])}: DFA {source['dfa']:+.4f}")
     for row in summary.get("top_promoted_direct", []):
-        print(f"  promotes {row['token']!r}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
+        print(f"  promotes {quoted(row['token'])}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return 0

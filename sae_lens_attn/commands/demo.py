@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sae_lens_attn.commands._common import add_model_argument, add_out_argument
+from sae_lens_attn.commands._common import (
+    add_model_argument,
+    add_out_argument,
+    add_runtime_arguments,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,6 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_argument(parser)
     add_out_argument(parser, "sae_lens_attn_demo")
+    add_runtime_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="tiny step counts (seconds, for tests and CI): checks that "
                         "everything runs, the numbers mean nothing")

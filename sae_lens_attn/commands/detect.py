@@ -13,6 +13,7 @@ from typing import Any
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     add_sae_argument,
     load_model,
     load_sae,
@@ -32,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_sae_argument(parser)
     add_model_argument(parser)
     add_out_argument(parser, "detect_out")
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--detectors",
         default=DEFAULT_DETECTORS,

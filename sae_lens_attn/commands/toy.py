@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sae_lens_attn.commands._common import add_out_argument
+from sae_lens_attn.commands._common import add_out_argument, add_runtime_arguments
 
 # option -> (full default, --quick default); None in the parser means "not given"
 PRESETS: dict[str, tuple[object, object]] = {
@@ -72,12 +72,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sweep.add_argument("--threshold", type=float, default=0.9,
                        help="MMCS between dictionaries counted as 'reproduced' (default 0.9)")
     sweep.add_argument("--seed", type=int, default=0, help="default 0")
-    sweep.add_argument("--threads", type=int,
-                       help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     sweep.add_argument("--quick", action="store_true",
                        help="small preset for a smoke test: "
                        + ", ".join(f"{k.replace('_', '-')} {v[1]}" for k, v in PRESETS.items()))
     add_out_argument(parser, "toy-results")
+    add_runtime_arguments(parser)
     return parser
 
 
@@ -105,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.toy.report import size_estimates
 
     args = _resolve(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         toy_cfg = MultiHeadToyConfig(
             n_heads=args.heads,

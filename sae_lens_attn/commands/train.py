@@ -9,6 +9,7 @@ from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     load_model,
     parse_index_list,
 )
@@ -56,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=42)
     add_out_argument(parser, "hook_z_sae")
+    add_runtime_arguments(parser)
     return parser
 
 

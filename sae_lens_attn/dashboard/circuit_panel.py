@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc, plotly_div
+from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -41,7 +42,7 @@ def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20
     )
     token = decode(int(circuit.tokens[circuit.destination]))
     figure.update_layout(
-        title=f"Feature {circuit.feature} at position {circuit.destination} ({token!r}): "
+        title=f"Feature {circuit.feature} at position {circuit.destination} ({quoted(token)}): "
         f"top upstream contributions<br><sub>pre-activation {value.pre_activation:.3f} = "
         f"all sources {value.dfa.sum().item():.3f} + b_dec centring {value.centring:.3f} "
         f"+ b_enc {value.b_enc:.3f}</sub>",
@@ -60,7 +61,7 @@ def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -
     from sae_lens_attn.attribution.circuit import downstream_rows
 
     rows = downstream_rows(circuit, k, decode)
-    labels = [f"{row['token']!r}" for row in rows]
+    labels = [quoted(row["token"]) for row in rows]
     figure = go.Figure(
         [
             go.Bar(name=kind, x=labels, y=[row[kind] for row in rows])

@@ -4,16 +4,16 @@ page (`dashboard.html`, self-contained, opens offline) and the per-feature data 
 
 from __future__ import annotations
 
-import functools
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
+from sae_lens_attn.models.token_display import token_display_fn
 
 if TYPE_CHECKING:
     import torch
@@ -32,19 +32,6 @@ JSON_NAME = "features.json"
 class DashboardFiles:
     html: Path
     json: Path
-
-
-def token_decoder(tokenizer: Any) -> Callable[[int], str]:
-    """Token id -> display text: the tokenizer's decoding with newlines and tabs made
-    visible (`↵`, `⇥`); `#id` without a tokenizer. Raw text: escape before use in HTML."""
-
-    @functools.cache
-    def decode(token: int) -> str:
-        if tokenizer is None:
-            return f"#{token}"
-        return tokenizer.decode([token]).replace("\n", "↵").replace("\t", "⇥")
-
-    return decode
 
 
 def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
@@ -128,7 +115,7 @@ def render_dashboard(
         sae=sae,
         layout=layout,
         tokens=tokens,
-        decode=token_decoder(model.tokenizer),
+        decode=token_display_fn(model.tokenizer),
         head_labels=[f"L{layout.layer}H{h}" for h in layout.heads],
         detectors_ran=families is not None,
         config=config,
