@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 HTML_NAME = "dashboard.html"
+SCALE_NOTE = (
+    '<p class="sla-note sla-scale">Every activation on this page (sae_dashboard\'s tables, '
+    "histograms and sequences, and the panels below) is an activation of the SAE as given: "
+    "decoder norms are not folded in, so the same example shows the same number everywhere."
+    "</p>"
+)
 JSON_NAME = "features.json"
 
 
@@ -141,7 +147,7 @@ def render_dashboard(
     first_key = str(features[0])
     page = assemble_page(
         sae_dashboard_page(sae_vis_data, context.decode, first_key),
-        sections,
+        [SCALE_NOTE, *sections],
         [panel.script for panel in panel_objects if getattr(panel, "script", "")],
         first_key,
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
