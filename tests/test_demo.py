@@ -76,6 +76,22 @@ def test_quick_demo_per_head_l0_adds_up_to_the_reported_l0(demo_dir):
         assert f"| {entry['architecture']} | {entry['d_sae']} | {entry['l0']:.1f} |" in report
 
 
+def test_quick_demo_is_deterministic_for_a_seed_and_thread_count(demo_dir, tmp_path):
+    """A second run with the same seed (and the same threads: the test process's) finds the
+    same features with the same numbers."""
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+
+    def results(folder):
+        summary = json.loads((folder / "summary.json").read_text())
+        keys = ("metrics", "l0", "per_head_l0", "family_summary", "induction_features")
+        return [{key: sae[key] for key in keys} for sae in summary["saes"]]
+
+    assert results(tmp_path) == results(demo_dir)
+    for architecture in ("block_diagonal", "standard"):
+        families = f"{architecture}/families/families.json"
+        assert (tmp_path / families).read_text() == (demo_dir / families).read_text()
+
+
 def test_quick_demo_output_never_shows_a_replacement_character(demo_dir):
     """Byte-level tokens that are not UTF-8 alone show as `\\xe2`, never as U+FFFD, in
     every page, table and data file (the vendored d3 and plotly.js aside)."""
