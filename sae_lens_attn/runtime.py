@@ -88,16 +88,19 @@ def apply_runtime_settings(settings: RuntimeSettings) -> RuntimeSettings:
     torch is already imported, set its thread counts directly (the wait policy and huge
     pages then only reach child processes: a warning says so)."""
     env = settings.environment()
+    startup_only = (WAIT_POLICY_VARIABLE, HUGE_PAGES_VARIABLE)
+    before = {name: os.environ.get(name) for name in startup_only}
     if not settings.huge_pages:
         os.environ.pop(HUGE_PAGES_VARIABLE, None)
     os.environ.update(env)
     if "torch" in sys.modules:
         configure_torch(settings)
-        warnings.warn(
-            "torch was imported before the runtime settings were applied: thread counts are "
-            "set, the OpenMP wait policy and huge pages only apply to new processes",
-            stacklevel=2,
-        )
+        if any(os.environ.get(name) != before[name] for name in startup_only):
+            warnings.warn(
+                "torch was imported before the runtime settings were applied: thread counts "
+                "are set, the OpenMP wait policy and huge pages only apply to new processes",
+                stacklevel=2,
+            )
     return settings
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -93,3 +94,21 @@ def test_the_cli_sets_threads_and_openmp_variables_before_torch_starts():
         assert seen["env"]["THP_MEM_ALLOC_ENABLE"] == "1"
     assert run_child("demo", "--no-huge-pages")["env"]["THP_MEM_ALLOC_ENABLE"] is None
     assert run_child("demo")["threads"] == default_threads()
+
+
+def test_applied_after_torch_it_sets_threads_and_warns_once_about_the_rest(monkeypatch):
+    import torch
+
+    from sae_lens_attn.runtime import apply_runtime_settings
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="only apply to new processes"):
+            apply_runtime_settings(RuntimeSettings(threads=1))
+        assert torch.get_num_threads() == 1 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing new for torch to miss: no warning
+            apply_runtime_settings(RuntimeSettings(threads=1))
+    finally:
+        torch.set_num_threads(threads)
