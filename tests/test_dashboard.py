@@ -30,6 +30,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SCRIPT_TOKEN = "<script>alert(1)</script>"
 IMG_TOKEN = "\"><img src=x onerror=document.body.setAttribute('data-pwned',1)>"
 FEATURES = [0, 1, 2]
+LONG_EVIDENCE = "no enriched token set (largest ES 0.16: starts_with_space); " * 6
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -192,7 +193,8 @@ def rendered() -> Rendered:
         FamilyRow("induction", f, "induction" if f == 0 else None, 0.9 - 0.3 * f,
                   {"summary": f"<b>score</b> {0.9 - 0.3 * f:.1f}"})
         for f in FEATURES
-    ] + [FamilyRow("logit_lens", 0, "prediction", 4.2, {"summary": "heavy right tail"})]
+    ] + [FamilyRow("logit_lens", 0, "prediction", 4.2, {"summary": "heavy right tail"}),
+         FamilyRow("enrichment", 0, None, 0.1, {"summary": LONG_EVIDENCE})]
     files = render_dashboard(
         model, sae, hostile_tokens(), FEATURES, ARTIFACTS / "dashboard", families=families
     )
@@ -229,6 +231,7 @@ def test_dashboard_in_chromium_offline_shows_every_panel_with_content(dom):
     assert {"std", "skewness", "kurtosis", "class", "prediction", SCRIPT_TOKEN, IMG_TOKEN} <= set(cells)
     rows = [[td.text() for td in tr.find_all("td")] for tr in panels["families"].find_all("tr")[1:]]
     assert rows == [
+        ["enrichment", "not a member", "0.100", LONG_EVIDENCE],
         ["induction", "induction", "0.900", "<b>score</b> 0.9"],
         ["logit_lens", "prediction", "4.200", "heavy right tail"],
     ]

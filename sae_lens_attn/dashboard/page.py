@@ -63,6 +63,7 @@ PAGE_CSS = """
   border-radius: 4px; font-size: 11px; line-height: 1.4; font-weight: normal; }
 .sla-more { color: #999; }
 .sla-panel table { margin: 0; border-collapse: collapse; max-width: 100%; }
+.sla-panel td, .sla-panel th { white-space: normal; }  /* sae_dashboard sets td nowrap */
 .sla-stats td, .sla-families td, .sla-families th, .sla-tokens-table td, .sla-tokens-table th
   { padding: 2px 8px; font-size: 12px; text-align: left; border-bottom: 1px solid #eee; }
 .sla-token-tables { display: flex; gap: 12px; margin-top: 8px; }
