@@ -26,11 +26,11 @@ import torch
 from sae_lens_attn.attribution.circuit import FeatureCircuit, feature_circuit
 from sae_lens_attn.attribution.circuit_downstream import as_hooked_sae_transformer
 from sae_lens_attn.commands.circuit import write_circuit
-from sae_lens_attn.dashboard.render import token_decoder
 from sae_lens_attn.detectors.induction import FAMILY, InductionDetector
 from sae_lens_attn.detectors.induction_prompts import induction_prompts
 from sae_lens_attn.models import EMBEDDED_DIR, load_embedded_model
 from sae_lens_attn.models.dataset import corpus_tokens
+from sae_lens_attn.models.token_display import token_display_fn
 from sae_lens_attn.sources.training import train_hook_z_sae
 
 LAYER = 1
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = as_hooked_sae_transformer(load_embedded_model(args.model_folder))
-    decode = token_decoder(model.tokenizer)
+    decode = token_display_fn(model.tokenizer)
     context = model.cfg.n_ctx
     dataset = corpus_tokens(model.tokenizer, context, args.training_tokens // context + 1)
     sae, layout = train_hook_z_sae(

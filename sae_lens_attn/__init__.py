@@ -60,6 +60,8 @@ _LAZY_EXPORTS: dict[str, str] = {
     "load_embedded_model": "sae_lens_attn.models.embedded",
     "load_model": "sae_lens_attn.models.embedded",
     "run_demo": "sae_lens_attn.demo.pipeline",
+    "configure_runtime": "sae_lens_attn.runtime",
+    "display_token": "sae_lens_attn.models.token_display",
 }
 
 __all__ = ["__version__", *sorted(_LAZY_EXPORTS)]

@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def apply_runtime_policy(args: argparse.Namespace) -> None:
+    """Thread and huge-page settings of a compute command (`--threads`,
+    `--no-huge-pages`), put in place before the command imports torch."""
+    if not hasattr(args, "threads"):
+        return
+    from sae_lens_attn.runtime import apply_runtime_settings, configure_torch, resolve_settings
+
+    settings = apply_runtime_settings(resolve_settings(args.threads, args.huge_pages))
+    configure_torch(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     silence_known_upstream_warnings()
     parser = build_parser()
@@ -92,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    apply_runtime_policy(args)
     warnings.formatwarning = one_line_warning
     try:
         return args.run(args)

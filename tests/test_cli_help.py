@@ -41,7 +41,7 @@ def test_every_option_has_help_and_shows_its_default(command, capsys):
         if action.required:
             continue
         assert "default" in shown.lower(), f"{command} {name} does not say its default: {shown!r}"
-        if action.default not in (None, [], ()) and not isinstance(action, argparse._StoreTrueAction):
+        if action.default not in (None, [], ()) and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             assert str(action.default) in shown, f"{command} {name}: help disagrees with default {action.default!r}"
 
 

@@ -30,10 +30,11 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SCRIPT_TOKEN = "<script>alert(1)</script>"
 IMG_TOKEN = "\"><img src=x onerror=document.body.setAttribute('data-pwned',1)>"
 FEATURES = [0, 1, 2]
+LONG_EVIDENCE = "no enriched token set (largest ES 0.16: starts_with_space); " * 6
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1600,1900", "--virtual-time-budget=4000",
+    "--virtual-time-budget=4000",
     # no network at all: every request goes to a closed local port, names do not resolve
     "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
     "--host-resolver-rules=MAP * ~NOTFOUND",
@@ -127,9 +128,13 @@ def chromium() -> str:
     return found
 
 
-def run_chromium(chromium: str, page: Path, profile: Path, screenshot: Path | None = None) -> str:
-    """The DOM of `page` after its scripts ran (and a screenshot), with no network."""
-    args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom"]
+def run_chromium(
+    chromium: str, page: Path, profile: Path, screenshot: Path | None = None, width: int = 1600
+) -> str:
+    """The DOM of `page` after its scripts ran (and a screenshot), with no network, in a
+    window `width` px wide."""
+    args = [chromium, *CHROMIUM_FLAGS, f"--window-size={width},1900", f"--user-data-dir={profile}",
+            "--dump-dom"]
     if screenshot is not None:
         args.append(f"--screenshot={screenshot}")
     result = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=60)
@@ -188,7 +193,8 @@ def rendered() -> Rendered:
         FamilyRow("induction", f, "induction" if f == 0 else None, 0.9 - 0.3 * f,
                   {"summary": f"<b>score</b> {0.9 - 0.3 * f:.1f}"})
         for f in FEATURES
-    ] + [FamilyRow("logit_lens", 0, "prediction", 4.2, {"summary": "heavy right tail"})]
+    ] + [FamilyRow("logit_lens", 0, "prediction", 4.2, {"summary": "heavy right tail"}),
+         FamilyRow("enrichment", 0, None, 0.1, {"summary": LONG_EVIDENCE})]
     files = render_dashboard(
         model, sae, hostile_tokens(), FEATURES, ARTIFACTS / "dashboard", families=families
     )
@@ -225,6 +231,7 @@ def test_dashboard_in_chromium_offline_shows_every_panel_with_content(dom):
     assert {"std", "skewness", "kurtosis", "class", "prediction", SCRIPT_TOKEN, IMG_TOKEN} <= set(cells)
     rows = [[td.text() for td in tr.find_all("td")] for tr in panels["families"].find_all("tr")[1:]]
     assert rows == [
+        ["enrichment", "not a member", "0.100", LONG_EVIDENCE],
         ["induction", "induction", "0.900", "<b>score</b> 0.9"],
         ["logit_lens", "prediction", "4.200", "heavy right tail"],
     ]
@@ -259,6 +266,41 @@ def test_choosing_another_feature_in_the_dropdown_shows_its_panels(rendered, chr
     assert sections["2"].find_all(cls="main-svg")
 
 
+MEASURE_LAYOUT = """<script>
+document.addEventListener('DOMContentLoaded', () => setTimeout(() => {
+    const width = document.documentElement.clientWidth, problems = [];
+    const name = el => el.id || el.dataset.panel || el.className || el.tagName;
+    if (document.documentElement.scrollWidth > width + 1)
+        problems.push('page scrolls sideways to ' + document.documentElement.scrollWidth + ' px');
+    document.querySelectorAll('.grid-column, .sla-panel, .seq-group, .sla-feature:not([hidden]) table')
+        .forEach(el => {
+            const box = el.getBoundingClientRect();
+            if (box.width > 0 && box.right > width + 1)
+                problems.push(name(el) + ' ends at ' + Math.round(box.right) + ' px');
+        });
+    document.querySelectorAll('.grid-container, .grid-column, .sla-panel, .sla-tokens').forEach(el => {
+        if (el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1)
+            problems.push(name(el) + ' clips ' + (el.scrollWidth - el.clientWidth) + ' px');
+    });
+    document.body.setAttribute('data-layout', JSON.stringify({width, problems}));
+}, 200));
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_dashboard_fits_the_window_with_no_clipped_column(rendered, chromium, tmp_path, width):
+    """Headless Chromium at 1280 and 1920 px: nothing runs past the window's right edge or
+    is clipped inside a column or panel (long tokens wrap). Screenshots in test-artifacts/."""
+    page = tmp_path / "measured.html"
+    page.write_text(rendered.html.read_text().replace("</body>", MEASURE_LAYOUT + "</body>"))
+    shot = ARTIFACTS / f"dashboard-{width}.png"
+    dom = parse_dom(run_chromium(chromium, page, tmp_path / "profile", screenshot=shot, width=width))
+    layout = json.loads(dom.find_all("body")[0].attrs["data-layout"])
+    assert layout["width"] > width - 40
+    assert layout["problems"] == []
+    assert shot.stat().st_size > 50_000
+
+
 def test_features_json_has_neuronpedia_dfa_fields_that_add_up_to_the_activation(rendered):
     assert [f["feature_index"] for f in rendered.features["features"]] == FEATURES
     for feature in rendered.features["features"]:
@@ -278,6 +320,28 @@ def test_features_json_has_neuronpedia_dfa_fields_that_add_up_to_the_activation(
     lens = rendered.features["features"][0]["logit_lens"]
     assert lens["top_tokens"][0]["token"] == SCRIPT_TOKEN and lens["class"] == "prediction"
     assert lens["bottom_tokens"][0]["token"] == IMG_TOKEN
+
+
+def test_one_scale_per_page_sae_dashboard_dfa_and_circuit_agree_with_the_sae_as_given(rendered):
+    """sae_dashboard's activation of each shown example (the DFA panel carries it), the DFA
+    terms and the circuit panel's numbers are all activations of the SAE as given."""
+    assert not torch.allclose(rendered.sae.W_dec.norm(dim=1), torch.ones(16))  # a fold would show
+    _, cache = rendered.model.run_with_cache(hostile_tokens(), names_filter="blocks.1.attn.hook_z")
+    acts = rendered.sae.encode(cache["blocks.1.attn.hook_z"].flatten(-2)).detach()
+    checked = 0
+    for record in rendered.features["features"]:
+        examples = record["dfa"]["examples"]
+        for example in examples:
+            expected = float(acts[example["prompt_index"], example["dfa_targetIndex"], record["feature_index"]])
+            assert example["activation"] == pytest.approx(expected, abs=1e-3)
+        circuit = record.get("circuit")
+        if circuit is not None:
+            assert circuit["destination"] == examples[0]["dfa_targetIndex"]
+            assert circuit["activation"] == pytest.approx(examples[0]["activation"], abs=1e-3)
+            assert circuit["pre_activation"] == pytest.approx(examples[0]["pre_activation"], abs=1e-3)
+            checked += 1
+    assert checked == len(FEATURES)
+    assert "activation of the SAE as given" in rendered.html.read_text()
 
 
 def test_logit_lens_panel_shows_the_statistics_the_logit_lens_detector_classifies(rendered):
@@ -336,16 +400,14 @@ def test_block_diagonal_dashboard_shows_the_sae_activations_and_one_head_per_fea
                              panels=["dfa", "head_attribution"])
     _, cache = tiny_model.run_with_cache(tiny_tokens, names_filter="blocks.1.attn.hook_z")
     acts = sae.encode(cache["blocks.1.attn.hook_z"].flatten(-2)).detach()
-    # sae_dashboard folds decoder norms into ReLU SAEs (activations times the norm); top-k
-    # copies keep their norms so the same k features win
-    scale = sae.W_dec_blocks.norm(dim=-1).flatten() if activation == "relu" else torch.ones(32)
+    assert not torch.allclose(sae.W_dec_blocks.norm(dim=-1), torch.ones(4, 8))  # a fold would show
     fired = 0
     for record in json.loads(files.json.read_text())["features"]:
         feature, owner = record["feature_index"], record["feature_index"] // 8
         assert record["head_attribution"]["decoder_weights_dist"] == [float(h == owner) for h in range(4)]
         assert record["dfa"]["examples"]
         for example in record["dfa"]["examples"]:
-            expected = acts[example["prompt_index"], example["dfa_targetIndex"], feature] * scale[feature]
+            expected = acts[example["prompt_index"], example["dfa_targetIndex"], feature]
             assert example["activation"] == pytest.approx(float(expected), abs=1e-3)
             if example["activation"] > 0:
                 fired += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -65,6 +66,56 @@ def test_quick_demo_dashboard_has_our_panels(demo_dir):
     assert [f["feature_index"] for f in data["features"]] == block["dashboard_features"]
     for title in ("DFA by source position", "Head attribution", "Logit lens", "Family membership"):
         assert title in page
+
+
+def test_quick_demo_per_head_l0_adds_up_to_the_reported_l0(demo_dir):
+    summary = json.loads((demo_dir / "summary.json").read_text())
+    report = (demo_dir / "report.md").read_text()
+    for entry in summary["saes"]:
+        assert sum(entry["per_head_l0"].values()) == pytest.approx(entry["l0"], rel=1e-4)
+        assert f"| {entry['architecture']} | {entry['d_sae']} | {entry['l0']:.1f} |" in report
+
+
+def test_quick_demo_is_deterministic_for_a_seed_and_thread_count(demo_dir, tmp_path):
+    """A second run with the same seed (and the same threads: the test process's) finds the
+    same features with the same numbers."""
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+
+    def results(folder):
+        summary = json.loads((folder / "summary.json").read_text())
+        keys = ("metrics", "l0", "per_head_l0", "family_summary", "induction_features")
+        return [{key: sae[key] for key in keys} for sae in summary["saes"]]
+
+    assert results(tmp_path) == results(demo_dir)
+    for architecture in ("block_diagonal", "standard"):
+        families = f"{architecture}/families/families.json"
+        assert (tmp_path / families).read_text() == (demo_dir / families).read_text()
+
+
+def test_quick_demo_output_never_shows_a_replacement_character(demo_dir):
+    """Byte-level tokens that are not UTF-8 alone show as `\\xe2`, never as U+FFFD, in
+    every page, table and data file (the vendored d3 and plotly.js aside)."""
+    from plotly.offline import get_plotlyjs
+
+    from sae_lens_attn.dashboard.page import VENDOR_DIR
+
+    vendored = [get_plotlyjs(), (VENDOR_DIR / "d3.v6.min.js").read_text(encoding="utf-8")]
+    checked = 0
+    for path in demo_dir.rglob("*"):
+        if path.suffix not in {".html", ".md", ".json", ".csv"}:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":  # JSON may write U+FFFD as an escape: compare the values
+            text = json.dumps(json.loads(text), ensure_ascii=False)
+        for script in vendored:
+            text = text.replace(script, "")
+        assert "\ufffd" not in text, f"U+FFFD in {path.relative_to(demo_dir)}"
+        # nor as a JSON escape inside a page's data (an odd number of backslashes before it)
+        assert not re.search(r"(?<!\\)(?:\\\\)*\\ufffd", text), path.relative_to(demo_dir)
+        checked += 1
+    assert checked >= 6
+    page = next(demo_dir.rglob("dashboard.html")).read_text(encoding="utf-8")
+    assert "\\x" in page  # byte escapes such as \xe2 reached the page
 
 
 def test_per_head_l0_adds_up_and_matches_counting_blocks_of_a_dense_copy(tiny_model, tiny_tokens):

@@ -30,6 +30,7 @@ from sae_lens_attn.attribution.circuit_upstream import (
     ValueSideAttribution,
     value_side_attribution,
 )
+from sae_lens_attn.models.token_display import quoted
 from sae_lens_attn.sources.model_inputs import check_token_rows
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ def component_totals(
         token = decode(int(circuit.tokens[source]))
         by_term = value.terms[:, source].sum(-1).tolist()
         totals.extend(
-            (f"src {source} {token!r}: {label}", term)
+            (f"src {source} {quoted(token)}: {label}", term)
             for label, term in zip(value.labels, by_term, strict=True)
             if term != 0.0
         )

@@ -70,6 +70,25 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--threads` and `--no-huge-pages`: the CPU runtime policy (`sae_lens_attn.runtime`),
+    applied by the CLI before the command imports torch."""
+    from sae_lens_attn.runtime import DEFAULT_MAX_THREADS, default_threads
+
+    group = parser.add_argument_group("CPU runtime")
+    group.add_argument(
+        "--threads", type=positive_int, default=None,
+        help="torch CPU threads (default: $OMP_NUM_THREADS if set, else the CPU count capped "
+        f"at {DEFAULT_MAX_THREADS}: {default_threads()} here); idle threads sleep rather than "
+        "spin, so a busy machine does not slow every step (docs/runtime.md)",
+    )
+    group.add_argument(
+        "--no-huge-pages", dest="huge_pages", action="store_false",
+        help="do not ask Linux for transparent huge pages for torch's CPU tensors (default: "
+        "ask, THP_MEM_ALLOC_ENABLE=1; fewer page faults on large activation batches)",
+    )
+
+
 def load_model(name: str) -> HookedTransformer:
     """The embedded model or a TransformerLens hub model, by name."""
     from sae_lens_attn.models import load_model as load_named_model

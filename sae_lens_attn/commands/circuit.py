@@ -19,6 +19,7 @@ from sae_lens_attn._safe_output import write_csv, write_figure_html
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     add_sae_argument,
     check_output_folder,
     check_sae_folders,
@@ -28,6 +29,7 @@ from sae_lens_attn.commands._common import (
     positive_int,
 )
 from sae_lens_attn.errors import InvalidInputError
+from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
     from sae_lens_attn.attribution.circuit import FeatureCircuit
@@ -62,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--top-tokens", type=positive_int, default=10, help="promoted tokens shown")
     parser.add_argument("--top-components", type=positive_int, default=20, help="bars in the plot")
     add_out_argument(parser, "circuit")
+    add_runtime_arguments(parser)
     return parser
 
 
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sae_lens_attn.attribution.circuit import feature_circuit
-    from sae_lens_attn.dashboard.render import token_decoder
+    from sae_lens_attn.models.token_display import token_display_fn
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.model_inputs import check_token_rows
 
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         steps.update()
         tokens = model.to_tokens(args.prompt)[0]
         check_token_rows(tokens, model, "--prompt (with its BOS token)")
-        decode = token_decoder(model.tokenizer)
+        decode = token_display_fn(model.tokenizer)
         circuit = feature_circuit(
             model, sae, tokens, args.feature, destination=args.destination,
             n_sources=args.n_sources, upstream_saes=upstream,
@@ -139,13 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"feature {circuit.feature} at position {circuit.destination} "
-        f"({summary['destination_token']!r}): activation {circuit.activation:.4f}, "
+        f"({quoted(summary['destination_token'])}): activation {circuit.activation:.4f}, "
         f"pre-activation {circuit.value.pre_activation:.4f} "
         f"(parts add up to within {abs(circuit.value.closure_error):.1e})"
     )
     for source in summary["top_sources"]:
-        print(f"  source {source['source']:>3} {source['token']!r}: DFA {source['dfa']:+.4f}")
+        print(f"  source {source['source']:>3} {quoted(source['token'])}: DFA {source['dfa']:+.4f}")
     for row in summary.get("top_promoted_direct", []):
-        print(f"  promotes {row['token']!r}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
+        print(f"  promotes {quoted(row['token'])}: direct {row['direct']:+.3f}, total {row['total']:+.3f}")
     print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}")
     return 0

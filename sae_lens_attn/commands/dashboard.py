@@ -13,6 +13,7 @@ from pathlib import Path
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     add_sae_argument,
     check_device,
     check_features,
@@ -63,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--device", default="cpu", help="torch device")
     add_out_argument(parser, "dashboard")
+    add_runtime_arguments(parser)
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     check_model_name,
     check_output_folder,
 )
@@ -23,6 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_model_argument(parser)
     add_out_argument(parser, "sae_lens_attn_demo")
+    add_runtime_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="tiny step counts (seconds, for tests and CI): checks that "
                         "everything runs, the numbers mean nothing")

@@ -16,6 +16,7 @@ from sae_lens_attn._safe_output import write_figure_html
 from sae_lens_attn.commands._common import (
     add_model_argument,
     add_out_argument,
+    add_runtime_arguments,
     add_sae_argument,
     check_device,
     check_features,
@@ -40,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_sae_argument(parser)
     add_model_argument(parser)
     add_out_argument(parser, "detect_out")
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--detectors",
         default=DEFAULT_DETECTORS,

@@ -6,6 +6,7 @@ import argparse
 
 from sae_lens_attn.commands._common import (
     add_out_argument,
+    add_runtime_arguments,
     check_output_folder,
     finite_float,
     non_negative_float,
@@ -81,12 +82,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sweep.add_argument("--threshold", type=finite_float, default=0.9,
                        help="MMCS between dictionaries counted as 'reproduced'")
     sweep.add_argument("--seed", type=int, default=0, help="seed of the ground truth, data and SAEs")
-    sweep.add_argument("--threads", type=positive_int,
-                       help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     sweep.add_argument("--quick", action="store_true",
                        help="small preset for a smoke test: "
                        + ", ".join(f"{k.replace('_', '-')} {v[1]}" for k, v in PRESETS.items()))
     add_out_argument(parser, "toy-results")
+    add_runtime_arguments(parser)
     return parser
 
 
@@ -117,10 +117,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     if not 0 < args.threshold <= 1:
         raise InvalidInputError(f"--threshold {args.threshold}: expected an MMCS in (0, 1]")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         toy_cfg = MultiHeadToyConfig(
             n_heads=args.heads,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
+    add_runtime_arguments,
     check_output_folder,
     comma_list,
     int_at_least,
@@ -124,6 +125,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="output folder: the SAE itself when one is trained, else one folder per SAE; "
         "saes.json lists them (default: hook_z_sae)",
     )
+    add_runtime_arguments(parser)
     return parser
 
 

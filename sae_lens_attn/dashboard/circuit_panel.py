@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sae_lens_attn._safe_output import plotly_text, plotly_texts
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc, plotly_div
+from sae_lens_attn.models.token_display import quoted
 from sae_lens_attn.sources.head_layout import head_label
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20
     token = decode(int(circuit.tokens[circuit.destination]))
     figure.update_layout(
         title=f"Feature {circuit.feature} at position {circuit.destination} "
-        f"({plotly_text(repr(token))}): "
+        f"({plotly_text(quoted(token))}): "
         f"top upstream contributions<br><sub>pre-activation {value.pre_activation:.3f} = "
         f"all sources {value.dfa.sum().item():.3f} + b_dec centring {value.centring:.3f} "
         f"+ b_enc {value.b_enc:.3f}</sub>",
@@ -63,7 +64,7 @@ def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -
     from sae_lens_attn.attribution.circuit import downstream_rows
 
     rows = downstream_rows(circuit, k, decode)
-    labels = plotly_texts(repr(row["token"]) for row in rows)
+    labels = plotly_texts(quoted(row["token"]) for row in rows)
     figure = go.Figure(
         [
             go.Bar(name=kind, x=labels, y=[row[kind] for row in rows])

@@ -68,7 +68,8 @@ def example_dfa(
     """DFA by source position and head of each site: `{feature: [TopExample, ...]}`.
 
     `sae` must be the SAE whose activations the sites were ranked by (sae_dashboard's
-    folded copy), so that each example's DFA adds up to its activation's pre-activation.
+    copy, same activations as the SAE as given), so that each example's DFA adds up to its
+    activation's pre-activation.
     """
     pattern_name, v_name = dfa_hook_names(layout.layer)
     prompts = sorted({prompt for found in sites.values() for prompt, _, _ in found})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc
+from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -61,7 +62,7 @@ class DFAPanel(DashboardPanel):
             f"prompt {example.prompt_index}, position {example.dest}: activation "
             f"{example.activation:.3f}; pre-activation {example.pre_activation:.3f} = "
             f"DFA {float(by_source.sum()):.3f} + bias {example.dfa_bias:+.3f}; largest source "
-            f"{context.decode(example.token_ids[top])!r} at {top} ({float(by_source[top]):+.3f})"
+            f"{quoted(context.decode(example.token_ids[top]))} at {top} ({float(by_source[top]):+.3f})"
         )
         return (
             f'<div class="sla-example"><div class="sla-caption">{esc(caption)}</div>'

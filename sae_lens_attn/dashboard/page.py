@@ -38,10 +38,15 @@ TOKEN_HTML_SINKS = {
 }
 
 PAGE_CSS = """
-#sla-panels { margin: 24px 16px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif; }
+/* sae_dashboard's columns wrap onto new rows instead of running off a narrow window */
+.grid-container { display: flex; flex-wrap: wrap; align-items: flex-start; row-gap: 24px;
+  overflow-x: hidden; white-space: normal; }
+.grid-column { max-width: calc(100vw - 90px); }
+#sla-panels { margin: 24px 16px; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
+  overflow-wrap: anywhere; }
 .sla-feature > h2 { font-size: 18px; margin: 0 0 12px; }
 .sla-grid { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.sla-panel { flex: 1 1 340px; min-width: 300px; border: 1px solid #ddd; border-radius: 6px;
+.sla-panel { flex: 1 1 340px; min-width: min(300px, 100%); max-width: 100%; box-sizing: border-box; border: 1px solid #ddd; border-radius: 6px;
   padding: 10px 14px; box-shadow: 0 1px 3px rgba(0,0,0,.08); background: #fff; }
 .sla-panel.sla-wide { flex-basis: 100%; }
 .sla-panel > h3 { margin: 0 0 8px; font-size: 14px; text-transform: uppercase; }
@@ -50,13 +55,15 @@ PAGE_CSS = """
 .sla-example { margin: 6px 0 12px; }
 .sla-caption { font-size: 12px; color: #333; margin-bottom: 3px; }
 .sla-tokens { line-height: 1.9; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
-.sla-tok { position: relative; white-space: pre; padding: 1px 1px; border-radius: 2px; cursor: default; }
+.sla-tok { position: relative; display: inline-block; max-width: 100%; white-space: pre-wrap;
+  word-break: break-all; padding: 1px 1px; border-radius: 2px; cursor: default; }
 .sla-tok.sla-dest { font-weight: bold; outline: 1.5px solid #111; }
 .sla-tok:hover::after { content: attr(data-tip); position: absolute; left: 0; top: 1.7em;
   z-index: 20; white-space: pre; background: #222; color: #fff; padding: 4px 7px;
   border-radius: 4px; font-size: 11px; line-height: 1.4; font-weight: normal; }
 .sla-more { color: #999; }
-.sla-panel table { margin: 0; border-collapse: collapse; }
+.sla-panel table { margin: 0; border-collapse: collapse; max-width: 100%; }
+.sla-panel td, .sla-panel th { white-space: normal; }  /* sae_dashboard sets td nowrap */
 .sla-stats td, .sla-families td, .sla-families th, .sla-tokens-table td, .sla-tokens-table th
   { padding: 2px 8px; font-size: 12px; text-align: left; border-bottom: 1px solid #eee; }
 .sla-token-tables { display: flex; gap: 12px; margin-top: 8px; }

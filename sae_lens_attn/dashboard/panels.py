@@ -113,8 +113,8 @@ class FeatureReport:
 
 @dataclass
 class DashboardContext:
-    """What every panel may read: the model, the SAE (as given, not sae_dashboard's folded
-    copy), its head layout, the prompts `tokens [n_prompts, seq]`, `decode(token_id)` for
+    """What every panel may read: the model, the SAE as given (the page shows its
+    activations everywhere; sae_dashboard runs on an exact dense copy), its head layout, the prompts `tokens [n_prompts, seq]`, `decode(token_id)` for
     display (raw text: escape it), one label per SAE input head (`"L1H3"`), whether
     detector results were supplied, and the page's `DashboardConfig`."""
 

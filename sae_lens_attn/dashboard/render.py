@@ -4,10 +4,9 @@ page (`dashboard.html`, self-contained, opens offline) and the per-feature data 
 
 from __future__ import annotations
 
-import functools
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from sae_lens_attn._atomic import atomic_write_bytes
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
 from sae_lens_attn.errors import InvalidInputError
+from sae_lens_attn.models.token_display import token_display_fn
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 HTML_NAME = "dashboard.html"
+SCALE_NOTE = (
+    '<p class="sla-note sla-scale">Every activation on this page (sae_dashboard\'s tables, '
+    "histograms and sequences, and the panels below) is an activation of the SAE as given: "
+    "decoder norms are not folded in, so the same example shows the same number everywhere."
+    "</p>"
+)
 JSON_NAME = "features.json"
 
 
@@ -35,19 +41,6 @@ class DashboardFiles:
     html: Path
     json: Path
     skipped: tuple[int, ...] = ()  # dead features (zero or non-finite decoder row), not shown
-
-
-def token_decoder(tokenizer: Any) -> Callable[[int], str]:
-    """Token id -> display text: the tokenizer's decoding with newlines and tabs made
-    visible (`↵`, `⇥`); `#id` without a tokenizer. Raw text: escape before use in HTML."""
-
-    @functools.cache
-    def decode(token: int) -> str:
-        if tokenizer is None:
-            return f"#{token}"
-        return tokenizer.decode([token]).replace("\n", "↵").replace("\t", "⇥")
-
-    return decode
 
 
 def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
@@ -146,7 +139,7 @@ def render_dashboard(
         sae=sae,
         layout=layout,
         tokens=tokens,
-        decode=token_decoder(model.tokenizer),
+        decode=token_display_fn(model.tokenizer),
         head_labels=layout.head_labels,
         detectors_ran=families is not None,
         config=config,
@@ -172,7 +165,7 @@ def render_dashboard(
     first_key = str(features[0])
     page = assemble_page(
         sae_dashboard_page(sae_vis_data, context.decode, first_key),
-        sections,
+        [SCALE_NOTE, *sections],
         [panel.script for panel in panel_objects if getattr(panel, "script", "")],
         first_key,
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",

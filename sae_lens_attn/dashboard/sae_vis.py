@@ -5,9 +5,10 @@ sae_dashboard only takes dense SAEs that read every head of the layer
 multiplies by all of `W_O[layer]`), and its runner folds decoder norms into the SAE it is
 given. So it runs on a copy (`dashboard_copy`): block-diagonal SAEs through their exact
 `to_dense_sae()`, SAEs on a subset of heads embedded into the full layer width with zero
-weights for the other heads (the same activations), top-k SAEs kept exact. The folded
-copy comes back in `SaeVisData.encoder`; our DFA is computed on it, so its terms add up
-to the activations the page shows.
+weights for the other heads (the same activations), and its decoder-norm fold switched off
+on the copy. Every number on the page (sae_dashboard's activations and histograms, our
+DFA, circuit and head panels) is then an activation of the SAE as given: one scale per
+page. The copy comes back in `SaeVisData.encoder`.
 """
 
 from __future__ import annotations
@@ -108,22 +109,22 @@ class _EncodeAllThenSelect(TopK):
 
 
 def _keep_decoder_norms() -> None:
-    """Stands in for `fold_W_dec_norm` on top-k copies (see `dashboard_copy`)."""
+    """Stands in for `fold_W_dec_norm` on the dashboard copy (see `dashboard_copy`)."""
 
 
 def dashboard_copy(sae: SAE, layout: HeadLayout) -> SAE:
-    """The SAE sae_dashboard runs on: `full_width_dense_copy`, and for top-k SAEs two more
-    changes on that copy. sae_dashboard folds decoder norms into every SAE it renders
-    (`SaeVisRunner.run`), which changes which k features win (SAELens's TopK SAEs refuse
-    it with NotImplementedError), so the copy keeps its norms; a per-head top-k is
-    wrapped as a `TopK` (`_EncodeAllThenSelect`)."""
+    """The SAE sae_dashboard runs on: `full_width_dense_copy` with the same activations as
+    `sae`. sae_dashboard folds decoder norms into every SAE it renders (`SaeVisRunner.run`),
+    which rescales each feature's activations by its decoder norm (and, for top-k SAEs,
+    changes which k features win; SAELens's TopK SAEs refuse it), so the copy keeps its
+    norms and the page shows the SAE as given. A per-head top-k is wrapped as a `TopK`
+    (`_EncodeAllThenSelect`)."""
     from sae_lens_attn.architectures.block_diagonal import PerHeadTopK
 
     dense = full_width_dense_copy(sae, layout)
     if isinstance(dense.activation_fn, PerHeadTopK):
         dense.activation_fn = _EncodeAllThenSelect(dense.activation_fn)
-    if isinstance(dense.activation_fn, TopK):
-        dense.fold_W_dec_norm = _keep_decoder_norms
+    dense.fold_W_dec_norm = _keep_decoder_norms
     return dense
 
 
@@ -162,7 +163,8 @@ def run_sae_vis(
     config: DashboardConfig,
 ) -> SaeVisData:
     """sae_dashboard's `SaeVisRunner` on a dense full-width copy of `sae`; `sae` itself
-    is left untouched. The returned data's `encoder` is that (norm-folded) copy."""
+    is left untouched. The returned data's `encoder` is that copy (decoder norms not
+    folded: its activations are those of `sae`)."""
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 

@@ -56,7 +56,7 @@ def metrics_table(result: DemoResult) -> Table:
     for sae in result.saes:
         m = sae.metrics
         rows.append((
-            sae.architecture, str(sae.d_sae), _num(m.get("l0"), 1),
+            sae.architecture, str(sae.d_sae), _num(sae.activity.l0, 1),
             _num(m.get("explained_variance")), _num(m.get("ce_loss_score")),
             _pct(sae.activity.dead_share), f"{sae.live_count}",
             Link("SAE folder", f"{sae.folder.as_posix()}/sae"),
@@ -66,10 +66,11 @@ def metrics_table(result: DemoResult) -> Table:
         ("architecture", "d_sae", "L0", "explained variance", "CE loss recovered",
          "dead", "live features", "files"),
         rows,
-        "L0, explained variance and CE loss recovered from SAELens's evals "
-        "(`run_evals`) on held-out stdlib files; dead = never fires on "
-        f"{result.settings.eval_sequences} held-out sequences of "
-        f"{result.settings.context_size} tokens.",
+        "L0 (mean active features per token; the per-head table splits it) and dead "
+        f"(never fires) on {result.settings.eval_sequences} held-out sequences of "
+        f"{result.settings.context_size} tokens; explained variance and CE loss recovered "
+        "from SAELens's evals (`run_evals`) on the first "
+        f"{result.settings.eval_batches * result.settings.eval_batch_prompts} of them.",
     )
 
 
@@ -82,7 +83,8 @@ def per_head_table(result: DemoResult) -> Table:
     return Table(
         "Per-head L0", ("head", *(sae.architecture for sae in result.saes)), rows,
         "Mean active features per token, each counted towards the heads its decoder row "
-        "lives in (one head for block-diagonal; split by decoder-norm fraction for dense).",
+        "lives in (one head for block-diagonal; split by decoder-norm fraction for dense), "
+        "on the same tokens as the L0 above: the heads add up to it.",
     )
 
 
@@ -214,6 +216,7 @@ def summary(result: DemoResult) -> dict:
                 "architecture": sae.architecture,
                 "d_sae": sae.d_sae,
                 "metrics": {k: v for k, v in sae.metrics.items() if isinstance(v, (int, float))},
+                "l0": sae.activity.l0,
                 "dead_share": sae.activity.dead_share,
                 "live_features": sae.live_count,
                 "per_head_l0": dict(zip(sae.head_labels, sae.activity.per_head_l0.tolist(),

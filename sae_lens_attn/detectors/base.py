@@ -87,8 +87,9 @@ def encode_hook_z(sae: SAE, x: torch.Tensor, layout: HeadLayout) -> torch.Tensor
 
 
 def token_strings_of(model: HookedTransformer) -> list[str] | None:
-    """Every output token decoded on its own, or None when the model has no tokenizer."""
-    from sae_lens_attn.detectors.token_sets import token_strings
+    """Every output token as display text (`display_vocabulary`: readable bytes, visible
+    whitespace), for evidence and summaries; None when the model has no tokenizer."""
+    from sae_lens_attn.models.token_display import display_vocabulary
 
     tokenizer = getattr(model, "tokenizer", None)
-    return None if tokenizer is None else token_strings(tokenizer, model.W_U.shape[1])
+    return None if tokenizer is None else display_vocabulary(tokenizer, model.W_U.shape[1])

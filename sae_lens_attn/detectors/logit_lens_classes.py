@@ -45,6 +45,7 @@ from sae_lens_attn.detectors.base import (
     token_strings_of,
 )
 from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -174,7 +175,7 @@ def _summary(family: str | None, evidence: dict[str, Any]) -> str:
     if evidence["std"] == 0 or math.isnan(evidence["skewness"]):
         return "zero output direction: no logit weights"
     words = evidence.get("top_token_strings" if family != SUPPRESSION else "bottom_token_strings")
-    shown = f"; {'promotes' if family != SUPPRESSION else 'suppresses'} {words[:3]!r}" if words else ""
+    shown = f"; {'promotes' if family != SUPPRESSION else 'suppresses'} {', '.join(quoted(word) for word in words[:3])}" if words else ""
     return f"{family or 'no class'} ({shape}){shown}"
 
 

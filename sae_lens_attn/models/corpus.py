@@ -10,12 +10,14 @@ versions (the shipped model was trained on CPython 3.11; see `embedded/config.js
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 SPLITS = ("train", "test")
 TEST_EVERY = 20  # one file in 20 is held out
+SKIPPED_FOLDERS = frozenset({"site-packages", "__pycache__"})
 
 
 def stdlib_dir() -> Path:
@@ -35,15 +37,24 @@ def corpus_files(split: str = "train", root: Path | None = None) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"standard library folder {root} does not exist")
     keyed = []
-    for path in root.rglob("*.py"):
+    for path in _python_files(root):
         relative = path.relative_to(root).as_posix()
-        if "site-packages" in relative.split("/") or not path.is_file():
-            continue
         key = _path_hash(relative)
         if (key % TEST_EVERY == 0) == (split == "test"):
             keyed.append((key, relative, path))
     keyed.sort()
     return [path for _, _, path in keyed]
+
+
+def _python_files(root: Path) -> Iterator[Path]:
+    """`.py` files under `root`, not descending into `site-packages` (which can hold
+    tens of thousands of installed files) or `__pycache__`."""
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in SKIPPED_FOLDERS]
+        for name in names:
+            path = Path(folder, name)
+            if name.endswith(".py") and path.is_file():
+                yield path
 
 
 def iter_corpus_texts(split: str = "train", root: Path | None = None) -> Iterator[str]:

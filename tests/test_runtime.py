@@ -1,0 +1,114 @@
+"""The CPU runtime policy: settings resolved from --threads / the environment / the default,
+put in place by the CLI before torch is imported."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from sae_lens_attn.cli import build_parser
+from sae_lens_attn.runtime import (
+    DEFAULT_MAX_THREADS,
+    RuntimeSettings,
+    available_cpus,
+    default_threads,
+    resolve_settings,
+)
+
+COMPUTE_COMMANDS = ("circuit", "dashboard", "demo", "detect", "toy", "train")
+
+
+def test_explicit_threads_win_over_the_environment_which_wins_over_the_default(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert resolve_settings().threads == default_threads() == min(DEFAULT_MAX_THREADS, available_cpus())
+    assert resolve_settings().wait_policy == "PASSIVE"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert resolve_settings().threads == 3 and resolve_settings().wait_policy == "ACTIVE"
+    assert resolve_settings(threads=1).threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")  # not a positive integer: the default
+    assert resolve_settings().threads == default_threads()
+
+
+def test_settings_name_every_thread_pool_and_huge_pages_only_when_asked():
+    env = RuntimeSettings(threads=2).environment()
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env.get("THP_MEM_ALLOC_ENABLE") == ("1" if sys.platform.startswith("linux") else None)
+    assert "THP_MEM_ALLOC_ENABLE" not in RuntimeSettings(threads=2, huge_pages=False).environment()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        RuntimeSettings(threads=0)
+
+
+def test_every_compute_command_takes_threads_and_no_huge_pages():
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name in COMPUTE_COMMANDS:
+        options = {o for action in commands.choices[name]._actions for o in action.option_strings}
+        assert {"--threads", "--no-huge-pages"} <= options, name
+    args = parser.parse_args(["train", "--layer", "1", "--threads", "3", "--no-huge-pages"])
+    assert args.threads == 3 and args.huge_pages is False
+
+
+def test_threads_must_be_a_positive_integer(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--threads", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+CHILD = """
+import json, os, sys
+from sae_lens_attn import cli
+args = cli.build_parser().parse_args(sys.argv[1:])
+before = "torch" in sys.modules
+cli.apply_runtime_policy(args)
+import torch
+print(json.dumps({"torch_before": before, "threads": torch.get_num_threads(),
+                  "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                          "THP_MEM_ALLOC_ENABLE")}}))
+"""
+
+
+def run_child(*argv: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                             "THP_MEM_ALLOC_ENABLE")}
+    result = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_cli_sets_threads_and_openmp_variables_before_torch_starts():
+    seen = run_child("demo", "--threads", "1")
+    assert seen["torch_before"] is False  # parsing the command line never imports torch
+    assert seen["threads"] == 1
+    assert seen["env"]["OMP_NUM_THREADS"] == "1" and seen["env"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    if sys.platform.startswith("linux"):
+        assert seen["env"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert run_child("demo", "--no-huge-pages")["env"]["THP_MEM_ALLOC_ENABLE"] is None
+    assert run_child("demo")["threads"] == default_threads()
+
+
+def test_applied_after_torch_it_sets_threads_and_warns_once_about_the_rest(monkeypatch):
+    import torch
+
+    from sae_lens_attn.runtime import apply_runtime_settings
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="only apply to new processes"):
+            apply_runtime_settings(RuntimeSettings(threads=1))
+        assert torch.get_num_threads() == 1 and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing new for torch to miss: no warning
+            apply_runtime_settings(RuntimeSettings(threads=1))
+    finally:
+        torch.set_num_threads(threads)
