@@ -14,8 +14,10 @@ from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
 from sae_lens_attn.sources.configs import sae_config_for
+from sae_lens_attn.sources.distributed import rank_device
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
+from sae_lens_attn.sources.parallel import parallel_training
 from sae_lens_attn.sources.runner import HookZTrainingRunner
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
 
@@ -43,6 +45,9 @@ def train_hook_z_sae(
     device: str = "cpu",
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
+    parallel: str | None = None,
+    checkpoint_every: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -60,7 +65,13 @@ def train_hook_z_sae(
     of the architecture's training config (`l1_coefficient`, `k`, `activation`, ...);
     `runner_kwargs` are further `LanguageModelSAERunnerConfig` fields. Nothing touches the
     network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
+
+    Under torchrun, `parallel` is "data" (the default there) or "heads" (see
+    `sae_lens_attn.sources.parallel`); every rank returns the SAE rank 0 saved.
+    `checkpoint_every` N steps (into `checkpoint_path`) and `resume_from` a `step_N`
+    checkpoint folder: see `HookZTrainingRunner`.
     """
+    device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
     dataset_path = dataset if isinstance(dataset, str) else ""
     override_dataset = None if isinstance(dataset, str) else as_token_dataset(dataset)
@@ -79,7 +90,7 @@ def train_hook_z_sae(
         **(runner_kwargs or {}),
     }
     torch.manual_seed(seed)  # SAELens does not seed: SAE init and buffer shuffling
-    with tempfile.TemporaryDirectory() as tmp:
+    with parallel_training(parallel, device) as plan, tempfile.TemporaryDirectory() as tmp:
         out = Path(output_path) if output_path is not None else Path(tmp)
         cfg = LanguageModelSAERunnerConfig(
             sae=sae_cfg,
@@ -99,6 +110,9 @@ def train_hook_z_sae(
             model_from_pretrained_kwargs={},  # the model is given, not loaded
             **runner_options,
         )
-        HookZTrainingRunner(cfg, source, override_dataset=override_dataset).run()
-        sae = SAE.load_from_disk(out, device=device)
+        HookZTrainingRunner(
+            cfg, source, override_dataset=override_dataset, parallel=plan,
+            checkpoint_every=checkpoint_every, resume_from=resume_from,
+        ).run()
+        sae = plan.share_from_main(lambda: SAE.load_from_disk(out, device=device))
     return sae, source.layout
