@@ -42,7 +42,7 @@ class ResumableBatches:
                  kept: torch.Tensor | None = None) -> None:
         self._store = store
         self._batch_size = store.train_batch_size_tokens
-        self._pending = [] if pending is None else list(pending.split(self._batch_size))
+        self._pending = [] if pending is None else [b for b in pending.split(self._batch_size) if len(b)]
         self._kept = kept  # the mixing buffer's content when the checkpoint was taken
         self._mixing: Iterator[torch.Tensor] | None = None
 
@@ -80,7 +80,8 @@ class ResumableBatches:
         if "serving_buffer" in local:
             size = local["batch_size"]
             served_up_to = (local["batch_idx"] + 1) * size
-            pending.extend(local["serving_buffer"][served_up_to : local["num_serving_batches"] * size].split(size))
+            rest = local["serving_buffer"][served_up_to : local["num_serving_batches"] * size]
+            pending.extend(batch for batch in rest.split(size) if len(batch))
             kept = local["storage_buffer"]
         return {
             "pending": torch.cat(pending).cpu() if pending else None,

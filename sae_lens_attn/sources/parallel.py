@@ -26,10 +26,11 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from sae_lens import LanguageModelSAERunnerConfig, TrainingSAE
+from sae_lens import SAE, LanguageModelSAERunnerConfig, TrainingSAE
 from sae_lens.saes.sae import TrainingSAEConfig
 
 from sae_lens_attn.sources.distributed import (
@@ -71,10 +72,19 @@ class Parallelism:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def share_from_main(self, load: Any) -> Any:
-        """`load()` on rank 0, its result sent to every rank (None if not picklable)."""
-        value = load() if self.is_main else None
-        return value if self.comm is None else self.comm.broadcast_from_main(value)
+    def load_saved_sae(self, folder: str | Path, device: str) -> SAE[Any]:
+        """The SAE rank 0 saved in `folder`, on every rank (rank 0 sends its config and
+        weights, so the other ranks need not see rank 0's disk)."""
+        if self.comm is None:
+            return SAE.load_from_disk(folder, device=device)
+        sae = SAE.load_from_disk(folder, device=device) if self.is_main else None
+        cfg, state = self.comm.broadcast_from_main(
+            (sae.cfg.to_dict(), {k: v.cpu() for k, v in sae.state_dict().items()}) if sae else None
+        )
+        if sae is None:
+            sae = SAE.from_dict({**cfg, "device": device})
+            sae.load_state_dict(state)
+        return sae
 
     def metadata(self) -> dict[str, Any]:
         """What saved SAEs record in `cfg.metadata`."""
@@ -218,6 +228,7 @@ class HeadParallel(Parallelism):
         )
         local = build_with_state(type(full), local_sae_cfg, select_heads(full.state_dict(), n_heads, self.positions))
         local_cfg = dataclasses.replace(cfg, sae=local_sae_cfg)
+        local_cfg.checkpoint_path = cfg.checkpoint_path  # replace() appended another run id
         local_source = HookZSource(
             source.model,
             source.layout.layer,

@@ -114,5 +114,5 @@ def train_hook_z_sae(
             cfg, source, override_dataset=override_dataset, parallel=plan,
             checkpoint_every=checkpoint_every, resume_from=resume_from,
         ).run()
-        sae = plan.share_from_main(lambda: SAE.load_from_disk(out, device=device))
+        sae = plan.load_saved_sae(out, device)
     return sae, source.layout
