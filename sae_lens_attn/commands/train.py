@@ -12,6 +12,12 @@ from sae_lens_attn.commands._common import (
     load_model,
     parse_index_list,
 )
+from sae_lens_attn.commands._train_scaleout import (
+    add_scaleout_arguments,
+    rank,
+    run_training,
+    scaleout_options,
+)
 
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
 EVAL_BATCH_PROMPTS = 8
@@ -56,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=42)
     add_out_argument(parser, "hook_z_sae")
+    add_scaleout_arguments(parser)
     return parser
 
 
@@ -79,8 +86,11 @@ def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
         raise SystemExit(f"error: --model {args.model} needs --dataset (a Hugging Face dataset path)")
     from sae_lens_attn.models import corpus_dataset
 
-    train = corpus_dataset(args.context_size)
-    return train.select(range(min(math.ceil(args.training_tokens / args.context_size), len(train))))
+    rows = math.ceil(args.training_tokens / args.context_size)
+    try:  # tokenize only the rows the run reads (the whole corpus takes minutes)
+        return corpus_dataset(args.context_size, n_sequences=rows)
+    except ValueError:  # the corpus has fewer rows: all of them
+        return corpus_dataset(args.context_size)
 
 
 def eval_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
@@ -97,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
     from sae_lens_attn.sources.training import train_hook_z_sae
 
+    options = scaleout_options(args)
     model = load_model(args.model)
     dataset = training_dataset(args)
-    try:
-        sae, layout = train_hook_z_sae(
+    sae, layout = run_training(lambda: train_hook_z_sae(
             model,
             args.layer,
             args.heads,
@@ -119,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
             wandb_project=args.wandb_project,
             device=args.device,
             seed=args.seed,
-        )
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+            **options,
+        ))
+    if rank() != 0:
+        return 0
     print(
         f"saved {args.architecture} SAE on {layout.hook_name} heads {list(layout.heads)} "
         f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {args.out}"

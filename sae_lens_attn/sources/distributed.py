@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -50,37 +51,37 @@ class Communicator:
     """This rank of a `torch.distributed` process group, and its collectives.
 
     `device` is where this rank trains (`cuda:LOCAL_RANK` for CUDA, NCCL's requirement).
-    `payload_bytes` counts the bytes of tensors (and pickled objects) this rank passed
-    to collectives; on the wire a ring all-reduce sends about `2 (W-1)/W` times that.
+    `payload_bytes[purpose]` counts the bytes of tensors (and pickled objects) this rank
+    passed to collectives; on the wire a ring all-reduce sends about `2 (W-1)/W` times that.
     """
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
-    payload_bytes: int = 0
+    payload_bytes: Counter[str] = field(default_factory=Counter)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    def all_reduce(self, tensor: torch.Tensor, op: str, purpose: str) -> torch.Tensor:
         """In place over all ranks: `op` is "sum", "min" or "max"."""
         ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-        self.payload_bytes += tensor.numel() * tensor.element_size()
+        self.payload_bytes[purpose] += tensor.numel() * tensor.element_size()
         dist.all_reduce(tensor, op=ops[op])
         return tensor
 
     def gather_to_main(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` (picklable), in rank order, on rank 0; None elsewhere."""
-        self.payload_bytes += len(pickle.dumps(obj))
+        self.payload_bytes["gather"] += len(pickle.dumps(obj))
         gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
         dist.gather_object(obj, gathered, dst=0)
         return gathered
 
     def broadcast_from_main(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
-        self.payload_bytes += len(pickle.dumps(obj)) if self.is_main else 0
+        self.payload_bytes["broadcast"] += len(pickle.dumps(obj)) if self.is_main else 0
         holder = [obj]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]

@@ -167,7 +167,7 @@ class DataParallel(Parallelism):
         # mean head norms averaged over the ranks' (equal-sized) samples
         assert source.per_head_scale is not None and self.comm is not None
         mean_norms = source.layout.d_head**0.5 / source.per_head_scale
-        self.comm.all_reduce(mean_norms, "sum")
+        self.comm.all_reduce(mean_norms, "sum", "per-head scale")
         source.per_head_scale = source.layout.d_head**0.5 / (mean_norms / self.world_size)
 
     def install(self, sae: TrainingSAE[Any]) -> None:
@@ -175,7 +175,7 @@ class DataParallel(Parallelism):
         assert comm is not None
 
         def average(param: torch.Tensor) -> None:
-            comm.all_reduce(param.grad, "sum").div_(comm.world_size)
+            comm.all_reduce(param.grad, "sum", "gradients").div_(comm.world_size)
 
         for param in sae.parameters():
             if param.requires_grad:
@@ -186,12 +186,12 @@ class DataParallel(Parallelism):
         assert self.comm is not None
         # "steps since fired" of the global batch is the minimum over ranks; firing
         # counts add up; the stop flag rides along.
-        self.comm.all_reduce(trainer.n_forward_passes_since_fired, "min")
+        self.comm.all_reduce(trainer.n_forward_passes_since_fired, "min", "statistics")
         fired_and_stop = torch.cat(
             [trainer.act_freq_scores - act_freq_before,
              torch.tensor([float(self._stop_local)], device=act_freq_before.device)]
         )
-        self.comm.all_reduce(fired_and_stop, "sum")
+        self.comm.all_reduce(fired_and_stop, "sum", "statistics")
         trainer.act_freq_scores = act_freq_before + fired_and_stop[:-1]
         self.stop_agreed = bool(fired_and_stop[-1] > 0)
         # SAELens counted this rank's batch; the step consumed every rank's
@@ -258,7 +258,7 @@ class HeadParallel(Parallelism):
         assert self.comm is not None
         squares = torch.stack([p.grad.detach().float().pow(2).sum() for p in params]).sum()
         norm_and_stop = torch.stack([squares, squares.new_tensor(float(self._stop_local))])
-        self.comm.all_reduce(norm_and_stop, "sum")
+        self.comm.all_reduce(norm_and_stop, "sum", "gradient norm")
         self.stop_agreed = bool(norm_and_stop[1] > 0)
         coefficient = torch.clamp(self._clip_norm / (norm_and_stop[0].sqrt() + 1e-6), max=1.0)
         for param in params:
@@ -354,9 +354,13 @@ def shard_rows(dataset: Any, rank: int, world_size: int, rows_per_chunk: int) ->
 
 
 @contextmanager
-def parallel_training(mode: str | None, device: str) -> Iterator[Parallelism]:
+def parallel_training(mode: str | Parallelism | None, device: str) -> Iterator[Parallelism]:
     """The `Parallelism` for `mode` ("data", "heads", "none"/None: one process; None under
-    torchrun means "data"), joining torchrun's process group for the distributed modes."""
+    torchrun means "data"), joining torchrun's process group for the distributed modes.
+    A `Parallelism` is used as it is (its caller owns the process group)."""
+    if isinstance(mode, Parallelism):
+        yield mode
+        return
     if mode is None:
         mode = "data" if launched_by_torchrun() else SINGLE
     if mode == SINGLE:

@@ -17,7 +17,7 @@ from sae_lens_attn.sources.configs import sae_config_for
 from sae_lens_attn.sources.distributed import rank_device
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
-from sae_lens_attn.sources.parallel import parallel_training
+from sae_lens_attn.sources.parallel import Parallelism, parallel_training
 from sae_lens_attn.sources.runner import HookZTrainingRunner
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
 
@@ -45,7 +45,7 @@ def train_hook_z_sae(
     device: str = "cpu",
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
-    parallel: str | None = None,
+    parallel: str | Parallelism | None = None,
     checkpoint_every: int | None = None,
     resume_from: str | Path | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
