@@ -174,28 +174,26 @@ def test_a_killed_rank_ends_the_run_with_an_error_naming_it(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "sae_out"
+    checkpoints = Path(f"{out}-checkpoints")
     command = [sys.executable, "-m", "sae_lens_attn", "train", "--layer", "1", "--training-tokens",
                "80000", "--batch-size", "64", "--context-size", "16", "--expansion-factor", "2",
-               "--eval-batches", "0", "--out", str(out)]
+               "--eval-batches", "0", "--checkpoint-every", "50", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    stderr_lines: list[str] = []
-
-    def training_started() -> bool:
-        line = process.stderr.readline()
-        stderr_lines.append(line)
-        return "Training SAE" in line
-
-    _wait_for(training_started, process, 240)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, "".join(stderr_lines) + stderr[-3000:]
+    try:
+        _wait_for(lambda: any(checkpoints.glob("*/step_50/parallel.json")), process, 240)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-3000:]
     assert "resume with: sae-lens-attn train" in stdout
     assert not out.exists()
-    (folder,) = Path(f"{out}-checkpoints").glob("*/step_*")
+    folder = max(checkpoints.glob("*/step_*"), key=lambda path: int(path.name.removeprefix("step_")))
     assert (folder / "parallel.json").is_file()
+    assert str(folder) in stdout
     step = int(folder.name.removeprefix("step_"))
-    assert 0 < step < 1250  # interrupted part-way: 80000 tokens / 64 = 1250 steps
+    assert 50 <= step < 1250  # interrupted part-way: 80000 tokens / 64 = 1250 steps
 
     resumed = subprocess.run([*command, "--resume", str(folder)], capture_output=True, text=True,
                              env=_env(), timeout=600)

@@ -111,6 +111,9 @@ class Parallelism:
     def agree_on_per_head_scale(self, source: HookZSource) -> None:
         """Make the per-head input scale the same on every rank."""
 
+    def agree_on_activation_scaler(self, trainer: SAETrainer[Any, Any]) -> None:
+        """Before the first step: make SAELens's estimated input scaling the same on every rank."""
+
     def install(self, sae: TrainingSAE[Any]) -> None:
         """Gradient hooks on the SAE this rank trains (removed by `uninstall`)."""
 
@@ -154,6 +157,11 @@ class DataParallel(Parallelism):
                 "--parallel data shards the token stream, not an activation cache; train "
                 "from tokens (use_cached_activations=False)"
             )
+        if cfg.sae.normalize_activations == "covariance_whitening":
+            raise ValueError(
+                "--parallel data cannot agree on a whitening matrix estimated per rank; use "
+                "normalize_activations='none' or 'expected_average_only_in'"
+            )
         return cfg, source, override_sae
 
     def prepare_store(self, store: HookZActivationsStore) -> None:
@@ -169,6 +177,19 @@ class DataParallel(Parallelism):
         mean_norms = source.layout.d_head**0.5 / source.per_head_scale
         self.comm.all_reduce(mean_norms, "sum", "per-head scale")
         source.per_head_scale = source.layout.d_head**0.5 / (mean_norms / self.world_size)
+
+    @torch.no_grad()
+    def agree_on_activation_scaler(self, trainer: SAETrainer[Any, Any]) -> None:
+        # `expected_average_only_in`: sqrt(d_in) / mean ||x||, each rank's from its own
+        # shard; average the mean norms, as for the per-head scale
+        factor = trainer.activation_scaler.scaling_factor
+        if factor is None:
+            return
+        assert self.comm is not None
+        d_in = trainer.sae.cfg.d_in
+        mean_norm = torch.tensor([d_in**0.5 / factor], dtype=torch.float64)
+        self.comm.all_reduce(mean_norm, "sum", "activation scaling")
+        trainer.activation_scaler.scaling_factor = d_in**0.5 / (mean_norm.item() / self.world_size)
 
     def install(self, sae: TrainingSAE[Any]) -> None:
         comm = self.comm

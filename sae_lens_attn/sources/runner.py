@@ -1,19 +1,20 @@
 """`HookZTrainingRunner`: SAELens's `LanguageModelSAETrainingRunner` fed by a `HookZSource`.
 
-SAELens's runner has no notion of an activation source, so this subclass changes
-exactly three things and keeps everything else (the `SAETrainer` loop, evals, W&B,
-checkpoints, saving):
+SAELens's runner has no notion of an activation source, so this subclass changes a few
+seams and keeps everything else (the `SAETrainer.fit` loop, evals, W&B, saving):
 - after construction, its `activations_store` (and the evaluator's) is a
   `HookZActivationsStore` reading the source (the seam upstream-notes lists as verified);
-- `run_trainer_with_interruption_handling`, which wraps `SAETrainer.fit`, finishes the SAE
-  right after fit and before the runner saves it: the per-head scale is folded in, the
-  `HeadLayout` is stored in the metadata and `reshape_activations="hook_z"` is set;
-- `save_checkpoint` also writes the source's state (layout, per-head scale).
+- `run_trainer_with_interruption_handling`, which wraps `SAETrainer.fit`, turns the
+  trainer SAELens built into a `HookZSAETrainer` (exact step-boundary checkpoints every
+  `checkpoint_every` steps, `resume_from` such a checkpoint, SIGINT/SIGTERM saving one),
+  and finishes the SAE right after fit and before the runner saves it: the per-head scale
+  is folded in, the `HeadLayout` is stored in the metadata and
+  `reshape_activations="hook_z"` is set;
+- `save_checkpoint` also writes the source's state (layout, per-head scale);
+- `save_final_sae` writes through a temporary folder renamed into place.
 
 With `parallel` (a `Parallelism` from `parallel.py`, under torchrun) it trains this
-rank's share of the run; with `checkpoint_every`/`resume_from` the trainer becomes a
-`HookZSAETrainer` (exact step-boundary checkpoints, deferred interrupts). Only rank 0
-saves, and the final SAE folder appears complete or not at all (`atomic_directory`).
+rank's share of the run, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         assert self.resume_from is not None
         restore_data_state(self.activations_store, self.resume_from, self.parallel.rank)
         trainer._last_checkpoint_step = trainer.n_training_steps
+        trainer._scaler_agreed = True  # the checkpoint holds rank 0's agreed scaling
 
     @override
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:

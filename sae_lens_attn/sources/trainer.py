@@ -57,6 +57,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     parallel: Parallelism
     checkpoint_every: int | None
     _last_checkpoint_step: int
+    _scaler_agreed: bool
     last_checkpoint: Path | None
 
     @classmethod
@@ -73,6 +74,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
         trainer.checkpoint_every = checkpoint_every
         trainer._last_checkpoint_step = trainer.n_training_steps
         trainer.last_checkpoint = None
+        trainer._scaler_agreed = False
         return trainer
 
     @override
@@ -85,6 +87,9 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     @override
     def maybe_reset_sparsity(self) -> dict[str, Any]:
         # The first call of each iteration of `fit`'s loop: a step boundary.
+        if not self._scaler_agreed:  # `fit` estimated SAELens's input scaling just before
+            self.parallel.agree_on_activation_scaler(self)
+            self._scaler_agreed = True
         if self.parallel.stop_agreed:
             checkpoint = self._checkpoint_now() if self.cfg.checkpoint_path else None
             raise TrainingInterrupted(self.n_training_steps, checkpoint)
