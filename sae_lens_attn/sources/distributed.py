@@ -72,6 +72,12 @@ class Communicator:
         dist.all_reduce(tensor, op=ops[op])
         return tensor
 
+    def broadcast(self, tensor: torch.Tensor, purpose: str) -> torch.Tensor:
+        """In place: rank 0's `tensor` on every rank."""
+        self.payload_bytes[purpose] += tensor.numel() * tensor.element_size() if self.is_main else 0
+        dist.broadcast(tensor, src=0)
+        return tensor
+
     def gather_to_main(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` (picklable), in rank order, on rank 0; None elsewhere."""
         self.payload_bytes["gather"] += len(pickle.dumps(obj))

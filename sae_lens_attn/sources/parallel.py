@@ -199,6 +199,7 @@ class DataParallel(Parallelism):
             comm.all_reduce(param.grad, "sum", "gradients").div_(comm.world_size)
 
         for param in sae.parameters():
+            comm.broadcast(param.data, "initial weights")  # replicas start equal, whatever made them
             if param.requires_grad:
                 self._hooks.append(param.register_post_accumulate_grad_hook(average))
 
