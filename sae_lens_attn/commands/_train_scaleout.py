@@ -51,6 +51,11 @@ def say(message: str) -> None:
 def scaleout_options(args: argparse.Namespace) -> dict[str, Any]:
     """`train_hook_z_sae` keyword arguments for these options (checkpoints always go
     next to `--out`, so an interrupt has somewhere to save)."""
+    if args.parallel is not None and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(
+            f"error: --parallel {args.parallel}: needs processes started by torchrun, e.g. "
+            "torchrun --standalone --nproc-per-node 2 -m sae_lens_attn train ..."
+        )
     if args.resume is not None and not args.resume.is_dir():
         raise SystemExit(f"error: --resume {args.resume}: not a folder; pass a step_N checkpoint folder")
     return {

@@ -116,7 +116,7 @@ def torchrun_process_group(device: str) -> Iterator[Communicator]:
     The group is created with a bounded timeout and destroyed on exit if created here.
     """
     if not launched_by_torchrun():
-        raise RuntimeError(
+        raise ValueError(
             "distributed training needs the environment torchrun sets (RANK, WORLD_SIZE, "
             "LOCAL_RANK, MASTER_ADDR, MASTER_PORT); launch with: torchrun --nproc-per-node N "
             "-m sae_lens_attn train ..."
