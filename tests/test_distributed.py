@@ -199,3 +199,35 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
                              env=_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert SAE.load_from_disk(out).cfg.metadata.parallel == "none"
+
+
+def test_head_groups_split_a_block_diagonal_state_and_concatenate_back():
+    from sae_lens_attn.architectures.block_diagonal import (
+        BlockDiagonalTrainingSAE,
+        BlockDiagonalTrainingSAEConfig,
+    )
+    from sae_lens_attn.sources.head_parallel import head_positions, select_heads
+
+    torch.manual_seed(0)
+    sae = BlockDiagonalTrainingSAE(BlockDiagonalTrainingSAEConfig(d_in=5 * 3, d_sae=5 * 4, n_heads=5))
+    state = sae.state_dict()
+    groups = head_positions(5, 2)
+    assert sorted(sum(groups, [])) == [0, 1, 2, 3, 4] and {len(g) for g in groups} == {2, 3}
+    parts = [select_heads(state, 5, group) for group in groups]
+    assert parts[0]["W_enc_blocks"].shape == (len(groups[0]), 3, 4)
+    assert parts[0]["b_enc"].shape == (len(groups[0]) * 4,)
+    assert parts[1]["b_dec"].shape == (len(groups[1]) * 3,)
+    for name, value in state.items():
+        assert torch.equal(torch.cat([part[name] for part in parts]), value)
+
+
+def test_data_shards_are_disjoint_and_interleave_back_into_the_stream():
+    from datasets import Dataset
+
+    from sae_lens_attn.sources.data_parallel import shard_rows
+
+    rows = Dataset.from_dict({"input_ids": [[i] for i in range(10)]})
+    shards = [[row["input_ids"][0] for row in shard_rows(rows, rank, 2, 2)] for rank in (0, 1)]
+    assert shards == [[0, 1, 4, 5, 8, 9], [2, 3, 6, 7]]
+    streamed = shard_rows(rows.to_iterable_dataset(), 1, 2, 2)
+    assert [row["input_ids"][0] for row in streamed] == shards[1]
