@@ -103,11 +103,14 @@ def test_head_parallel_checkpoint_holds_each_ranks_blocks(heads_run):
     assert (folder / "parallel.json").is_file()
 
 
-def test_a_checkpoint_resumes_under_torchrun_to_the_uninterrupted_result(data_run, tmp_path):
-    result = run_worker(tmp_path, "--parallel", "data", "--resume", str(checkpoint(data_run, 10)))
+@pytest.mark.parametrize("mode", ["data", "heads"])
+def test_a_checkpoint_resumes_under_torchrun_to_the_uninterrupted_result(mode, data_run, heads_run, tmp_path):
+    uninterrupted = data_run if mode == "data" else heads_run
+    result = run_worker(tmp_path, "--parallel", mode, "--resume", str(checkpoint(uninterrupted, 10)))
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = SAE.load_from_disk(tmp_path / "sae")
-    assert max_difference(resumed, SAE.load_from_disk(data_run / "sae")) == 0
+    assert max_difference(resumed, SAE.load_from_disk(uninterrupted / "sae")) == 0
+    assert resumed.cfg.metadata.l0 == SAE.load_from_disk(uninterrupted / "sae").cfg.metadata.l0
 
 
 def test_resuming_with_another_world_size_is_refused(data_run, tmp_path):
