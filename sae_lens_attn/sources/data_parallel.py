@@ -112,7 +112,6 @@ class DataParallel(Parallelism):
         trainer.n_training_samples += trainer.cfg.train_batch_size_samples - trainer.cfg.train_batch_size_samples // self.world_size
 
 
-
 def shard_rows(dataset: Any, rank: int, world_size: int, rows_per_chunk: int) -> Any:
     """Rows of chunks `rank, rank + W, ...` (chunks of `rows_per_chunk` rows): disjoint
     shards whose round-robin interleaving is the original stream."""

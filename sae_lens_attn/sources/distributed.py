@@ -69,13 +69,26 @@ class Communicator:
         """In place over all ranks: `op` is "sum", "min" or "max"."""
         ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
         self.payload_bytes[purpose] += tensor.numel() * tensor.element_size()
-        dist.all_reduce(tensor, op=ops[op])
+        work = self._on_device(tensor)
+        dist.all_reduce(work, op=ops[op])
+        if work is not tensor:
+            tensor.copy_(work)
+        return tensor
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """NCCL reduces CUDA tensors only: a CPU tensor (a per-head scale, a flag) goes
+        through a copy on this rank's GPU."""
+        if self.device.type == "cuda" and tensor.device != self.device:
+            return tensor.to(self.device)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, purpose: str) -> torch.Tensor:
         """In place: rank 0's `tensor` on every rank."""
         self.payload_bytes[purpose] += tensor.numel() * tensor.element_size() if self.is_main else 0
-        dist.broadcast(tensor, src=0)
+        work = self._on_device(tensor)
+        dist.broadcast(work, src=0)
+        if work is not tensor:
+            tensor.copy_(work)
         return tensor
 
     def gather_to_main(self, obj: Any) -> list[Any] | None:
