@@ -26,7 +26,7 @@ def run_example(name: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_covered_here():
     covered = {"train.py", "detect.py", "dashboard.py", "plugin.py", "toy.py",
-               "circuit_induction.py"}
+               "circuit_induction.py", "distributed_train.py"}
     assert {path.name for path in EXAMPLES.glob("*.py")} == covered
 
 
@@ -74,3 +74,15 @@ def test_circuit_induction_example_writes_its_report(tmp_path):
                 cwd=tmp_path)
     report = (tmp_path / "circuit" / "report.md").read_text()
     assert report.startswith("# Circuit of induction features on the embedded model")
+
+
+def test_distributed_example_trains_one_sae_over_two_ranks(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(EXAMPLES / "distributed_train.py"), "--quick"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "BlockDiagonalSAE on blocks.1.attn.hook_z" in done.stdout
+    assert "trained by 2 ranks (--parallel heads)" in done.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
 
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.multi_training import HookZSAESpec
+from sae_lens_attn.commands._train_scaleout import (
+    add_scaleout_arguments,
+    rank,
+    run_training,
+    scaleout_options,
+)
 
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
 USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
@@ -126,6 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "saes.json lists them (default: hook_z_sae)",
     )
     add_runtime_arguments(parser)
+    add_scaleout_arguments(parser)
     return parser
 
 
@@ -245,11 +253,13 @@ def _corpus_rows(context_size: int, n_rows: int, split: str):  # -> datasets.Dat
 
 
 def train_saes(
-    args: argparse.Namespace, model: HookedTransformer, specs: Sequence[HookZSAESpec], dataset: Any
+    args: argparse.Namespace, model: HookedTransformer, specs: Sequence[HookZSAESpec], dataset: Any,
+    scaleout: dict[str, Any],
 ) -> dict[str, tuple[SAE, HeadLayout, Path]]:
     """Train `specs` into `args.out`: `{name: (sae, layout, folder)}`. One SAE goes
-    directly into `args.out` (`train_hook_z_sae`), several into `args.out/name` from one
-    model pass per batch (`train_hook_z_saes`)."""
+    directly into `args.out` (`train_hook_z_sae`, with the torchrun/checkpoint options
+    `scaleout`), several into `args.out/name` from one model pass per batch
+    (`train_hook_z_saes`)."""
     from sae_lens_attn.sources.multi_training import train_hook_z_saes
     from sae_lens_attn.sources.training import train_hook_z_sae
 
@@ -263,7 +273,7 @@ def train_saes(
         sae, layout = train_hook_z_sae(
             model, spec.layer, spec.heads, spec.architecture, expansion_factor=spec.expansion_factor,
             d_sae=spec.d_sae, per_head_norm=spec.per_head_norm, sae_kwargs=dict(spec.sae_kwargs),
-            output_path=args.out, **run,
+            output_path=args.out, **run, **scaleout,
         )
         return {spec.sae_name: (sae, layout, args.out)}
     trained = train_hook_z_saes(model, specs, output_path=args.out, **run)
@@ -296,9 +306,15 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     check_output_folder(args.out)
     specs = sae_specs(args)
+    scaleout = scaleout_options(args)
+    if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or "WORLD_SIZE" in os.environ):
+        usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
+                    f"these options ask for {len(specs)} ({', '.join(spec.sae_name for spec in specs)})")
     model = load_model(args.model)
     check_against_model(args, model, specs)
-    trained = train_saes(args, model, specs, training_dataset(args))
+    trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
+    if rank() != 0:
+        return 0  # rank 0 saved the SAE; it alone evaluates and lists it
     evaluated = args.eval_batches > 0 and any(layout.uses_all_heads for _, layout, _ in trained.values())
     held_out = eval_dataset(args) if evaluated else None
     entries = []

@@ -15,9 +15,11 @@ from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
 from sae_lens_attn.sources.configs import sae_config_for
+from sae_lens_attn.sources.distributed import rank_device
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.outputs import publish_sae_folder, staging_folder
+from sae_lens_attn.sources.parallel import Parallelism, parallel_training
 from sae_lens_attn.sources.runner import HookZTrainingRunner
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
 
@@ -45,6 +47,9 @@ def train_hook_z_sae(
     device: str = "cpu",
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
+    parallel: str | Parallelism | None = None,
+    checkpoint_every: int | None = None,
+    resume_from: str | Path | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -62,7 +67,14 @@ def train_hook_z_sae(
     of the architecture's training config (`l1_coefficient`, `k`, `activation`, ...);
     `runner_kwargs` are further `LanguageModelSAERunnerConfig` fields. Nothing touches the
     network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
+
+    Under torchrun, `parallel` is "data" (the default there) or "heads" (see
+    `sae_lens_attn.sources.parallel`); every rank returns the SAE rank 0 saved.
+    `checkpoint_every` N steps (into `checkpoint_path`) and `resume_from` a `step_N`
+    checkpoint folder: see `HookZTrainingRunner`.
     """
+    device = rank_device(device)
+    device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
     dataset_path, override_dataset, context_size = prepare_dataset(dataset, context_size)
     sae_cfg = sae_config_for(
@@ -72,7 +84,11 @@ def train_hook_z_sae(
         context_size, train_batch_size_tokens, {"verbose": False, **(runner_kwargs or {})}
     )
     torch.manual_seed(seed)  # SAELens does not seed: SAE init, then (below) buffer shuffling
-    with output_folder(output_path) as (staged, publish):
+    with (
+        parallel_training(parallel, device) as plan,
+        # only rank 0 saves: the other ranks get a scratch folder and publish nothing
+        output_folder(output_path if plan.is_main else None) as (staged, publish),
+    ):
         cfg = LanguageModelSAERunnerConfig(
             sae=sae_cfg,
             model_name=model.cfg.model_name,
@@ -91,10 +107,13 @@ def train_hook_z_sae(
             model_from_pretrained_kwargs={},  # the model is given, not loaded
             **options,
         )
-        runner = HookZTrainingRunner(cfg, source, override_dataset=override_dataset)
+        runner = HookZTrainingRunner(
+            cfg, source, override_dataset=override_dataset, parallel=plan,
+            checkpoint_every=checkpoint_every, resume_from=resume_from,
+        )
         seed_data_order(seed)
         runner.run()
-        sae = SAE.load_from_disk(staged, device=device)
+        sae = plan.load_saved_sae(staged, device)
         publish(staged)
     return sae, source.layout
 

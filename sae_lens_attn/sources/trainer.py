@@ -1,0 +1,176 @@
+"""`HookZSAETrainer`: SAELens's `SAETrainer` with exact checkpoints, safe interrupts and
+the parallel mode's per-step synchronisation. Its `fit` loop is SAELens's own.
+
+What it changes, all at step boundaries (the top of `fit`'s loop, where the SAE, the
+optimizer, the schedulers and the counters describe the same completed step):
+- `--checkpoint-every N`: a checkpoint every N steps (`step_N/`, see `checkpoints.py`);
+- a SIGINT/SIGTERM only sets a flag; at the next boundary all ranks agree on it, save a
+  checkpoint and stop with `TrainingInterrupted` (SAELens raises in the middle of a step
+  and saves whatever state that step left);
+- every `save_checkpoint` (SAELens's `n_checkpoints` too) gathers the ranks' files and
+  rank 0 writes them into a temporary folder renamed into place;
+- after each `step`, the `Parallelism` combines what the ranks measured.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.saes.sae import TrainStepOutput
+from sae_lens.training._interruption import InterruptedException
+from sae_lens.training.sae_trainer import SAETrainer
+from typing_extensions import override
+
+from sae_lens_attn._atomic import atomic_directory
+from sae_lens_attn.sources.checkpoints import (
+    Manifest,
+    capture_data_state,
+    trainer_folder,
+    write_data_state,
+)
+from sae_lens_attn.sources.parallel import Parallelism
+
+_REPEAT_SIGNAL_GRACE_S = 2.0  # torchrun forwards the terminal's Ctrl-C: count it once
+
+
+class TrainingInterrupted(InterruptedException):
+    """Training stopped on a signal after saving `checkpoint` (None: nowhere to save)."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint folder set, nothing saved"
+        super().__init__(f"interrupted after step {step}: {where}")
+
+
+class HookZSAETrainer(SAETrainer[Any, Any]):
+    """See the module docstring. Made from the trainer SAELens's runner built, by
+    `adopt` (the runner constructs `SAETrainer` by name inside `run`)."""
+
+    parallel: Parallelism
+    checkpoint_every: int | None
+    _last_checkpoint_step: int
+    _scaler_agreed: bool
+    last_checkpoint: Path | None
+
+    @classmethod
+    def adopt(
+        cls,
+        trainer: SAETrainer[Any, Any],
+        parallel: Parallelism,
+        checkpoint_every: int | None,
+    ) -> HookZSAETrainer:
+        """Turn SAELens's freshly built (or resumed) trainer into this class, in place."""
+        trainer.__class__ = cls
+        assert isinstance(trainer, cls)
+        trainer.parallel = parallel
+        trainer.checkpoint_every = checkpoint_every
+        trainer._last_checkpoint_step = trainer.n_training_steps
+        trainer.last_checkpoint = None
+        trainer._scaler_agreed = False
+        return trainer
+
+    @override
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        act_freq_before = self.act_freq_scores.clone()
+        output = super().step(batch)
+        self.parallel.after_step(self, act_freq_before)
+        return output
+
+    @override
+    def maybe_reset_sparsity(self) -> dict[str, Any]:
+        # The first call of each iteration of `fit`'s loop: a step boundary.
+        if not self._scaler_agreed:  # `fit` estimated SAELens's input scaling just before
+            self.parallel.agree_on_activation_scaler(self)
+            self._scaler_agreed = True
+        if self.parallel.stop_agreed:
+            checkpoint = self._checkpoint_now() if self.cfg.checkpoint_path else None
+            raise TrainingInterrupted(self.n_training_steps, checkpoint)
+        every = self.checkpoint_every
+        if every and self.n_training_steps % every == 0 and self.n_training_steps != self._last_checkpoint_step:
+            self._checkpoint_now()
+        return super().maybe_reset_sparsity()
+
+    def _checkpoint_now(self) -> Path | None:
+        self.save_checkpoint(f"step_{self.n_training_steps}")
+        self._last_checkpoint_step = self.n_training_steps
+        return self.last_checkpoint
+
+    @override
+    def save_checkpoint(
+        self,
+        checkpoint_name: str,
+        base_path: Path | str | None = None,
+        wandb_aliases: list[str] | None = None,
+    ) -> None:
+        """Every rank sends its files; rank 0 writes `base/checkpoint_name` atomically."""
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        if base is None:
+            return super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+        parallel = self.parallel
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            if parallel.is_main or parallel.mode == "heads":  # data mode: rank 0's SAE = all
+                super().save_checkpoint("trainer", folder, wandb_aliases)
+            store = self.data_provider
+            parts = (
+                _read_files(folder / "trainer"),
+                write_data_state(store, capture_data_state(store), folder, parallel.rank),  # type: ignore[arg-type]
+            )
+        gathered = parallel.gather_to_main(parts)
+        target = Path(base) / checkpoint_name
+        if gathered is not None:
+            with atomic_directory(target) as tmp:
+                for rank, (trainer_files, data_files) in enumerate(gathered):
+                    _write_files(trainer_folder(tmp, parallel.mode, rank), trainer_files)
+                    _write_files(tmp, data_files)
+                Manifest(parallel.mode, parallel.world_size, self.n_training_steps, self.n_training_samples).write(tmp)
+        self.last_checkpoint = target
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    """`{relative path: bytes}` of every file under `folder` (none if it does not exist)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def deferred_interrupts(parallel: Parallelism) -> Iterator[None]:
+    """SIGINT/SIGTERM ask `parallel` to stop at the next step boundary; a second signal
+    (more than 2 s later) aborts at once with KeyboardInterrupt, saving nothing."""
+    first: list[float] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if first and now - first[0] > _REPEAT_SIGNAL_GRACE_S:
+            raise KeyboardInterrupt
+        if not first:
+            first.append(now)
+            print(
+                f"\n{signal.Signals(signum).name} received: finishing this step and saving a "
+                "checkpoint (signal again to abort without saving)",
+                file=sys.stderr, flush=True,
+            )
+            parallel.request_stop()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
