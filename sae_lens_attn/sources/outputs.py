@@ -87,14 +87,18 @@ def read_sae_list(folder: str | Path) -> list[dict[str, Any]]:
 def staging_folder(parent: str | Path) -> Iterator[Path]:
     """A fresh hidden folder inside `parent` (created if needed), removed on exit: files
     are written there, then moved into place with `publish_sae_folder` (same filesystem,
-    so every move is a rename)."""
+    so every move is a rename). A `parent` created here and still empty on exit (a failed
+    or interrupted run) is removed too, so a failure leaves no trace of the output."""
     parent = Path(parent)
+    created = not parent.exists()
     parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=".staging.", dir=parent))
     try:
         yield staged
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+        if created and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def publish_sae_folder(staged: str | Path, target: str | Path) -> None:
