@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
     from sae_lens_attn.detectors.results import FamilyRow
 
-__all__ = ["Detector", "encode_hook_z", "feature_index", "resolve_layout", "token_strings_of"]
+__all__ = [
+    "Detector",
+    "display_token",
+    "encode_hook_z",
+    "feature_index",
+    "head_label",
+    "resolve_layout",
+    "token_strings_of",
+]
 
 
 @runtime_checkable
@@ -73,3 +81,14 @@ def token_strings_of(model: HookedTransformer) -> list[str] | None:
 
     tokenizer = getattr(model, "tokenizer", None)
     return None if tokenizer is None else token_strings(tokenizer, model.W_U.shape[1])
+
+
+def display_token(strings: Sequence[str] | None, token: int) -> str:
+    """How evidence strings show a token: its decoded text quoted (`repr`), or `token N`
+    without a tokenizer. The one place to change token display in detector evidence."""
+    return repr(strings[token]) if strings is not None and 0 <= token < len(strings) else f"token {token}"
+
+
+def head_label(layer: int, head: int) -> str:
+    """`L{layer}H{head}`, the head label used everywhere."""
+    return f"L{layer}H{head}"

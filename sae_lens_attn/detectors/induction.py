@@ -42,8 +42,10 @@ from sae_lens_attn.attribution.logit_lens import (
     unembed_through_final_ln,
 )
 from sae_lens_attn.detectors.base import (
+    display_token,
     encode_hook_z,
     feature_index,
+    head_label,
     resolve_layout,
     token_strings_of,
 )
@@ -315,7 +317,7 @@ class InductionDetector:
                 continue
             i = position[feature]
             token = int(top_tokens[i])
-            shown = repr(strings[token]) if strings is not None else f"token {token}"
+            shown = display_token(strings, token)
             evidence: dict[str, Any] = {
                 "live": True,
                 "live_by": live_by,
@@ -342,7 +344,7 @@ class InductionDetector:
                 evidence["heads"] = {str(h): f for h, f in zip(layout.heads, fractions, strict=True)}
                 top_head = layout.heads[max(range(len(fractions)), key=fractions.__getitem__)]
                 evidence["top_head"] = top_head
-                evidence["summary"] = f"{shown} is next by induction ({tally}; head {layout.layer}.{top_head})"
+                evidence["summary"] = f"{shown} is next by induction ({tally}; {head_label(layout.layer, top_head)})"
                 rows.append(FamilyRow(self.name, feature, FAMILY, (induction[i] - control[i]).item(), evidence))
             else:
                 evidence["summary"] = f"not induction for {shown} ({tally})"

@@ -2,7 +2,9 @@
 
 `families.csv` has the columns `detector, feature, family, score, evidence` (evidence as a
 JSON object). `families.json` holds `{"summary": ..., "rows": [...]}`, the summary being
-`family_summary(rows)`. Both read back with `load_family_rows`.
+`family_summary(rows)`; with taxonomy rows also `heads` (`{"L1H0": {class: count}}`),
+`heads_fractional` (dense SAEs) and `head_polysemanticity` (`detectors.heads_table`).
+Both read back with `load_family_rows`.
 """
 
 from __future__ import annotations
@@ -115,7 +117,16 @@ def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Pa
                     "evidence": json.dumps(record["evidence"], sort_keys=True),
                 }
             )
-    document = {"summary": family_summary(rows), "rows": records}
+    from sae_lens_attn.detectors.heads_table import heads_table
+
+    document: dict[str, Any] = {"summary": family_summary(rows)}
+    table = heads_table(rows)
+    if table:
+        document["heads"] = table["counts"]
+        if "fractional" in table:
+            document["heads_fractional"] = table["fractional"]
+        document["head_polysemanticity"] = table["polysemanticity"]
+    document["rows"] = records
     json_path.write_text(json.dumps(document, indent=1, allow_nan=False), encoding="utf-8")
     return csv_path, json_path
 
