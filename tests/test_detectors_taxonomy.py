@@ -29,7 +29,7 @@ from sae_lens_attn.detectors.signature import (
     source_categories,
     source_signatures,
 )
-from sae_lens_attn.detectors.taxonomy import TaxonomyDetector
+from sae_lens_attn.detectors.taxonomy import CLASSES, TaxonomyDetector
 from sae_lens_attn.plugins import get_plugin_manager
 from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -346,3 +346,36 @@ def test_family_panel_shows_the_class_evidence_and_an_escaped_sparkline(setup):
     assert heights[:2] == [40.0, 10.0] and heights[2:] == [0.5] * 4  # bars scale with the share
     object.__setattr__(report, "families", [rows[1]])
     assert "dead" in FamilyPanel().render(report, context).html
+
+
+def _gqa_and_expanded_models() -> tuple[HookedTransformer, HookedTransformer]:
+    """A random 2-layer GQA model (4 query heads, 2 key/value heads) and the same model
+    with each key/value head copied to the query heads that share it."""
+    common = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=30, attn_only=True,
+                  act_fn=None, normalization_type=None, device="cpu", seed=3)
+    gqa = HookedTransformer(HookedTransformerConfig(n_key_value_heads=2, **common)).eval()
+    full = HookedTransformer(HookedTransformerConfig(**common)).eval()
+    state = {}
+    for name, value in gqa.state_dict().items():
+        if "._W_K" in name or "._W_V" in name or "._b_K" in name or "._b_V" in name:
+            name, value = name.replace("._", "."), value.repeat_interleave(2, dim=0)
+        state[name] = value
+    full.load_state_dict(state, strict=False)
+    return gqa, full
+
+
+def test_gqa_models_give_the_signatures_of_their_expanded_equivalent():
+    gqa, full = _gqa_and_expanded_models()
+    tokens = torch.randint(1, 30, (12, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(gqa(tokens), full(tokens), atol=1e-5)
+    layout = HeadLayout.for_model(gqa, layer=1)
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=24))
+    layout.store_in(sae)
+    options = SignatureOptions()
+    a = source_signatures(gqa, sae, layout, tokens, torch.arange(24), options)
+    b = source_signatures(full, sae, layout, tokens, torch.arange(24), options)
+    assert a.live.any() and torch.equal(a.live, b.live) and torch.equal(a.token_set, b.token_set)
+    assert torch.allclose(a.dfa_share, b.dfa_share, atol=1e-4)
+    rows = TaxonomyDetector().detect(gqa, sae, layout, tokens=tokens, pairs_per_sequence=2)
+    assert all(row.family in (*CLASSES, None) for row in rows) and sum(row.live for row in rows) == int(a.live.sum())
