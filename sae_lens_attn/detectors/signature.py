@@ -285,12 +285,11 @@ def _chunk_statistics(
     positions = torch.arange(q_len)[None, :, None]
     latest = torch.where(in_set, positions, -1).cummax(dim=1).values
     distance = torch.where(latest >= 0, positions - latest, options.max_context + 1)
-    bucket = distance.clamp(max=options.max_context + 1).permute(2, 0, 1).reshape(n_feat, -1)
     width = options.max_context + 2
-    stats["distance_tests"] = torch.zeros(n_feat, width, dtype=torch.float64).scatter_add_(
-        1, bucket, torch.ones_like(bucket, dtype=torch.float64))
-    stats["distance_fires"] = torch.zeros(n_feat, width, dtype=torch.float64).scatter_add_(
-        1, bucket, fires.permute(2, 0, 1).reshape(n_feat, -1).double())
+    cell = (distance.clamp(max=width - 1) + torch.arange(n_feat) * width).flatten()  # (feature, distance)
+    stats["distance_tests"] = torch.bincount(cell, minlength=n_feat * width).double().view(n_feat, width)
+    stats["distance_fires"] = torch.bincount(cell[fires.flatten()], minlength=n_feat * width).double().view(
+        n_feat, width)
 
     fired_rows = fires.any(dim=1)  # [n, F]
     onset = fires.int().argmax(dim=1)
