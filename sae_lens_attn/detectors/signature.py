@@ -255,8 +255,12 @@ def _chunk_statistics(
     selected.scatter_(0, top.indices, torch.isfinite(top.values))
 
     device = run.pattern.device
-    dfa = feature_dfa(sae, run.pattern, run.v, feature_ids.to(device), dest.to(device), layout)
-    by_source = dfa.by_source.float().cpu()  # [n, F, k]
+    rows = selected.any(dim=1).nonzero().flatten()  # DFA only in rows some feature uses
+    by_source = torch.zeros(n, n_feat, tokens.shape[1])  # [n, F, k]
+    if len(rows):
+        dfa = feature_dfa(sae, run.pattern[rows.to(device)], run.v[rows.to(device)], feature_ids.to(device),
+                          dest[rows].to(device), layout)
+        by_source[rows] = dfa.by_source.float().cpu()
     batch = torch.arange(n)[:, None]
     category = categories[batch, dest].long()  # [n, F, k]
     positive = by_source.clamp_min(0)
@@ -338,10 +342,12 @@ def compute_source_signatures(
     categories = source_categories(tokens, options.near_window)
     seen = ((tokens[:, :, None] == tokens[:, None, :]) & torch.ones(tokens.shape[1], tokens.shape[1],
                                                                     dtype=torch.bool).tril(-1)).any(dim=2)
-    acts = torch.cat([
-        encode_hook_z(sae, run.x[start : start + options.batch_size], layout)[..., index.to(device)].float().cpu()
-        for start in range(0, tokens.shape[0], options.batch_size)
-    ])  # [n, q, F]
+    every_feature = len(index) == sae.cfg.d_sae and bool((index == torch.arange(sae.cfg.d_sae)).all())
+    acts = torch.empty(*tokens.shape, len(index))  # [n, q, F], filled batch by batch
+    for start in range(0, tokens.shape[0], options.batch_size):
+        batch = encode_hook_z(sae, run.x[start : start + options.batch_size], layout)
+        acts[start : start + len(batch)] = batch if every_feature else batch[..., index.to(device)]
+        del batch
     chunks = range(0, len(index), options.feature_chunk_size)
     parts: list[dict[str, torch.Tensor]] = []
     for start in tqdm(chunks, desc="source signatures", unit="chunk", disable=not progress):
