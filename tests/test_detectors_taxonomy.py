@@ -126,6 +126,9 @@ IMPOSTORS = {  # every one of them is "other" (or dead)
     9: (1, {}, -1.0),  # dead
 }
 DEAD = {9}
+# reads the induction head for every filler: no "<t> is next by induction" for one token
+# (the induction detector rejects it), but its DFA sits at the induction target
+SIGNATURE_ONLY_INDUCTION = {11: (3, {t: 1.0 for t in FILLERS}, -0.5)}
 TWO_HEAD_IMPOSTOR = 10  # dense only: duplicate of 9 plus current 9, so it fires on first occurrences
 
 
@@ -140,7 +143,7 @@ def plant_dense(layout: HeadLayout, d_sae: int = 12) -> StandardSAE:
     with torch.no_grad():
         for parameter in sae.parameters():
             parameter.zero_()
-        for feature, (head, reads, bias, *_) in {**PLANTED, **IMPOSTORS}.items():
+        for feature, (head, reads, bias, *_) in {**PLANTED, **IMPOSTORS, **SIGNATURE_ONLY_INDUCTION}.items():
             for token, weight in reads.items():
                 sae.W_enc[head * D_HEAD + token, feature] = weight
             sae.W_dec[feature, head * D_HEAD + _writes(reads, feature)] = 1.0
@@ -162,7 +165,7 @@ def plant_block_diagonal(layout: HeadLayout, per_head: int = 3) -> tuple[BlockDi
     with torch.no_grad():
         for parameter in sae.parameters():
             parameter.zero_()
-        for feature, (head, reads, bias, *_) in {**PLANTED, **IMPOSTORS}.items():
+        for feature, (head, reads, bias, *_) in {**PLANTED, **IMPOSTORS, **SIGNATURE_ONLY_INDUCTION}.items():
             local = used[head]
             used[head] += 1
             for token, weight in reads.items():
@@ -228,7 +231,7 @@ def _all_detector_rows(model, sae, layout, tokens):
 def test_every_detector_and_the_taxonomy_find_exactly_the_planted_features(setup, architecture):
     model, layout, tokens = setup
     if architecture == "dense":
-        sae, where = plant_dense(layout), {f: f for f in (*PLANTED, *IMPOSTORS)}
+        sae, where = plant_dense(layout), {f: f for f in (*PLANTED, *IMPOSTORS, *SIGNATURE_ONLY_INDUCTION)}
     else:
         sae, where = plant_block_diagonal(layout)
     rows = _all_detector_rows(model, sae, layout, tokens)
@@ -246,6 +249,10 @@ def test_every_detector_and_the_taxonomy_find_exactly_the_planted_features(setup
         row = by_feature[where[feature]]
         expected = (None, False) if feature in DEAD else ("other", True)
         assert (row.family, row.live) == expected, row.evidence["summary"]
+    (feature,) = SIGNATURE_ONLY_INDUCTION
+    row = by_feature[where[feature]]
+    assert (row.family, row.evidence["induction_by_signature_only"]) == ("induction", True), row.evidence["summary"]
+    assert where[feature] not in _found(rows, "induction")  # the detector's own verdict stays
     if architecture == "dense":
         assert by_feature[TWO_HEAD_IMPOSTOR].family == "other"
         assert by_feature[TWO_HEAD_IMPOSTOR].evidence["claimed_by"] == []
@@ -263,7 +270,7 @@ def test_the_heads_table_counts_planted_features_in_their_heads(setup, architect
         "L1H0": {"previous_token": 1, "other": 2},  # + always-on and wrong-token impostors
         "L1H1": {"current_token": 1},
         "L1H2": {"duplicate_token": 1},
-        "L1H3": {"induction": 1},
+        "L1H3": {"induction": 2},  # + the signature-only induction feature
         "L1H4": {"local_context": 1},
         "L1H5": {"high_level_context": 1, "other": 1},
     }
@@ -283,7 +290,7 @@ def test_the_heads_table_counts_planted_features_in_their_heads(setup, architect
 
 def test_one_model_pass_serves_every_source_detector(setup):
     model, layout, tokens = setup
-    sae = plant_dense(layout, d_sae=11)  # a new object: nothing cached for it
+    sae = plant_dense(layout, d_sae=13)  # a new object: nothing cached for it
     calls = []
     model.add_hook("hook_embed", lambda x, hook: calls.append(x.shape[0]))
     try:
@@ -298,7 +305,7 @@ def test_one_model_pass_serves_every_source_detector(setup):
 def test_dfa_shares_add_up_and_the_planted_features_read_their_category(setup):
     model, layout, tokens = setup
     sae = plant_dense(layout)
-    s = source_signatures(model, sae, layout, tokens, torch.arange(11), SignatureOptions())
+    s = source_signatures(model, sae, layout, tokens, torch.arange(12), SignatureOptions())
     live = s.live.nonzero().flatten()
     assert torch.allclose(s.dfa_share[live[s.n_examples[live] > 0]].sum(dim=1), torch.ones(1), atol=1e-5)
     # the induction head's target is sometimes q-1 or q itself ("A t A", "t t"): those

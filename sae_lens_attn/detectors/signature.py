@@ -102,7 +102,7 @@ class SignatureOptions:
         return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
 
 
-COUNTED = ("current", "previous", "repeat", "first")  # conditions counted on the corpus
+COUNTED = ("current", "previous", "repeat", "first", "seen")  # conditions counted on the corpus
 
 
 @dataclass
@@ -116,7 +116,8 @@ class SourceSignatures:
     `n_examples [F]`; `token_set [F, S]` (-1 padded) and `token_consistency [F]` (share of
     examples whose key token is in the set); `condition_fires` / `condition_tests
     {name: [F]}` for `COUNTED` (`current`: token[q] in the set, `previous`: token[q-1] in
-    it, `repeat` / `first`: token[q] in the set and seen / not seen earlier in the row);
+    it, `repeat` / `first`: token[q] in the set and seen / not seen earlier in the row,
+    `seen`: token[q], whatever it is, occurred earlier in the row);
     `distance_fires` / `distance_tests [F, max_context + 2]` by distance from q to the
     latest set token at or before q (last column: none within max_context);
     `document_share [F]` (share of rows where it fires), `document_coverage [F]` (mean,
@@ -283,7 +284,8 @@ def _chunk_statistics(
     prev_in_set[:, 1:] = in_set[:, :-1]
     stats: dict[str, torch.Tensor] = {}
     for name, mask in (("current", in_set), ("previous", prev_in_set),
-                       ("repeat", in_set & seen[..., None]), ("first", in_set & ~seen[..., None])):
+                       ("repeat", in_set & seen[..., None]), ("first", in_set & ~seen[..., None]),
+                       ("seen", seen[..., None].expand_as(fires))):
         stats[f"fires_{name}"], stats[f"tests_{name}"] = _count(mask, fires)
 
     positions = torch.arange(q_len)[None, :, None]

@@ -3,9 +3,14 @@
 Classes: `current_token`, `previous_token`, `duplicate_token`, `induction`,
 `local_context`, `high_level_context`, `other`. The component detectors (the five
 source-signature detectors and `induction`) decide membership on their own; their rows
-stay as they are. The taxonomy gives each live feature the class of the claiming
-detector whose source category holds the largest mean DFA share (`CLASS_CATEGORIES`;
-ties go to the earlier class in `CLASSES`); a feature nobody claims is `other`. Its
+stay as they are. The taxonomy also claims `induction` by signature alone: at least
+`min_dfa_share` of the DFA at the induction target and at least `min_precision` of the
+firings at tokens that occurred earlier in the row. (The `induction` detector asks more:
+that the feature predicts the token it copies, "<t> is next by induction", on prompts
+with controls; a feature that reads the induction head without that is still an
+induction-signature feature.) The taxonomy gives each live feature the class of the
+claim whose source category holds the largest mean DFA share (`CLASS_CATEGORIES`; ties
+go to the earlier class in `CLASSES`); a feature nobody claims is `other`. Its
 confidence is that DFA share (for `other`: one minus the largest share of any class, i.e.
 how little any single source signature explains it). Features that never fire on the
 tokens or have a zero decoder row are "dead" (`live = False`, no family), never classified.
@@ -27,7 +32,7 @@ from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.detectors.base import head_label
 from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.detectors.signature import CATEGORIES, CATEGORY_LABELS
-from sae_lens_attn.detectors.source_detectors import CLASS_CATEGORIES, signatures_for
+from sae_lens_attn.detectors.source_detectors import CLASS_CATEGORIES, Thresholds, signatures_for
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -81,8 +86,13 @@ class TaxonomyDetector:
     ) -> list[FamilyRow]:
         """One row per feature (all unless `features=`); `family_rows`: rows of detectors
         already run on the same SAE, reused instead of running them again."""
+        thresholds = Thresholds(options)
         layout, index, signatures = signatures_for(model, sae, layout, options)
         features = index.tolist()
+        induction_signature = (
+            (signatures.share(*CLASS_CATEGORIES["induction"]) >= thresholds.min_dfa_share)
+            & (signatures.precision("seen") >= thresholds.min_precision)
+        )
         components = {
             name: _component_rows(name, model, sae, layout, features, family_rows, options)
             for name in COMPONENTS
@@ -101,11 +111,18 @@ class TaxonomyDetector:
                 }))
                 continue
             claims = [cls for cls in COMPONENTS if components[cls][feature].family == cls]
+            by_signature = "induction" not in claims and bool(induction_signature[i])
+            if by_signature:
+                claims.append("induction")
             head = labels[int(fractions[i].argmax())]
             if claims:
                 winner = max(claims, key=lambda cls: (shares[cls][i].item(), -COMPONENTS.index(cls)))
                 confidence = shares[winner][i].item()
                 reason = components[winner][feature].evidence.get("summary", "")
+                if winner == "induction" and by_signature:
+                    reason = (f"induction signature ({confidence:.0%} of DFA at the induction target, "
+                              f"{signatures.precision('seen')[i].item():.0%} of firings on repeated tokens); "
+                              f"the induction detector: {reason}")
             else:
                 winner = OTHER
                 confidence = 1.0 - max(shares[cls][i].item() for cls in COMPONENTS)
@@ -115,6 +132,7 @@ class TaxonomyDetector:
                 "class": winner,
                 "confidence": confidence,
                 "claimed_by": claims,
+                "induction_by_signature_only": by_signature,
                 "head": head,
                 "dfa_share": {CATEGORY_LABELS[c]: signatures.dfa_share[i, CATEGORIES.index(c)].item()
                               for c in (*SPARKLINE, "start")},
