@@ -97,9 +97,9 @@ def parse_regex(items: list[str]) -> dict[str, str]:
 def parse_thresholds(items: list[str]) -> dict[str, float]:
     """['name=value', ...] -> {name: value} for the source-signature detectors' options."""
     from sae_lens_attn.detectors.signature import SignatureOptions
-    from sae_lens_attn.detectors.source_detectors import Thresholds
+    from sae_lens_attn.detectors.source_detectors import SignatureThresholds
 
-    valid = {**Thresholds.DEFAULTS, **{k: v for k, v in vars(SignatureOptions()).items()}}
+    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions())}
     chosen: dict[str, float] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -111,7 +111,7 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
             raise ValueError(f"--threshold {item!r}: {text!r} is not a number") from None
         chosen[name] = value
     try:  # range checks live with the options themselves
-        Thresholds(chosen)
+        SignatureThresholds.from_options(chosen)
         SignatureOptions.from_options(chosen)
     except ValueError as error:
         raise ValueError(f"--threshold: {error}") from None

@@ -36,7 +36,10 @@ fire on the tokens, or whose decoder row is zero, get `live = False` rows.
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,7 +74,7 @@ __all__ = [
     "HighLevelContextDetector",
     "LocalContextDetector",
     "PreviousTokenDetector",
-    "Thresholds",
+    "SignatureThresholds",
     "default_tokens",
     "signatures_for",
 ]
@@ -90,32 +93,35 @@ CLASS_CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 
 
-class Thresholds:
+@dataclass(frozen=True)
+class SignatureThresholds:
     """The decision thresholds (see the module docstring for the reasons), validated."""
 
-    DEFAULTS = {
-        "min_dfa_share": 0.5,
-        "min_token_consistency": 0.8,
-        "min_rate": 0.5,
-        "min_precision": 0.8,
-        "max_control_rate": 0.1,
-        "min_context_length": 2,
-        "max_local_sources": 3.0,
-        "min_effective_sources": 4.0,
-        "min_document_coverage": 0.5,
-        "max_document_share": 0.5,
-    }
-    _FRACTIONS = ("min_dfa_share", "min_token_consistency", "min_rate", "min_precision",
-                  "max_control_rate", "min_document_coverage", "max_document_share")
+    min_dfa_share: float = 0.5
+    min_token_consistency: float = 0.8
+    min_rate: float = 0.5
+    min_precision: float = 0.8
+    max_control_rate: float = 0.1
+    min_context_length: float = 2
+    max_local_sources: float = 3.0
+    min_effective_sources: float = 4.0
+    min_document_coverage: float = 0.5
+    max_document_share: float = 0.5
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        for name, default in self.DEFAULTS.items():
-            value = float(options.get(name, default))
-            if name in self._FRACTIONS and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-            if value != value or value < 0 or value == float("inf"):
-                raise ValueError(f"{name} must be a finite non-negative number, got {value}")
-            setattr(self, name, value)
+    def __post_init__(self) -> None:
+        fractions = ("min_dfa_share", "min_token_consistency", "min_rate", "min_precision",
+                     "max_control_rate", "min_document_coverage", "max_document_share")
+        for item in fields(self):
+            value = float(getattr(self, item.name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{item.name} must be a finite non-negative number, got {value}")
+            if item.name in fractions and value > 1:
+                raise ValueError(f"{item.name} must be in [0, 1], got {value}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SignatureThresholds:
+        """The thresholds present in a detector's keyword options (defaults for the rest)."""
+        return cls(**{f.name: float(options[f.name]) for f in fields(cls) if f.name in options})
 
 
 def default_tokens(model: HookedTransformer) -> torch.Tensor:
@@ -147,8 +153,8 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-class _SourceDetector:
-    """Shared row building; subclasses give `name`, `family` and `decide`."""
+class _SourceDetector(ABC):
+    """Shared row building; subclasses give `name`, `family`, `decide` and `explain`."""
 
     name = ""
     family = ""
@@ -159,7 +165,7 @@ class _SourceDetector:
     ) -> list[FamilyRow]:
         """One row per feature (all features unless `features=` is given); `tokens [batch,
         pos]` is the corpus (default: the embedded corpus's test split)."""
-        thresholds = Thresholds(options)
+        thresholds = SignatureThresholds.from_options(options)
         layout, index, signatures = signatures_for(model, sae, layout, options)
         member, extra = self.decide(signatures, thresholds)
         score = signatures.share(*CLASS_CATEGORIES[self.family])
@@ -182,11 +188,13 @@ class _SourceDetector:
                                   score[i].item(), evidence))
         return rows
 
-    def decide(self, s: SourceSignatures, t: Thresholds) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+    @abstractmethod
+    def decide(self, s: SourceSignatures, t: SignatureThresholds) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`(member [F] bool, {evidence name: [F] values})` from the signatures."""
 
+    @abstractmethod
     def explain(self, evidence: dict[str, Any], member: bool) -> str:
-        raise NotImplementedError
+        """The verdict in one line (the head label is appended)."""
 
 
 def feature_evidence(s: SourceSignatures, i: int, strings: Sequence[str] | None) -> dict[str, Any]:
@@ -206,7 +214,7 @@ def feature_evidence(s: SourceSignatures, i: int, strings: Sequence[str] | None)
     }
 
 
-def _token_class(s: SourceSignatures, t: Thresholds, family: str, condition: str) -> tuple[torch.Tensor, dict]:
+def _token_class(s: SourceSignatures, t: SignatureThresholds, family: str, condition: str) -> tuple[torch.Tensor, dict]:
     rate, precision = s.rate(condition), s.precision(condition)
     member = (
         s.live

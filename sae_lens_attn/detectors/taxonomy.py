@@ -32,7 +32,11 @@ from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.detectors.base import head_label
 from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.detectors.signature import CATEGORIES, CATEGORY_LABELS
-from sae_lens_attn.detectors.source_detectors import CLASS_CATEGORIES, Thresholds, signatures_for
+from sae_lens_attn.detectors.source_detectors import (
+    CLASS_CATEGORIES,
+    SignatureThresholds,
+    signatures_for,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -86,7 +90,7 @@ class TaxonomyDetector:
     ) -> list[FamilyRow]:
         """One row per feature (all unless `features=`); `family_rows`: rows of detectors
         already run on the same SAE, reused instead of running them again."""
-        thresholds = Thresholds(options)
+        thresholds = SignatureThresholds.from_options(options)
         layout, index, signatures = signatures_for(model, sae, layout, options)
         features = index.tolist()
         induction_signature = (
