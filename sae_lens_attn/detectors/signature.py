@@ -117,7 +117,9 @@ class SourceSignatures:
     examples whose key token is in the set); `condition_fires` / `condition_tests
     {name: [F]}` for `COUNTED` (`current`: token[q] in the set, `previous`: token[q-1] in
     it, `repeat` / `first`: token[q] in the set and seen / not seen earlier in the row,
-    `seen`: token[q], whatever it is, occurred earlier in the row);
+    `seen`: token[q], whatever it is, occurred earlier in the row) and `condition_mass`
+    (activation summed where it fires and the condition holds; `mass [F]`: summed over all
+    its firing positions);
     `distance_fires` / `distance_tests [F, max_context + 2]` by distance from q to the
     latest set token at or before q (last column: none within max_context);
     `document_share [F]` (share of rows where it fires), `document_coverage [F]` (mean,
@@ -137,6 +139,8 @@ class SourceSignatures:
     token_consistency: torch.Tensor
     condition_fires: dict[str, torch.Tensor]
     condition_tests: dict[str, torch.Tensor]
+    condition_mass: dict[str, torch.Tensor]
+    mass: torch.Tensor
     distance_fires: torch.Tensor
     distance_tests: torch.Tensor
     document_share: torch.Tensor
@@ -154,8 +158,11 @@ class SourceSignatures:
         return torch.where(tests > 0, self.condition_fires[condition] / tests.clamp_min(1), 0.0)
 
     def precision(self, condition: str) -> torch.Tensor:
-        """`[F]`: share of the feature's firing positions where `condition` holds."""
-        return torch.where(self.fires > 0, self.condition_fires[condition] / self.fires.clamp_min(1), 0.0)
+        """`[F]`: share of the feature's activation mass (activations summed over its firing
+        positions) where `condition` holds. Weighted by activation, so the weak firings
+        around a feature's real trigger count for little."""
+        mass = self.condition_mass[condition]
+        return torch.where(self.mass > 0, mass / self.mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
 
     def row(self, feature: int) -> int:
         """Index of `feature` in `features`."""
@@ -236,9 +243,12 @@ def _token_sets(keys: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
     return chosen, consistency
 
 
-def _count(mask: torch.Tensor, fires: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mask, fires [n, q, F]` -> (fires where mask, positions where mask) `[F]`."""
-    return (mask & fires).sum(dim=(0, 1)).double(), mask.sum(dim=(0, 1)).double()
+def _count(mask: torch.Tensor, fires: torch.Tensor, mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`mask, fires, mass [n, q, F]` -> (fires where mask, positions where mask, mass where
+    mask) `[F]`."""
+    both = mask & fires
+    return (both.sum(dim=(0, 1)).double(), mask.sum(dim=(0, 1)).double(),
+            (mass * both).sum(dim=(0, 1)).double())
 
 
 def _chunk_statistics(
@@ -283,10 +293,12 @@ def _chunk_statistics(
     prev_in_set = torch.zeros_like(in_set)
     prev_in_set[:, 1:] = in_set[:, :-1]
     stats: dict[str, torch.Tensor] = {}
+    mass = acts.clamp_min(0) * fires
+    stats["mass"] = mass.sum(dim=(0, 1)).double()
     for name, mask in (("current", in_set), ("previous", prev_in_set),
                        ("repeat", in_set & seen[..., None]), ("first", in_set & ~seen[..., None]),
                        ("seen", seen[..., None].expand_as(fires))):
-        stats[f"fires_{name}"], stats[f"tests_{name}"] = _count(mask, fires)
+        stats[f"fires_{name}"], stats[f"tests_{name}"], stats[f"mass_{name}"] = _count(mask, fires, mass)
 
     positions = torch.arange(q_len)[None, :, None]
     latest = torch.where(in_set, positions, -1).cummax(dim=1).values
@@ -370,6 +382,8 @@ def compute_source_signatures(
         token_consistency=merged["token_consistency"],
         condition_fires={name: merged[f"fires_{name}"] for name in COUNTED},
         condition_tests={name: merged[f"tests_{name}"] for name in COUNTED},
+        condition_mass={name: merged[f"mass_{name}"] for name in COUNTED},
+        mass=merged["mass"],
         distance_fires=merged["distance_fires"],
         distance_tests=merged["distance_tests"],
         document_share=merged["document_share"],

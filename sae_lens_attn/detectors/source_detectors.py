@@ -14,9 +14,10 @@ options with these defaults and reasons:
 - `min_rate=0.5`: where its condition holds (e.g. the previous token is in the set) the
   feature fires at least half the time: it is what the feature responds to, not a
   coincidence of a few contexts.
-- `min_precision=0.8`: at least 80% of its firings satisfy the condition; 20% slack for
-  the corpus's noise, and what separates a "previous token is X" feature from a
-  "somewhere in the last few tokens is X" one.
+- `min_precision=0.8`: at least 80% of its activation mass (activations summed over the
+  positions where it fires) lies where the condition holds; 20% slack for the weak
+  firings around a feature's real trigger, and what separates a "previous token is X"
+  feature from a "somewhere in the last few tokens is X" one.
 - `max_control_rate=0.1`: on controls (first occurrences for duplicate-token, positions
   far from any trigger for local context) it fires at most 1 time in 10, as the
   `induction` detector's controls.
@@ -232,7 +233,7 @@ def _share_text(evidence: dict[str, Any], category: str) -> str:
 
 class CurrentTokenDetector(_SourceDetector):
     """"The current token is X": DFA mass at the destination itself (offset 0), a
-    consistent token set, firing on most of its occurrences and mostly there."""
+    consistent token set, firing on most of its occurrences, most activation there."""
 
     name = family = "current_token"
     description = "current-token features: DFA at the destination, token-specific"
@@ -244,12 +245,12 @@ class CurrentTokenDetector(_SourceDetector):
         tokens = evidence["token_set_shown"] or "no token"
         head = "current token is" if member else "not current-token for"
         return (f"{head} {tokens} ({_share_text(evidence, 'current')}; fires on "
-                f"{_percent(evidence['rate'])} of its occurrences, {_percent(evidence['precision'])} of firings there)")
+                f"{_percent(evidence['rate'])} of its occurrences, {_percent(evidence['precision'])} of activation there)")
 
 
 class PreviousTokenDetector(_SourceDetector):
     """"The previous token is X": DFA mass at q-1 reading a consistent token (set), firing
-    on most positions after it and mostly there."""
+    on most positions after it, most activation there."""
 
     name = family = "previous_token"
     description = "previous-token features: DFA at q-1, token-specific"
@@ -261,7 +262,7 @@ class PreviousTokenDetector(_SourceDetector):
         tokens = evidence["token_set_shown"] or "no token"
         head = "previous token is" if member else "not previous-token for"
         return (f"{head} {tokens} ({_share_text(evidence, 'previous')}; fires after "
-                f"{_percent(evidence['rate'])} of its occurrences, {_percent(evidence['precision'])} of firings there)")
+                f"{_percent(evidence['rate'])} of its occurrences, {_percent(evidence['precision'])} of activation there)")
 
 
 class DuplicateTokenDetector(_SourceDetector):

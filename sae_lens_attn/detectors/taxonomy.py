@@ -4,8 +4,8 @@ Classes: `current_token`, `previous_token`, `duplicate_token`, `induction`,
 `local_context`, `high_level_context`, `other`. The component detectors (the five
 source-signature detectors and `induction`) decide membership on their own; their rows
 stay as they are. The taxonomy also claims `induction` by signature alone: at least
-`min_dfa_share` of the DFA at the induction target and at least `min_precision` of the
-firings at tokens that occurred earlier in the row. (The `induction` detector asks more:
+`min_dfa_share` of the DFA at the induction target and at least `min_precision` of its
+activation at tokens that occurred earlier in the row. (The `induction` detector asks more:
 that the feature predicts the token it copies, "<t> is next by induction", on prompts
 with controls; a feature that reads the induction head without that is still an
 induction-signature feature.) The taxonomy gives each live feature the class of the
@@ -125,7 +125,7 @@ class TaxonomyDetector:
                 reason = components[winner][feature].evidence.get("summary", "")
                 if winner == "induction" and by_signature:
                     reason = (f"induction signature ({confidence:.0%} of DFA at the induction target, "
-                              f"{signatures.precision('seen')[i].item():.0%} of firings on repeated tokens); "
+                              f"{signatures.precision('seen')[i].item():.0%} of activation on repeated tokens); "
                               f"the induction detector: {reason}")
             else:
                 winner = OTHER
