@@ -144,24 +144,31 @@ def taxonomy_worker(config: str, threads: int, n_prompts: int, demo_sae: str | N
     manager = get_plugin_manager()
     baseline = psutil.Process().memory_info().rss
     seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
     rows = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def timed(part: str, began: float, cpu_began: float) -> None:
+        seconds[part] = time.perf_counter() - began
+        cpu_seconds[part] = time.process_time() - cpu_began
+
     source_signatures(model, sae, layout, tokens, torch.arange(sae.cfg.d_sae), SignatureOptions())
-    seconds["signature pass"] = time.perf_counter() - start
+    timed("signature pass", start, cpu_start)
     for name in (*SOURCE_DETECTORS, "induction"):
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         rows += manager.get("detector", name).detect(model, sae, layout, **options)
-        seconds[name] = time.perf_counter() - began
-    began = time.perf_counter()
+        timed(name, began, cpu_began)
+    began, cpu_began = time.perf_counter(), time.process_time()
     taxonomy = TaxonomyDetector().detect(model, sae, layout, family_rows=rows, **options)
-    seconds["taxonomy step"] = time.perf_counter() - began
-    total = time.perf_counter() - start
+    timed("taxonomy step", began, cpu_began)
+    total, cpu_total = time.perf_counter() - start, time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
     classes: dict[str, int] = {}
     for row in taxonomy:
         key = row.family or "dead"
         classes[key] = classes.get(key, 0) + 1
     print(json.dumps({"config": config, "d_sae": sae.cfg.d_sae, "seconds": seconds, "total": total,
+                      "cpu_seconds": cpu_seconds, "cpu_total": cpu_total,
                       "peak_bytes": peak, "classes": classes, "load_average": os.getloadavg()[0]}))
 
 
@@ -176,15 +183,18 @@ def run_taxonomy(args: argparse.Namespace) -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     embedded, gpt2 = results
     sae_kind = "trained demo SAE " + args.demo_sae if args.demo_sae else "random weights"
-    print(f"taxonomy (all detectors), CPU, {args.threads} thread(s); seconds per part")
+    print(f"taxonomy (all detectors), CPU, {args.threads} thread(s); wall seconds per part and CPU "
+          "seconds (user + system, all threads), which the shared machine's load inflates less")
     print(f"  (a) embedded model, blocks.1.attn.hook_z, {embedded['d_sae']} features ({sae_kind}), "
           "64 x 128 test-split tokens")
     print(f"  (b) gpt2-small shape, blocks.0.attn.hook_z, {gpt2['d_sae']} features (random weights), "
           "64 x 128 random tokens")
-    print(f"{'part':<20} {'(a) s':>9} {'(b) s':>9}")
+    print(f"{'part':<20} {'(a) s':>9} {'(a) CPU s':>10} {'(b) s':>9} {'(b) CPU s':>10}")
     for part in embedded["seconds"]:
-        print(f"{part:<20} {embedded['seconds'][part]:>9.1f} {gpt2['seconds'][part]:>9.1f}")
-    print(f"{'total':<20} {embedded['total']:>9.1f} {gpt2['total']:>9.1f}")
+        print(f"{part:<20} {embedded['seconds'][part]:>9.1f} {embedded['cpu_seconds'][part]:>10.1f} "
+              f"{gpt2['seconds'][part]:>9.1f} {gpt2['cpu_seconds'][part]:>10.1f}")
+    print(f"{'total':<20} {embedded['total']:>9.1f} {embedded['cpu_total']:>10.1f} "
+          f"{gpt2['total']:>9.1f} {gpt2['cpu_total']:>10.1f}")
     print(f"{'peak memory (MB)':<20} {embedded['peak_bytes'] / 1e6:>9.0f} {gpt2['peak_bytes'] / 1e6:>9.0f}")
     print(f"{'load avg (1 min)':<20} {embedded['load_average']:>9.1f} {gpt2['load_average']:>9.1f}")
     print(f"classes (a): {embedded['classes']}")
