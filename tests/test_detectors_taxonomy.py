@@ -342,16 +342,15 @@ def test_family_panel_shows_the_class_evidence_and_an_escaped_sparkline(setup):
     sae = plant_dense(layout)
     rows = TaxonomyDetector().detect(model, sae, layout, tokens=tokens, features=[0, 9], pairs_per_sequence=4)
     rows[0].evidence["summary"] += " <script>&"
-    report = FeatureReport.__new__(FeatureReport)
-    object.__setattr__(report, "families", [rows[0]])
-    context = DashboardContext.__new__(DashboardContext)
-    object.__setattr__(context, "detectors_ran", True)
+    report = FeatureReport(feature=0, examples=[], decoder_heads=[], encoder_heads=[], families=[rows[0]])
+    context = DashboardContext(model=model, sae=sae, layout=layout, tokens=tokens, decode=str,
+                               head_labels=[f"L1H{h}" for h in range(N_HEADS)], detectors_ran=True)
     html = FamilyPanel().render(report, context).html
     assert "previous_token" in html and "L1H0" in html and "&lt;script&gt;&amp;" in html and "<script>" not in html
     assert html.count("<rect") == len(SPARKLINE) == 6
     heights = [float(part.split('"')[0]) for part in dfa_sparkline({"-1": 1.0, "0": 0.25}).split('height="')[2:]]
     assert heights[:2] == [40.0, 10.0] and heights[2:] == [0.5] * 4  # bars scale with the share
-    object.__setattr__(report, "families", [rows[1]])
+    report.families = [rows[1]]
     assert "dead" in FamilyPanel().render(report, context).html
 
 
