@@ -268,7 +268,10 @@ def _chunk_statistics(
     device = run.pattern.device
     rows = selected.any(dim=1).nonzero().flatten()  # DFA only in rows some feature uses
     by_source = torch.zeros(n, n_feat, tokens.shape[1])  # [n, F, k]
-    if len(rows):
+    if len(rows) == n:  # the usual case: no copy of the pattern
+        by_source = feature_dfa(sae, run.pattern, run.v, feature_ids.to(device), dest.to(device),
+                                layout).by_source.float().cpu()
+    elif len(rows):
         dfa = feature_dfa(sae, run.pattern[rows.to(device)], run.v[rows.to(device)], feature_ids.to(device),
                           dest[rows].to(device), layout)
         by_source[rows] = dfa.by_source.float().cpu()
