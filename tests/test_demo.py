@@ -35,6 +35,22 @@ def test_quick_demo_writes_a_report_an_index_and_a_summary(demo_dir):
     assert "Plotly.newPlot" in index  # the per-head L0 chart
 
 
+def test_quick_demo_reports_the_taxonomy_per_head_for_both_saes(demo_dir):
+    from sae_lens_attn.detectors.results import load_family_rows
+
+    index = (demo_dir / "index.html").read_text()
+    assert "Source-signature taxonomy per head" in index
+    assert index.count("taxonomy per head (") == 2  # one chart title per SAE
+    summary = json.loads((demo_dir / "summary.json").read_text())
+    for entry in summary["saes"]:
+        taxonomy = entry["taxonomy"]
+        rows = [r for r in load_family_rows(demo_dir / entry["architecture"] / "families")
+                if r.detector == "taxonomy" and r.live]
+        assert taxonomy["live"] == len(rows) == sum(sum(c.values()) for c in taxonomy["heads"].values())
+        assert sum(taxonomy["classes"].values()) == len(rows)
+        assert set(taxonomy["heads"]) <= {f"L1H{h}" for h in range(4)}
+
+
 def test_quick_demo_saves_loadable_saes_and_detector_results(demo_dir):
     from sae_lens import SAE
 

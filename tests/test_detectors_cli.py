@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 
 import pytest
@@ -41,7 +42,8 @@ def saved_sae(tmp_path_factory, model_with_tokenizer):
 
 def test_built_in_detectors_are_plugins_of_kind_detector():
     names = {loaded.entry.name for loaded in get_plugin_manager().entries("detector")}
-    assert {"induction", "logit_lens", "enrichment"} <= names
+    assert {"induction", "logit_lens", "enrichment", "current_token", "previous_token", "duplicate_token",
+            "local_context", "high_level_context", "taxonomy"} <= names
     detector = get_plugin_manager().get("detector", "logit_lens")
     assert detector.name == "logit_lens" and callable(detector.detect)
 
@@ -55,27 +57,40 @@ def test_detect_writes_families_and_figures_for_every_feature(tmp_path, monkeypa
     )
     assert code == 0
     rows = load_family_rows(out)
+    names = detect.DEFAULT_DETECTORS.split(",")
     assert sorted({(row.detector, row.feature) for row in rows}) == sorted(
-        (name, f) for name in ("induction", "logit_lens", "enrichment") for f in range(16)
+        (name, f) for name in names for f in range(16)
     )
     document = json.loads((out / "families.json").read_text())
-    assert set(document["summary"]) == {"induction", "logit_lens", "enrichment"}
-    for stem in ("logit_lens_skew_kurtosis", "enrichment_families"):
+    assert set(document["summary"]) == set(names)
+    taxonomy = [row for row in rows if row.detector == "taxonomy" and row.live]
+    heads = {}
+    for row in taxonomy:  # the table counts each live feature once, for its decoder's top head
+        heads.setdefault(row.evidence["head"], {}).setdefault(row.family, 0)
+        heads[row.evidence["head"]][row.family] += 1
+    assert document["heads"] == heads and set(heads) <= {"L1H3", "L1H1"}
+    assert "heads_fractional" in document  # a dense SAE
+    for stem in ("logit_lens_skew_kurtosis", "enrichment_families", "heads"):
         assert (out / f"{stem}.html").stat().st_size > 100_000  # plotly.js is embedded
     enrichment = [row for row in rows if row.detector == "enrichment"]
     assert any("NLTK" in note for note in enrichment[0].evidence.get("notes", []))
     printed = capsys.readouterr().out
-    assert "wrote" in printed and "families.csv" in printed
+    assert "wrote" in printed and "families.csv" in printed and "taxonomy per head" in printed
 
 
 def test_detect_rejects_unknown_detectors_and_bad_regex(saved_sae, tmp_path, capsys):
     assert main(["detect", "--sae", str(saved_sae), "--detectors", "nope", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        "error: --detectors: unknown detector 'nope': available: enrichment, induction, logit_lens\n")
+        "error: --detectors: unknown detector 'nope': available: current_token, duplicate_token, enrichment, "
+        "high_level_context, induction, local_context, logit_lens, previous_token, taxonomy\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--sae", str(saved_sae), "--regex", "nopattern", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "expected NAME=PATTERN" in capsys.readouterr().err
+    assert main(["detect", "--sae", str(saved_sae), "--threshold", "min_share=1", "--out", str(tmp_path)]) == 2
+    assert re.search(r"error: --threshold 'min_share=1'.*min_dfa_share", capsys.readouterr().err)
+    assert main(["detect", "--sae", str(saved_sae), "--threshold", "min_dfa_share=2", "--out", str(tmp_path)]) == 2
+    assert re.search(r"min_dfa_share must be in \[0, 1\]", capsys.readouterr().err)
 
 
 def test_figures_are_saved_as_html_and_png_where_kaleido_can_render(tmp_path):

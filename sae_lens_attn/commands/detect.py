@@ -2,6 +2,8 @@
 
 Writes `families.csv` and `families.json` (one row per feature and detector) and each
 detector's figures (`<name>.html`, and `<name>.png` where kaleido can render) into `--out`.
+With the `taxonomy` detector (default), `families.json` also holds the per-head table
+(`heads`), `heads.html` draws it and the table is printed.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from sae_lens_attn.commands._common import (
     positive_int,
 )
 
-DEFAULT_DETECTORS = "induction,logit_lens,enrichment"
+DEFAULT_DETECTORS = (
+    "induction,logit_lens,enrichment,current_token,previous_token,duplicate_token,local_context,"
+    "high_level_context,taxonomy"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "detect",
-        help="find feature families: induction, logit-lens classes, token-set enrichment",
+        help="find feature families: induction, logit-lens classes, enrichment, source-signature taxonomy",
         description="Run feature-family detectors (plugins of kind 'detector') on every "
         "feature of a hook_z SAE and write families.csv, families.json and plots.",
     )
@@ -75,6 +80,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="logit weights straight through W_U, without the final LayerNorm's weight",
     )
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a source-signature detector option, e.g. min_dfa_share=0.6 (repeatable; see "
+        "docs/taxonomy.md for every name and its default)",
+    )
     parser.add_argument("--no-png", action="store_true", help="write figures as HTML only")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts and p-values")
@@ -98,6 +111,30 @@ def regex_item(text: str) -> str:
 def parse_regex(items: list[str]) -> dict[str, str]:
     """['name=pattern', ...] (each checked by `regex_item`) -> {name: pattern}."""
     return dict(regex_item(item).partition("=")[::2] for item in items)
+
+
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """['name=value', ...] -> {name: value} for the source-signature detectors' options."""
+    from sae_lens_attn.detectors.signature import SignatureOptions
+    from sae_lens_attn.detectors.source_detectors import SignatureThresholds
+
+    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions())}
+    chosen: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in valid:
+            raise ValueError(f"--threshold {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(valid))}")
+        try:
+            value = type(valid[name])(text) if isinstance(valid[name], int) else float(text)
+        except ValueError:
+            raise ValueError(f"--threshold {item!r}: {text!r} is not a number") from None
+        chosen[name] = value
+    try:  # range checks live with the options themselves
+        SignatureThresholds.from_options(chosen)
+        SignatureOptions.from_options(chosen)
+    except ValueError as error:
+        raise ValueError(f"--threshold: {error}") from None
+    return chosen
 
 
 def evaluation_tokens(model: Any, n_sequences: int, context_size: int):
@@ -146,12 +183,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae_lens_attn.commands.plugins import format_table
+    from sae_lens_attn.detectors.heads_table import format_heads_table, heads_table
     from sae_lens_attn.detectors.results import save_family_rows
     from sae_lens_attn.errors import InvalidInputError
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
 
     regex = parse_regex(args.regex)
+    try:
+        thresholds = parse_thresholds(args.threshold)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from None
     names = [name.strip() for name in args.detectors.split(",") if name.strip()]
     if not names:
         raise InvalidInputError(f"--detectors {args.detectors!r}: no detector named; "
@@ -179,12 +221,13 @@ def run(args: argparse.Namespace) -> int:
         "through_final_ln": not args.no_final_ln,
         "seed": args.seed,
         "progress": True,
+        **thresholds,
     }
     rows = []
     figures = {}
     for name, detector in detectors.items():
         detect = getattr(detector, "detect", detector)  # a plain function is a detector too
-        found = detect(model, sae, layout, **options)
+        found = detect(model, sae, layout, family_rows=list(rows), **options)
         rows.extend(found)
         if hasattr(detector, "figures"):
             figures.update(detector.figures(found, model))
@@ -200,5 +243,12 @@ def run(args: argparse.Namespace) -> int:
         written.extend(files)
     print(format_table(families_table(rows, list(detectors)),
                        ("detector", "family", "features", "share of live", "live")))
+    heads = heads_table(rows)
+    if heads:
+        head_rows, header = format_heads_table(heads)
+        poly = heads["polysemanticity"]
+        print(f"\ntaxonomy per head (a feature counts for the head with most of its decoder norm; "
+              f"{poly['share_polysemantic']:.0%} of heads polysemantic)")
+        print(format_table(head_rows, header))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -121,7 +121,7 @@ def run_detectors(
         name = loaded.entry.name
         try:
             detector = loaded.entry.load()
-            rows.extend(detector.detect(model, sae, layout, tokens=tokens,
+            rows.extend(detector.detect(model, sae, layout, tokens=tokens, family_rows=list(rows),
                                         n_prompts=settings.detector_prompts, progress=True))
         except Exception as error:  # a third-party detector must not end the demo
             errors[name] = f"{type(error).__name__}: {error}"

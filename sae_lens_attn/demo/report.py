@@ -1,6 +1,7 @@
 """The demo's `report.md` and `index.html`: the same tables in Markdown and in HTML.
 
-The HTML page also draws per-head L0 as a plotly bar chart (plotly.js inlined, so the
+The HTML page also draws per-head L0 and, for each SAE, the source-signature taxonomy per
+head (stacked bars, from its `families.json`) as plotly charts (plotly.js inlined, so the
 page opens offline) and links every dashboard and detector result.
 """
 
@@ -134,9 +135,39 @@ def outputs_table(result: DemoResult) -> Table:
                  "induction-family feature.")
 
 
-def report_tables(result: DemoResult) -> list[Table]:
-    return [metrics_table(result), per_head_table(result), families_table(result),
-            induction_table(result), outputs_table(result)]
+def load_head_tables(result: DemoResult, out: Path) -> dict[str, dict]:
+    """`{architecture: families.json's heads, heads_fractional and head_polysemanticity}`
+    for the SAEs whose detectors ran the taxonomy."""
+    tables = {}
+    for sae in result.saes:
+        document = json.loads((Path(out) / sae.families_json).read_text(encoding="utf-8"))
+        if "heads" in document:
+            tables[sae.architecture] = {key: document[key] for key in
+                                        ("heads", "heads_fractional", "head_polysemanticity") if key in document}
+    return tables
+
+
+def taxonomy_table(head_tables: dict[str, dict]) -> Table:
+    from sae_lens_attn.detectors.taxonomy import CLASSES
+
+    rows = []
+    for architecture, table in head_tables.items():
+        poly = table["head_polysemanticity"]["families_per_head"]
+        for head, by_class in table["heads"].items():
+            rows.append((architecture, head, *(str(by_class.get(cls, 0)) for cls in CLASSES),
+                         str(poly.get(head, 0))))
+    return Table("Source-signature taxonomy per head", ("architecture", "head", *CLASSES,
+                                                        "classes >= 10%"), rows,
+                 "Each live feature gets one class (docs/taxonomy.md) and counts for the head holding "
+                 "most of its decoder norm.")
+
+
+def report_tables(result: DemoResult, head_tables: dict[str, dict] | None = None) -> list[Table]:
+    tables = [metrics_table(result), per_head_table(result), families_table(result),
+              induction_table(result)]
+    if head_tables:
+        tables.append(taxonomy_table(head_tables))
+    return [*tables, outputs_table(result)]
 
 
 def _intro(result: DemoResult) -> list[str]:
@@ -185,7 +216,21 @@ def per_head_l0_figure(result: DemoResult) -> go.Figure:
     return figure
 
 
-def to_html(result: DemoResult, tables: list[Table]) -> str:
+def taxonomy_figures(head_tables: dict[str, dict]) -> list[go.Figure]:
+    """One stacked-bar chart of classes per head for each SAE."""
+    from sae_lens_attn.detectors.heads_table import heads_figure
+
+    figures = []
+    for architecture, table in head_tables.items():
+        poly = table["head_polysemanticity"]
+        figures.append(heads_figure(
+            {"counts": table["heads"], "polysemanticity": poly},
+            title=f"{architecture}: taxonomy per head ({poly['share_polysemantic']:.0%} of heads polysemantic)",
+        ))
+    return figures
+
+
+def to_html(result: DemoResult, tables: list[Table], head_tables: dict[str, dict] | None = None) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
              "<title>sae_lens_attn demo</title><style>body{font-family:sans-serif;"
              "max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:.5em 0}"
@@ -202,12 +247,15 @@ def to_html(result: DemoResult, tables: list[Table]) -> str:
         if table.note:
             parts.append(f'<p class="note">{html.escape(table.note)}</p>')
     parts.append(per_head_l0_figure(result).to_html(full_html=False, include_plotlyjs=True))
+    parts += [figure.to_html(full_html=False, include_plotlyjs=False)
+              for figure in taxonomy_figures(head_tables or {})]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def summary(result: DemoResult) -> dict:
+def summary(result: DemoResult, head_tables: dict[str, dict] | None = None) -> dict:
     """The report's numbers as JSON-able data (`summary.json`)."""
+    head_tables = head_tables or {}
     return {
         "model": result.model_summary,
         "seconds": result.seconds,
@@ -225,6 +273,7 @@ def summary(result: DemoResult) -> dict:
                 "detector_errors": sae.detector_errors,
                 "induction_features": sae.induction_features,
                 "induction_heads": sae.induction_heads,
+                "taxonomy": _taxonomy_summary(sae.family_summary, head_tables.get(sae.architecture)),
                 "dashboard": None if sae.dashboard is None else sae.dashboard.as_posix(),
                 "dashboard_features": sae.dashboard_features,
                 "seconds": sae.seconds,
@@ -234,13 +283,22 @@ def summary(result: DemoResult) -> dict:
     }
 
 
+def _taxonomy_summary(family_summary: dict, head_table: dict | None) -> dict | None:
+    """Class counts of the taxonomy and its per-head table (None when it did not run)."""
+    if "taxonomy" not in family_summary:
+        return None
+    counts = {cls: stats["count"] for cls, stats in family_summary["taxonomy"]["families"].items()}
+    return {"live": family_summary["taxonomy"]["live"], "classes": counts, **(head_table or {})}
+
+
 def write_report(result: DemoResult, out: Path) -> tuple[Path, Path]:
     """Write `report.md`, `index.html` and `summary.json` into `out`."""
-    tables = report_tables(result)
     out = Path(out)
+    head_tables = load_head_tables(result, out)
+    tables = report_tables(result, head_tables)
     report, index = out / REPORT_NAME, out / INDEX_NAME
-    summary_text = json.dumps(summary(result), indent=1, allow_nan=False)
-    markdown, page = to_markdown(result, tables), to_html(result, tables)
+    summary_text = json.dumps(summary(result, head_tables), indent=1, allow_nan=False)
+    markdown, page = to_markdown(result, tables), to_html(result, tables, head_tables)
     atomic_write_text(out / SUMMARY_NAME, summary_text)
     atomic_write_text(report, markdown)
     atomic_write_text(index, page)

@@ -1,4 +1,6 @@
-"""Feature-family detectors: induction, logit-lens classes, token-set enrichment.
+"""Feature-family detectors: induction, logit-lens classes, token-set enrichment, and the
+source-signature detectors (current / previous / duplicate token, local / high-level
+context) with the taxonomy that gives every live feature one class (`docs/taxonomy.md`).
 
 A detector is any object with `name: str`, `description: str` and
 `detect(model, sae, layout, **options) -> list[FamilyRow]` (one row per feature; see

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from sae_lens_attn.sources.head_layout import HeadLayout
+from sae_lens_attn.models.token_display import quoted
+from sae_lens_attn.sources.head_layout import HeadLayout, head_label
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -25,8 +26,10 @@ __all__ = [
     "DEAD_SUMMARY",
     "Detector",
     "dead_feature_row",
+    "display_token",
     "encode_hook_z",
     "feature_index",
+    "head_label",
     "resolve_layout",
     "token_strings_of",
 ]
@@ -93,3 +96,9 @@ def token_strings_of(model: HookedTransformer) -> list[str] | None:
 
     tokenizer = getattr(model, "tokenizer", None)
     return None if tokenizer is None else display_vocabulary(tokenizer, model.W_U.shape[1])
+
+
+def display_token(strings: Sequence[str] | None, token: int) -> str:
+    """How evidence strings show a token: its display text quoted (`quoted`), or `token N`
+    without a tokenizer. The one place detector evidence shows a token."""
+    return quoted(strings[token]) if strings is not None and 0 <= token < len(strings) else f"token {token}"

@@ -45,6 +45,7 @@ from sae_lens_attn.attribution.logit_lens import (
 )
 from sae_lens_attn.detectors.base import (
     DEAD_SUMMARY,
+    display_token,
     encode_hook_z,
     feature_index,
     resolve_layout,
@@ -52,7 +53,6 @@ from sae_lens_attn.detectors.base import (
 )
 from sae_lens_attn.detectors.induction_prompts import InductionPrompts, induction_prompts
 from sae_lens_attn.detectors.results import FamilyRow
-from sae_lens_attn.models.token_display import quoted
 from sae_lens_attn.sources.hook_z import HookZSource
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ class InductionDetector:
                 continue
             i = position[feature]
             token = int(top_tokens[i])
-            shown = quoted(strings[token]) if strings is not None else f"token {token}"
+            shown = display_token(strings, token)
             evidence: dict[str, Any] = {
                 "live": True,
                 "live_by": live_by,

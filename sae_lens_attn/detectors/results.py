@@ -2,7 +2,9 @@
 
 `families.csv` has the columns `detector, feature, family, score, evidence` (evidence as a
 JSON object). `families.json` holds `{"summary": ..., "rows": [...]}`, the summary being
-`family_summary(rows)`. Both read back with `load_family_rows`.
+`family_summary(rows)`; with taxonomy rows also `heads` (`{"L1H0": {class: count}}`),
+`heads_fractional` (dense SAEs) and `head_polysemanticity` (`detectors.heads_table`).
+Both read back with `load_family_rows`.
 """
 
 from __future__ import annotations
@@ -106,8 +108,16 @@ def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Pa
     out_dir = Path(out_dir)
     records = [row.to_dict() for row in rows]
     csv_path, json_path = out_dir / CSV_NAME, out_dir / JSON_NAME
-    document = json.dumps({"summary": family_summary(rows), "rows": records}, indent=1,
-                          allow_nan=False)
+    from sae_lens_attn.detectors.heads_table import heads_table
+
+    summary: dict[str, Any] = {"summary": family_summary(rows)}
+    table = heads_table(rows)
+    if table:
+        summary["heads"] = table["counts"]
+        if "fractional" in table:
+            summary["heads_fractional"] = table["fractional"]
+        summary["head_polysemanticity"] = table["polysemanticity"]
+    document = json.dumps({**summary, "rows": records}, indent=1, allow_nan=False)
     csv_rows = [
         {
             **record,
