@@ -362,6 +362,7 @@ def test_autocast_training_step_computes_in_bfloat16_and_keeps_float32_gradients
         torch.testing.assert_close(param.grad, ref.grad, rtol=0.1, atol=0.1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     ours = block_sae(activation="topk", k=2)

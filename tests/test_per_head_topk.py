@@ -263,3 +263,25 @@ def test_torch_compile_traces_the_sparse_training_step():
     torch.testing.assert_close(output.sae_out, expected.sae_out, rtol=1e-6, atol=1e-6)
     for name, param in ours.named_parameters():
         torch.testing.assert_close(param.grad, expected_grads[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_sparse_step_matches_cpu(autocast):
+    """On CUDA the row kernels gather and index_add instead of CSR products."""
+    cpu = training_sae()
+    gpu = training_sae().to("cuda")
+    x = inputs(64)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        output = gpu.training_forward_pass(step_input(x.cuda()))
+    assert output.feature_acts.is_sparse
+    output.loss.backward()
+    cpu.training_forward_pass(step_input(x)).loss.backward()
+    tolerance = 0.1 if autocast else 1e-4
+    torch.testing.assert_close(output.sae_out.float().cpu(), cpu(x).detach(), rtol=tolerance, atol=tolerance)
+    for (name, param), ref in zip(gpu.named_parameters(), cpu.parameters(), strict=True):
+        torch.testing.assert_close(param.grad.cpu(), ref.grad, rtol=tolerance, atol=tolerance, msg=name)
