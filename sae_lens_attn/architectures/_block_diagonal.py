@@ -62,6 +62,7 @@ from sae_lens_attn.architectures.per_head_topk import (
     per_head_topk_decode,
     per_head_topk_encode,
 )
+from sae_lens_attn.architectures.relu_decode import relu_decode
 
 ARCHITECTURE = "block_diagonal"
 ACTIVATIONS = ("relu", "topk")
@@ -476,9 +477,11 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             )
         }
 
-    # Set only during `training_forward_pass`: (weakref to the feature acts, their token sum).
+    # Set only during `training_forward_pass`, for the feature acts it made (weakref):
+    # their token sum (relu, L1) and their reconstruction before `b_dec` (relu fused
+    # step), or their per-head TopK code.
     _acts_token_sum: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
-    # Set only during `training_forward_pass`: (weakref to the sparse acts, their code).
+    _decoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _topk_code: tuple[weakref.ref[torch.Tensor], PerHeadTopKCode] | None = None
     _in_training_forward_pass = False
 
@@ -487,16 +490,18 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
         """SAELens's training pass. With the per-head TopK code, `feature_acts` in the
         output is a detached sparse COO tensor (as SAELens's TopK with
         `use_sparse_activations`; its trainer counts firings on it) and the reconstruction
-        is decoded from the code."""
+        is decoded from the code. With ReLU and the L1 term (lp_norm 1), ReLU, decoder and
+        the L1 token sum run as one autograd node (`relu_decode`)."""
         self._in_training_forward_pass = True
         try:
             return super().training_forward_pass(step_input)
         finally:  # nothing of the graph outlives the pass (deepcopy, memory)
-            self._in_training_forward_pass, self._acts_token_sum, self._topk_code = False, None, None
+            self._in_training_forward_pass = False
+            self._acts_token_sum = self._decoded = self._topk_code = None
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._acts_token_sum = self._topk_code = None
+        self._acts_token_sum = self._decoded = self._topk_code = None
         if self._topk_code_usable():
             hidden_pre, code = self._encode_topk_code(x)
             if not self._in_training_forward_pass:
@@ -504,6 +509,9 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             feature_acts = _sparse_coo(code, self.cfg.d_sae_per_head)
             self._topk_code = (weakref.ref(feature_acts), code)
             return feature_acts, hidden_pre
+        if self._in_training_forward_pass and self._uses_token_sum_l1() and torch.is_grad_enabled():
+            if not _is_hooked(self.hook_sae_acts_post):
+                return self._encode_relu_decode(x)
         feature_acts, hidden_pre = self._encode_with_hidden_pre(x)
         if self._in_training_forward_pass and self._uses_token_sum_l1() and feature_acts.requires_grad:
             # The L1 term needs the acts summed over tokens. Summing here, before
@@ -515,13 +523,27 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
         return feature_acts, hidden_pre
 
+    def _encode_relu_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pass's ReLU step as one node: acts, their reconstruction and
+        their token sum, stashed for `decode` and the L1 term."""
+        sae_in = self.process_sae_in(x)
+        pre = block_diagonal_matmul(sae_in, self.W_enc_blocks).add_(self.b_enc)
+        hidden_pre = self.hook_sae_acts_pre(pre)
+        feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
+        self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
+        self._decoded = (weakref.ref(feature_acts), decoded)
+        return feature_acts, hidden_pre
+
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """As the mixin's `decode`; the sparse acts of this training pass are decoded
-        from their per-head TopK code."""
-        stash, self._topk_code = self._topk_code, None
-        if stash is not None and stash[0]() is feature_acts:
-            return self._decode_topk_code(stash[1])
+        """As the mixin's `decode`; the acts of this training pass are decoded from their
+        per-head TopK code, or were decoded by the fused ReLU step."""
+        code, self._topk_code = self._topk_code, None
+        if code is not None and code[0]() is feature_acts:
+            return self._decode_topk_code(code[1])
+        decoded, self._decoded = self._decoded, None
+        if decoded is not None and decoded[0]() is feature_acts:
+            return self._finish_decode(decoded[1])
         return super().decode(feature_acts)
 
     def _uses_token_sum_l1(self) -> bool:
