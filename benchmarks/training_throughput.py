@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -64,11 +65,14 @@ def run_side(args: argparse.Namespace) -> dict[str, float]:
     import torch
 
     model = gelu_2l_shaped_model(args.device)
-    # enough rows for training, the shuffling buffer and the runner's evals
-    n_rows = (args.training_tokens + 4 * args.buffer_batches * STORE_BATCH_PROMPTS * args.context) // args.context
+    # SAELens's mixing buffer holds n_batches_in_buffer * context tokens: two batches, as
+    # train_hook_z_sae picks by default; given to both sides
+    buffer_batches = max(4, math.ceil(2 * BATCH / args.context))
+    # enough rows for training, the buffer and the runner's evals: no token is reused
+    n_rows = math.ceil((args.training_tokens + 2 * buffer_batches * args.context) / args.context) + 4 * STORE_BATCH_PROMPTS
     tokens = torch.randint(0, model.cfg.d_vocab, (n_rows, args.context), generator=torch.Generator().manual_seed(0))
     common = {
-        "n_batches_in_buffer": args.buffer_batches,
+        "n_batches_in_buffer": buffer_batches,
         "n_eval_batches": 2,
         "verbose": False,
         "autocast": args.autocast,  # bf16 autocast around SAE training steps
@@ -116,7 +120,7 @@ def train_with_saelens(args: argparse.Namespace, model, tokens, out: str, common
 def run_child(args: argparse.Namespace, side: str) -> dict[str, float]:
     command = [
         sys.executable, __file__, "--child", side, "--device", args.device, "--context", str(args.context),
-        "--training-tokens", str(args.training_tokens), "--buffer-batches", str(args.buffer_batches),
+        "--training-tokens", str(args.training_tokens),
     ] + (["--autocast"] if args.autocast else []) + (["--compile"] if args.compile else [])  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=child_environment(args))
     if result.returncode != 0:
@@ -130,16 +134,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training-tokens", type=positive_int, default=10 * BATCH,
                         help=f"tokens each side trains on (default {10 * BATCH}: 10 batches)")
     parser.add_argument("--context", type=positive_int, default=256, help="tokens per row")
-    parser.add_argument("--buffer-batches", type=positive_int, default=4,
-                        help=f"SAELens n_batches_in_buffer (store batches of {STORE_BATCH_PROMPTS} rows)")
     parser.add_argument("--rounds", type=positive_int, default=3, help="alternated runs of each side")
     parser.add_argument("--autocast", action="store_true", help="SAELens's autocast=True (bf16) on both sides")
     parser.add_argument("--compile", action="store_true", help="SAELens's compile_sae=True on both sides")
     add_environment_arguments(parser)
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.buffer_batches * STORE_BATCH_PROMPTS * args.context < 2 * BATCH:
-        parser.error(f"--buffer-batches x {STORE_BATCH_PROMPTS} x --context must hold two batches ({2 * BATCH} tokens)")
     require_device(parser, args.device)
     args.side = args.child
     return args
