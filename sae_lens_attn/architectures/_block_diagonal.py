@@ -411,6 +411,7 @@ def _init_weights_block_diagonal(
     sae.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=sae.dtype, device=sae.device))
 
 
+@torch.compiler.disable  # Dynamo cannot build sparse tensors: run this part eagerly
 def _sparse_coo(code: PerHeadTopKCode, d_sae_per_head: int) -> torch.Tensor:
     """The code as a detached sparse COO tensor `[..., d_sae]` (one entry per selected
     feature, zeros from the ReLU included)."""

@@ -41,6 +41,8 @@ def heads_matmul(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """Forward product of `block_diagonal_matmul`; the result is a fresh contiguous tensor."""
     n_heads, k, n = blocks.shape
     rows = x.reshape(-1, n_heads, k).transpose(0, 1)  # [H, batch, k], a view when x is dense
+    if torch.compiler.is_compiling():  # Dynamo refuses a strided out=; the compiler fuses the copy
+        return torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], n_heads * n)
     out = x.new_empty(*x.shape[:-1], n_heads * n)  # returned as is: not a view
     torch.bmm(rows, blocks, out=out.view(-1, n_heads, n).transpose(0, 1))
     return out
