@@ -12,6 +12,12 @@ exact `StandardSAE` copy for tools that need real dense parameters.
 
 Activations: "relu" (trained with SAELens's standard L1 penalty weighted by decoder row
 norms) or "topk" (k features per head, SAELens's `TopK` applied to each head's block).
+With "topk", training steps, `forward` and `encode` run the sparse per-head TopK of
+`per_head_topk.py` (a gather of k decoder rows per head, gradients only through the
+selected entries) whenever no hook is attached to `hook_sae_acts_pre` or
+`hook_sae_acts_post`; with such a hook they run the dense path, so the hook sees and may
+change the dense `[..., d_sae]` tensors exactly as before. `decode` of a dense tensor is
+always the block matmul (it may hold any number of non-zeros).
 
 Initialisation, per block: decoder rows drawn as SAELens draws its dense decoder
 (kaiming-uniform) and scaled to unit norm, or to `decoder_init_norm` (SAELens's training
@@ -26,6 +32,7 @@ they live here.
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +58,12 @@ from typing_extensions import override
 
 from sae_lens_attn.architectures._read_only import read_only_view
 from sae_lens_attn.architectures.block_ops import block_diagonal_dense, block_diagonal_matmul
+from sae_lens_attn.architectures.per_head_topk import (
+    PerHeadTopKCode,
+    per_head_topk_decode,
+    per_head_topk_encode,
+)
+from sae_lens_attn.architectures.relu_decode import relu_decode
 
 ARCHITECTURE = "block_diagonal"
 ACTIVATIONS = ("relu", "topk")
@@ -127,6 +140,10 @@ def _check_block_diagonal_config(cfg: Any) -> None:
             "longer be block-diagonal; use 'none' or 'expected_average_only_in' (per-head "
             "scales can be folded in with fold_input_scaling)"
         )
+
+
+def _is_hooked(hook_point: nn.Module) -> bool:
+    return bool(hook_point._forward_hooks or hook_point._forward_pre_hooks or hook_point._backward_hooks)
 
 
 def _nearest_multiples(size: int, n: int) -> str:
@@ -224,10 +241,46 @@ class _BlockDiagonalMixin:
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """`[..., d_sae]` feature acts -> reconstruction `[..., d_in]` (`[..., n_heads,
         d_head]` in hook_z mode)."""
-        sae_out_pre = block_diagonal_matmul(feature_acts, self.W_dec_blocks) + self.b_dec
-        sae_out_pre = self.hook_sae_recons(sae_out_pre)  # type: ignore[attr-defined]
+        return self._finish_decode(block_diagonal_matmul(feature_acts, self.W_dec_blocks))
+
+    def _finish_decode(self, sae_out_pre: torch.Tensor) -> torch.Tensor:
+        """`b_dec` and SAELens's output steps on the decoded `[..., d_in]`."""
+        sae_out_pre = self.hook_sae_recons(sae_out_pre + self.b_dec)  # type: ignore[attr-defined]
         sae_out_pre = self.run_time_activation_norm_fn_out(sae_out_pre)  # type: ignore[attr-defined]
         return self.reshape_fn_out(sae_out_pre, self.d_head)  # type: ignore[attr-defined]
+
+    def _topk_code_usable(self) -> bool:
+        """True for activation="topk" when no hook is attached to the acts hook points
+        (a hook there must see, and may change, the dense tensors)."""
+        return self.cfg.activation == "topk" and not (
+            _is_hooked(self.hook_sae_acts_pre) or _is_hooked(self.hook_sae_acts_post)  # type: ignore[attr-defined]
+        )
+
+    def _encode_topk_code(self, x: torch.Tensor) -> tuple[torch.Tensor, PerHeadTopKCode]:
+        """`x` -> `(hidden_pre [..., d_sae], code)` through the sparse per-head TopK."""
+        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
+        return per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k)  # type: ignore[arg-type]
+
+    def _decode_topk_code(self, code: PerHeadTopKCode) -> torch.Tensor:
+        """Reconstruction from a code: k decoder rows per head, then as `decode`."""
+        return self._finish_decode(per_head_topk_decode(code, self.W_dec_blocks))
+
+    def _dense_acts(self, hidden_pre: torch.Tensor, code: PerHeadTopKCode) -> torch.Tensor:
+        """The code as dense `[..., d_sae]` acts. Without autograd the pre-activations'
+        buffer is reused (it is not returned): no fresh `[batch, d_sae]` allocation."""
+        if torch.is_grad_enabled() and (hidden_pre.requires_grad or code.values.requires_grad):
+            return code.to_dense(self.cfg.d_sae_per_head)
+        blocks = hidden_pre.unflatten(-1, (self.cfg.n_heads, -1)).zero_()
+        return blocks.scatter_(-1, code.indices, code.values.to(blocks.dtype)).flatten(-2)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As SAELens's `forward`; with the per-head TopK code when it is usable (and no
+        error term is asked for: that recomputation runs SAELens's own path)."""
+        if not self._topk_code_usable() or self.use_error_term:  # type: ignore[attr-defined]
+            return super().forward(x)  # type: ignore[misc]
+        sae_out = self._decode_topk_code(self._encode_topk_code(x)[1])
+        return self.hook_sae_output(sae_out)  # type: ignore[attr-defined]
 
     def _decoder_row_norms(self) -> torch.Tensor:
         """`[d_sae]` L2 norms of the decoder rows (differentiable)."""
@@ -361,6 +414,21 @@ def _init_weights_block_diagonal(
     sae.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=sae.dtype, device=sae.device))
 
 
+@torch.compiler.disable  # Dynamo cannot build sparse tensors: run this part eagerly
+def _sparse_coo(code: PerHeadTopKCode, d_sae_per_head: int) -> torch.Tensor:
+    """The code as a detached sparse COO tensor `[..., d_sae]` (one entry per selected
+    feature, zeros from the ReLU included)."""
+    values, indices = code.values.detach(), code.indices
+    *lead, n_heads, k = values.shape
+    features = indices + torch.arange(n_heads, device=values.device).view(n_heads, 1) * d_sae_per_head
+    coordinates = features.reshape(1, -1)
+    if lead:
+        tokens = torch.arange(math.prod(lead), device=values.device).repeat_interleave(n_heads * k)
+        coordinates = torch.cat([torch.stack(torch.unravel_index(tokens, tuple(lead))), coordinates])
+    shape = (*lead, n_heads * d_sae_per_head)
+    return torch.sparse_coo_tensor(coordinates, values.reshape(-1), shape, check_invariants=False)
+
+
 class BlockDiagonalSAE(_BlockDiagonalMixin, SAE[BlockDiagonalSAEConfig]):
     """Inference block-diagonal SAE: one block of `d_sae / n_heads` features per head.
 
@@ -380,6 +448,8 @@ class BlockDiagonalSAE(_BlockDiagonalMixin, SAE[BlockDiagonalSAEConfig]):
 
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self._topk_code_usable():
+            return self._dense_acts(*self._encode_topk_code(x))
         return self._encode_with_hidden_pre(x)[0]
 
 
@@ -411,22 +481,42 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             )
         }
 
-    # Set only during `training_forward_pass`: (weakref to the feature acts, their token sum).
+    # Set only during `training_forward_pass`, for the feature acts it made (weakref):
+    # their token sum (relu, L1) and their reconstruction before `b_dec` (relu fused
+    # step), or their per-head TopK code.
     _acts_token_sum: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
+    _decoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
+    _topk_code: tuple[weakref.ref[torch.Tensor], PerHeadTopKCode] | None = None
     _in_training_forward_pass = False
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """SAELens's training pass. With the per-head TopK code, `feature_acts` in the
+        output is a detached sparse COO tensor (as SAELens's TopK with
+        `use_sparse_activations`; its trainer counts firings on it) and the reconstruction
+        is decoded from the code. With ReLU and the L1 term (lp_norm 1), ReLU, decoder and
+        the L1 token sum run as one autograd node (`relu_decode`)."""
         self._in_training_forward_pass = True
         try:
             return super().training_forward_pass(step_input)
         finally:  # nothing of the graph outlives the pass (deepcopy, memory)
-            self._in_training_forward_pass, self._acts_token_sum = False, None
+            self._in_training_forward_pass = False
+            self._acts_token_sum = self._decoded = self._topk_code = None
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._acts_token_sum = self._decoded = self._topk_code = None
+        if self._topk_code_usable():
+            hidden_pre, code = self._encode_topk_code(x)
+            if not self._in_training_forward_pass:
+                return code.to_dense(self.cfg.d_sae_per_head), hidden_pre
+            feature_acts = _sparse_coo(code, self.cfg.d_sae_per_head)
+            self._topk_code = (weakref.ref(feature_acts), code)
+            return feature_acts, hidden_pre
+        if self._in_training_forward_pass and self._uses_token_sum_l1() and torch.is_grad_enabled():
+            if not _is_hooked(self.hook_sae_acts_post):
+                return self._encode_relu_decode(x)
         feature_acts, hidden_pre = self._encode_with_hidden_pre(x)
-        self._acts_token_sum = None
         if self._in_training_forward_pass and self._uses_token_sum_l1() and feature_acts.requires_grad:
             # The L1 term needs the acts summed over tokens. Summing here, before
             # `decode` builds its graph node, makes autograd run the decoder's backward
@@ -436,6 +526,29 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             token_sum = feature_acts.reshape(-1, self.cfg.d_sae).sum(0)
             self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
         return feature_acts, hidden_pre
+
+    def _encode_relu_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pass's ReLU step as one node: acts, their reconstruction and
+        their token sum, stashed for `decode` and the L1 term."""
+        sae_in = self.process_sae_in(x)
+        pre = block_diagonal_matmul(sae_in, self.W_enc_blocks).add_(self.b_enc)
+        hidden_pre = self.hook_sae_acts_pre(pre)
+        feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
+        self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
+        self._decoded = (weakref.ref(feature_acts), decoded)
+        return feature_acts, hidden_pre
+
+    @override
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """As the mixin's `decode`; the acts of this training pass are decoded from their
+        per-head TopK code, or were decoded by the fused ReLU step."""
+        code, self._topk_code = self._topk_code, None
+        if code is not None and code[0]() is feature_acts:
+            return self._decode_topk_code(code[1])
+        decoded, self._decoded = self._decoded, None
+        if decoded is not None and decoded[0]() is feature_acts:
+            return self._finish_decode(decoded[1])
+        return super().decode(feature_acts)
 
     def _uses_token_sum_l1(self) -> bool:
         return self.cfg.activation == "relu" and self.cfg.lp_norm == 1
