@@ -50,7 +50,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _split_lines(self, text: str, width: int) -> list[str]:
         # never break inside option names or words like "comma-separated"
         return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
-                             break_on_hyphens=False)
+                             break_on_hyphens=False, break_long_words=False)
 
 
 DEBUG_HELP = "show the full traceback of an error"
