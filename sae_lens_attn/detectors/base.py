@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from sae_lens_attn.models.token_display import quoted
-from sae_lens_attn.sources.head_layout import HeadLayout, head_label
+from sae_lens_attn.sources.head_layout import HeadLayout
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -29,7 +29,6 @@ __all__ = [
     "display_token",
     "encode_hook_z",
     "feature_index",
-    "head_label",
     "resolve_layout",
     "token_strings_of",
 ]

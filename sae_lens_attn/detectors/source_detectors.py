@@ -49,7 +49,6 @@ from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.detectors.base import (
     display_token,
     feature_index,
-    head_label,
     resolve_layout,
     token_strings_of,
 )
@@ -182,7 +181,7 @@ class _SourceDetector(ABC):
             evidence = feature_evidence(signatures, i, strings)
             evidence.update({key: values[i].item() for key, values in extra.items()})
             top = int(heads[i].argmax())
-            evidence["head"] = head_label(layout.layer, layout.heads[top])
+            evidence["head"] = layout.head_labels[top]
             verdict = self.explain(evidence, bool(member[i]))
             evidence["summary"] = f"{verdict}; {evidence['head']}"
             rows.append(FamilyRow(self.name, feature, self.family if member[i] else None,

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from sae_lens_attn.attribution._sae_weights import is_block_diagonal
 from sae_lens_attn.attribution.heads import sae_head_attribution
-from sae_lens_attn.detectors.base import head_label
 from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.detectors.signature import CATEGORIES, CATEGORY_LABELS
 from sae_lens_attn.detectors.source_detectors import (
@@ -103,7 +102,7 @@ class TaxonomyDetector:
         }
         fractions = sae_head_attribution(sae, layout.n_heads, index.to(sae.b_dec.device)).cpu()
         dense = not is_block_diagonal(sae)
-        labels = [head_label(layout.layer, h) for h in layout.heads]
+        labels = layout.head_labels
         shares = {cls: signatures.share(*cats) for cls, cats in CLASS_CATEGORIES.items()}
         rows = []
         for i, feature in enumerate(features):
