@@ -45,6 +45,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def under_torchrun() -> bool:
+    """This process was started by torchrun (it set WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
 def say(message: str) -> None:
     """Print on rank 0 only (every process prints when not under torchrun)."""
     if rank() == 0:
@@ -54,7 +59,7 @@ def say(message: str) -> None:
 def scaleout_options(args: argparse.Namespace) -> dict[str, Any]:
     """`train_hook_z_sae` keyword arguments for these options (checkpoints always go
     next to `--out`, so an interrupt has somewhere to save)."""
-    if args.parallel is not None and "WORLD_SIZE" not in os.environ:
+    if args.parallel is not None and not under_torchrun():
         raise InvalidInputError(
             f"--parallel {args.parallel}: needs processes started by torchrun, e.g. "
             "torchrun --standalone --nproc-per-node 2 -m sae_lens_attn train ..."
@@ -73,7 +78,7 @@ def run_training(train: Callable[[], T]) -> T:
     """`train()`, with interrupts and failures turned into one-line messages."""
     from sae_lens_attn.sources.trainer import TrainingInterrupted
 
-    where = f"rank {rank()}: " if "WORLD_SIZE" in os.environ else ""
+    where = f"rank {rank()}: " if under_torchrun() else ""
     try:
         return train()
     except TrainingInterrupted as stop:

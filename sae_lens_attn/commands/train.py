@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -43,6 +42,7 @@ from sae_lens_attn.commands._train_scaleout import (
     rank,
     run_training,
     scaleout_options,
+    under_torchrun,
 )
 
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     specs = sae_specs(args)
     scaleout = scaleout_options(args)
-    if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or "WORLD_SIZE" in os.environ):
+    if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
                     f"these options ask for {len(specs)} ({', '.join(spec.sae_name for spec in specs)})")
     model = load_model(args.model)
