@@ -16,9 +16,13 @@ an explicit `--threads` wins over both.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Variables that size a thread pool torch or its BLAS may start.
@@ -120,3 +124,25 @@ def configure_torch(settings: RuntimeSettings) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # only possible before the first parallel work; keep what is there
         pass
+
+
+def release_freed_memory() -> None:
+    """Give the memory of freed tensors back to the OS (glibc's `malloc_trim(0)`); a no-op
+    where the C library has no `malloc_trim`.
+
+    glibc serves a large allocation with its own mmap, returned to the OS when freed, until
+    the first such block is freed: then it raises its mmap threshold (up to 32 MB) and
+    serves later blocks of that size from its heap, which keeps them after they are freed.
+    A loop that makes and frees large temporaries then grows the process round by round:
+    the taxonomy's signature pass on gpt2-small's shape (24576 features, 2 threads) peaked
+    at 7.2 GB of RSS without a trim and at 3.2 GB with one after each feature chunk.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None

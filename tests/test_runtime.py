@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -112,3 +113,27 @@ def test_applied_after_torch_it_sets_threads_and_warns_once_about_the_rest(monke
             apply_runtime_settings(RuntimeSettings(threads=1))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator behaviour")
+def test_release_freed_memory_gives_glibcs_kept_blocks_back_to_the_os():
+    import psutil
+    import torch
+
+    from sae_lens_attn.runtime import release_freed_memory
+
+    def rss() -> int:
+        return psutil.Process().memory_info().rss
+
+    release_freed_memory()  # what earlier tests left free, so the blocks below need new pages
+    start = rss()
+    raise_threshold = torch.ones(24 * 2**20 // 4)  # a freed 24 MB block raises glibc's mmap threshold
+    del raise_threshold
+    blocks = [torch.ones(16 * 2**20 // 4) for _ in range(20)]  # 320 MB, now from glibc's heap
+    keep = blocks[-1]  # pins the top of the heap, so free() cannot shrink it
+    del blocks
+    kept = rss()
+    release_freed_memory()
+    assert kept - start > 250e6  # freed, yet still held by the process
+    assert kept - rss() > 250e6
+    del keep

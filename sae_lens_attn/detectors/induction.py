@@ -10,8 +10,10 @@ For each live feature, `t` is the token it promotes most through its direct logi
   `A <other> ... A` (induction tests of other tokens) and first `A`s (no earlier `A`).
 
 Its score is the induction rate minus the larger control rate. One forward pass, stopped
-at the SAE's hook_z, serves every feature: the SAE encodes all features at the test
-positions and each feature reads the positions that test its own token. The controls are
+at the SAE's hook_z, serves every feature: each feature reads the positions that test its
+own token, and at those the SAE encodes only the features tested there where features
+encode independently (`encode_hook_z_columns`: SAELens's standard, JumpReLU and gated
+SAEs), else every feature. The controls are
 the first `n_control_sequences` sequences (default 64: 512 positions of each kind), whose
 slots test random tokens.
 
@@ -47,6 +49,7 @@ from sae_lens_attn.detectors.base import (
     DEAD_SUMMARY,
     display_token,
     encode_hook_z,
+    encode_hook_z_columns,
     feature_index,
     resolve_layout,
     token_strings_of,
@@ -197,17 +200,21 @@ def count_induction_firing(
             [torch.arange(x.shape[0]).repeat_interleave(n_tests), torch.arange(n_controls).repeat_interleave(n_tests)]
         )
         at = x[sequence.to(x.device), positions.to(x.device)]  # [b*K + controls*K, d_in]
-        acts = encode_hook_z(sae, at, layout)[:, feature_columns].float().cpu()
-        tests, firsts = acts[: x.shape[0] * n_tests], acts[x.shape[0] * n_tests :]
+        n_test_rows, n_control_rows = x.shape[0] * n_tests, n_controls * n_tests
 
+        # a test position matters only to the features whose top token it tests
         position, feature = _matching_pairs(prompts.tested_tokens[rows].flatten(), top_tokens)
-        matched = tests[position, feature]
+        needed, slot = feature.unique(return_inverse=True)
+        columns = feature_columns[needed.to(feature_columns.device)]
+        matched = encode_hook_z_columns(sae, at[:n_test_rows], layout, columns).float().cpu()[position, slot]
         counts.induction_fires.index_add_(0, feature, (matched > activation_threshold).double())
         counts.induction_tests.index_add_(0, feature, torch.ones_like(matched, dtype=torch.float64))
         counts.induction_act_sum.index_add_(0, feature, matched.double())
-        if n_controls:
-            controls = tests[: n_controls * n_tests]
-            is_control = position < n_controls * n_tests
+        if n_controls:  # every feature, at the control rows' test positions and first As
+            control_at = torch.cat([at[:n_control_rows], at[n_test_rows:]])
+            acts = encode_hook_z(sae, control_at, layout)[:, feature_columns].float().cpu()
+            controls, firsts = acts[:n_control_rows], acts[n_control_rows:]
+            is_control = position < n_control_rows
             own = torch.zeros_like(controls, dtype=torch.bool)
             own[position[is_control], feature[is_control]] = True
             counts.other_fires += ((controls > activation_threshold) & ~own).sum(dim=0)

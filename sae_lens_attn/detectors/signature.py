@@ -37,6 +37,7 @@ import torch
 
 from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
 from sae_lens_attn.detectors.base import encode_hook_z
+from sae_lens_attn.runtime import release_freed_memory
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -371,6 +372,7 @@ def compute_source_signatures(
         columns = slice(start, start + options.feature_chunk_size)
         parts.append(_chunk_statistics(sae, layout, run, tokens, categories, seen, acts[..., columns],
                                        index[columns], options))
+        release_freed_memory()  # the chunk's large temporaries, kept by glibc otherwise
     merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     live = (merged["fires"] > 0) & _decoder_nonzero(sae, layout, index)
     return SourceSignatures(
