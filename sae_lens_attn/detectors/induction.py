@@ -13,7 +13,8 @@ Its score is the induction rate minus the larger control rate. One forward pass,
 at the SAE's hook_z, serves every feature: each feature reads the positions that test its
 own token, and at those the SAE encodes only the features tested there where features
 encode independently (`encode_hook_z_columns`: SAELens's standard, JumpReLU and gated
-SAEs), else every feature. The controls are
+SAEs), else every feature; batches holding control sequences encode every feature. The
+controls are
 the first `n_control_sequences` sequences (default 64: 512 positions of each kind), whose
 slots test random tokens.
 
@@ -201,19 +202,20 @@ def count_induction_firing(
         )
         at = x[sequence.to(x.device), positions.to(x.device)]  # [b*K + controls*K, d_in]
         n_test_rows, n_control_rows = x.shape[0] * n_tests, n_controls * n_tests
-
-        # a test position matters only to the features whose top token it tests
         position, feature = _matching_pairs(prompts.tested_tokens[rows].flatten(), top_tokens)
-        needed, slot = feature.unique(return_inverse=True)
-        columns = feature_columns[needed.to(feature_columns.device)]
-        matched = encode_hook_z_columns(sae, at[:n_test_rows], layout, columns).float().cpu()[position, slot]
+        if n_controls:  # control rows: every feature, at their test positions and first As
+            acts = encode_hook_z(sae, at, layout)[:, feature_columns].float().cpu()
+            tests, firsts = acts[:n_test_rows], acts[n_test_rows:]
+            matched = tests[position, feature]
+        else:  # a test position matters only to the features whose top token it tests
+            needed, slot = feature.unique(return_inverse=True)
+            columns = feature_columns[needed.to(feature_columns.device)]
+            matched = encode_hook_z_columns(sae, at, layout, columns).float().cpu()[position, slot]
         counts.induction_fires.index_add_(0, feature, (matched > activation_threshold).double())
         counts.induction_tests.index_add_(0, feature, torch.ones_like(matched, dtype=torch.float64))
         counts.induction_act_sum.index_add_(0, feature, matched.double())
-        if n_controls:  # every feature, at the control rows' test positions and first As
-            control_at = torch.cat([at[:n_control_rows], at[n_test_rows:]])
-            acts = encode_hook_z(sae, control_at, layout)[:, feature_columns].float().cpu()
-            controls, firsts = acts[:n_control_rows], acts[n_control_rows:]
+        if n_controls:
+            controls = tests[:n_control_rows]
             is_control = position < n_control_rows
             own = torch.zeros_like(controls, dtype=torch.bool)
             own[position[is_control], feature[is_control]] = True
