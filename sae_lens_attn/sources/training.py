@@ -74,7 +74,6 @@ def train_hook_z_sae(
     checkpoint folder: see `HookZTrainingRunner`.
     """
     device = rank_device(device)
-    device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
     dataset_path, override_dataset, context_size = prepare_dataset(dataset, context_size)
     sae_cfg = sae_config_for(
