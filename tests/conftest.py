@@ -48,3 +48,16 @@ def tiny_tokens() -> torch.Tensor:
     """`[8, 32]` random token ids for `tiny_model`, seed 0."""
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 101, (8, 32), generator=generator)
+
+
+@pytest.fixture(scope="session")
+def saved_sae_dir(tmp_path_factory):
+    """A saved dense SAE folder on blocks.1.attn.hook_z (d_in 64, d_sae 16), shared: tests
+    that damage a folder copy it first."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    folder = tmp_path_factory.mktemp("saved_sae") / "sae"
+    metadata = SAEMetadata(hook_name="blocks.1.attn.hook_z")
+    StandardSAE(StandardSAEConfig(d_in=64, d_sae=16, metadata=metadata)).save_model(folder)
+    return folder

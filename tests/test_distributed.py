@@ -54,20 +54,22 @@ def one_process(tmp_path_factory) -> SAE:
     return sae
 
 
-@pytest.fixture(scope="module")
-def data_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data")
-    result = run_worker(out, "--parallel", "data", "--checkpoint-every", "10")
+def parallel_run(tmp_path_factory, mode: str) -> Path:
+    """The output folder of a 2-rank torchrun in `mode`, with checkpoints every 10 steps."""
+    out = tmp_path_factory.mktemp(mode)
+    result = run_worker(out, "--parallel", mode, "--checkpoint-every", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory) -> Path:
+    return parallel_run(tmp_path_factory, "data")
 
 
 @pytest.fixture(scope="module")
 def heads_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("heads")
-    result = run_worker(out, "--parallel", "heads", "--checkpoint-every", "10")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return parallel_run(tmp_path_factory, "heads")
 
 
 def test_python_m_sae_lens_attn_runs_the_cli():

@@ -24,16 +24,9 @@ HOOK = "blocks.1.attn.hook_z"
 
 
 @pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sae") / "sae"
-    StandardSAE(StandardSAEConfig(d_in=64, d_sae=16, metadata=SAEMetadata(hook_name=HOOK))).save_model(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def truncated_sae(sae_dir, tmp_path_factory):
+def truncated_sae(saved_sae_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("truncated") / "sae"
-    shutil.copytree(sae_dir, folder)
+    shutil.copytree(saved_sae_dir, folder)
     weights = folder / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     return folder
@@ -77,9 +70,9 @@ def one_error_line(capsys) -> str:
         (["toy", "--batch-size", "0"], "argument --batch-size: 0 is too small"),
     ],
 )
-def test_bad_options_are_one_line_usage_errors(argv, message, sae_dir, tmp_path, capsys):
+def test_bad_options_are_one_line_usage_errors(argv, message, saved_sae_dir, tmp_path, capsys):
     command, *rest = argv
-    sae = [] if command == "toy" else ["--sae", str(sae_dir)]
+    sae = [] if command == "toy" else ["--sae", str(saved_sae_dir)]
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, *sae, *rest, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
@@ -103,11 +96,11 @@ def test_bad_options_are_one_line_usage_errors(argv, message, sae_dir, tmp_path,
         (["circuit", "--sae", "{sae}", "--upstream-sae", "{truncated}", "--feature", "0", "--prompt", "x"], "damaged or truncated"),
     ],
 )
-def test_bad_inputs_fail_before_the_model_loads(argv, message, sae_dir, truncated_sae, tmp_path,
+def test_bad_inputs_fail_before_the_model_loads(argv, message, saved_sae_dir, truncated_sae, tmp_path,
                                                 no_model, capsys):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "garbage.json").write_text('{"rows": [{"no": "fields"}]}')
-    paths = {"sae": sae_dir, "truncated": truncated_sae, "missing": tmp_path / "missing",
+    paths = {"sae": saved_sae_dir, "truncated": truncated_sae, "missing": tmp_path / "missing",
              "file": tmp_path / "a_file", "garbage": tmp_path / "garbage.json"}
     argv = [arg.format(**paths) for arg in argv]
     if "--out" not in argv:
@@ -117,8 +110,8 @@ def test_bad_inputs_fail_before_the_model_loads(argv, message, sae_dir, truncate
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_model_names_close_matches_without_the_whole_list(sae_dir, tmp_path, capsys):
-    assert cli.main(["detect", "--sae", str(sae_dir), "--model", "gpt2-smal", "--out", str(tmp_path)]) == 2
+def test_unknown_model_names_close_matches_without_the_whole_list(saved_sae_dir, tmp_path, capsys):
+    assert cli.main(["detect", "--sae", str(saved_sae_dir), "--model", "gpt2-smal", "--out", str(tmp_path)]) == 2
     line = one_error_line(capsys)
     assert "--model 'gpt2-smal': not a TransformerLens model name" in line
     assert "did you mean gpt2-small" in line and len(line) < 400

@@ -26,13 +26,6 @@ from sae_lens_attn.sources.saved_sae import check_saved_sae, load_saved_sae
 HOOK = "blocks.1.attn.hook_z"
 
 
-@pytest.fixture(scope="module")
-def good_sae(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("good") / "sae"
-    StandardSAE(StandardSAEConfig(d_in=64, d_sae=16, metadata=SAEMetadata(hook_name=HOOK))).save_model(folder)
-    return folder
-
-
 def damaged(good, tmp_path, damage):
     folder = tmp_path / "sae"
     shutil.copytree(good, folder)
@@ -69,8 +62,8 @@ def truncate(folder):
         (edit_cfg(lambda c: c.update(d_sae=32)), "W_dec has shape [16, 64] in sae_weights.safetensors, but cfg.json (d_in=64, d_sae=32) implies [32, 64]"),
     ],
 )
-def test_damaged_sae_folder_is_refused_with_one_line(good_sae, tmp_path, damage, message):
-    folder = damaged(good_sae, tmp_path, damage)
+def test_damaged_sae_folder_is_refused_with_one_line(saved_sae_dir, tmp_path, damage, message):
+    folder = damaged(saved_sae_dir, tmp_path, damage)
     with pytest.raises(InvalidInputError) as raised:
         check_saved_sae(folder)
     text = str(raised.value)
@@ -78,16 +71,16 @@ def test_damaged_sae_folder_is_refused_with_one_line(good_sae, tmp_path, damage,
     assert message in text
 
 
-def test_missing_sae_files_are_file_not_found_errors(good_sae, tmp_path):
+def test_missing_sae_files_are_file_not_found_errors(saved_sae_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_saved_sae(tmp_path / "nowhere")
-    folder = damaged(good_sae, tmp_path, lambda f: (f / "sae_weights.safetensors").unlink())
+    folder = damaged(saved_sae_dir, tmp_path, lambda f: (f / "sae_weights.safetensors").unlink())
     with pytest.raises(MissingInputError, match="no sae_weights.safetensors"):
         check_saved_sae(folder)
 
 
-def test_valid_folders_load_including_block_diagonal(good_sae, tmp_path):
-    assert check_saved_sae(good_sae)["W_enc"] == (64, 16)
+def test_valid_folders_load_including_block_diagonal(saved_sae_dir, tmp_path):
+    assert check_saved_sae(saved_sae_dir)["W_enc"] == (64, 16)
     BlockDiagonalSAE(BlockDiagonalSAEConfig(d_in=64, d_sae=32, n_heads=4)).save_model(tmp_path / "bd")
     assert check_saved_sae(tmp_path / "bd")["W_dec_blocks"] == (4, 8, 16)
     assert type(load_saved_sae(tmp_path / "bd")).__name__ == "BlockDiagonalSAE"
