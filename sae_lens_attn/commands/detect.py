@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         head_rows, header = format_heads_table(heads)
         poly = heads["polysemanticity"]
         print(f"\ntaxonomy per head (a feature counts for the head with most of its decoder norm; "
-              f"{poly['share_polysemantic']:.0%} of heads polysemantic)")
+              f"in brackets: token-specific; {poly['share_polysemantic']:.0%} of heads polysemantic)")
         print(format_table(head_rows, header))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -143,23 +143,26 @@ def load_head_tables(result: DemoResult, out: Path) -> dict[str, dict]:
         document = json.loads((Path(out) / sae.families_json).read_text(encoding="utf-8"))
         if "heads" in document:
             tables[sae.architecture] = {key: document[key] for key in
-                                        ("heads", "heads_fractional", "head_polysemanticity") if key in document}
+                                        ("heads", "heads_token_specific", "heads_fractional",
+                                         "head_polysemanticity") if key in document}
     return tables
 
 
 def taxonomy_table(head_tables: dict[str, dict]) -> Table:
+    from sae_lens_attn.detectors.heads_table import count_cell
     from sae_lens_attn.detectors.taxonomy import CLASSES
 
     rows = []
     for architecture, table in head_tables.items():
         poly = table["head_polysemanticity"]["families_per_head"]
         for head, by_class in table["heads"].items():
-            rows.append((architecture, head, *(str(by_class.get(cls, 0)) for cls in CLASSES),
-                         str(poly.get(head, 0))))
+            specific = table.get("heads_token_specific", {}).get(head, {})
+            rows.append((architecture, head, *(count_cell(by_class.get(cls, 0), specific.get(cls, 0))
+                                               for cls in CLASSES), str(poly.get(head, 0))))
     return Table("Source-signature taxonomy per head", ("architecture", "head", *CLASSES,
                                                         "classes >= 10%"), rows,
                  "Each live feature gets one class (docs/taxonomy.md) and counts for the head holding "
-                 "most of its decoder norm.")
+                 "most of its decoder norm; in brackets: how many have a token-specific sub-label.")
 
 
 def report_tables(result: DemoResult, head_tables: dict[str, dict] | None = None) -> list[Table]:
@@ -224,7 +227,8 @@ def taxonomy_figures(head_tables: dict[str, dict]) -> list[go.Figure]:
     for architecture, table in head_tables.items():
         poly = table["head_polysemanticity"]
         figures.append(heads_figure(
-            {"counts": table["heads"], "polysemanticity": poly},
+            {"counts": table["heads"], "token_specific": table.get("heads_token_specific", {}),
+             "polysemanticity": poly},
             title=f"{architecture}: taxonomy per head ({poly['share_polysemantic']:.0%} of heads polysemantic)",
         ))
     return figures

@@ -3,7 +3,7 @@
 `families.csv` has the columns `detector, feature, family, score, evidence` (evidence as a
 JSON object). `families.json` holds `{"summary": ..., "rows": [...]}`, the summary being
 `family_summary(rows)`; with taxonomy rows also `heads` (`{"L1H0": {class: count}}`),
-`heads_fractional` (dense SAEs) and `head_polysemanticity` (`detectors.heads_table`).
+`heads_token_specific` (the same, counting token-specific sub-labels), `heads_fractional` (dense SAEs) and `head_polysemanticity` (`detectors.heads_table`).
 Both read back with `load_family_rows`.
 """
 
@@ -114,6 +114,7 @@ def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Pa
     table = heads_table(rows)
     if table:
         summary["heads"] = table["counts"]
+        summary["heads_token_specific"] = table["token_specific"]
         if "fractional" in table:
             summary["heads_fractional"] = table["fractional"]
         summary["head_polysemanticity"] = table["polysemanticity"]
