@@ -34,7 +34,7 @@ from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
 from sae_lens_attn.detectors.base import encode_hook_z
 from sae_lens_attn.detectors.taxonomy import COMPONENTS, TaxonomyDetector
 from sae_lens_attn.sources.head_layout import HeadLayout
-from sae_lens_attn.sources.training import train_hook_z_sae
+from sae_lens_attn.training import train_hook_z_sae
 
 V, N_CTX = 24, 32
 BOS, MARKERS = 0, (1, 2, 3)

@@ -43,7 +43,7 @@ import torch
 from sae_lens_attn.attribution._sae_weights import is_block_diagonal
 from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.detectors.base import token_strings_of
-from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.detectors.classes import CLASSES, COMPONENTS, DEAD, OTHER, TAXONOMY, FamilyRow
 from sae_lens_attn.detectors.signature import CATEGORIES, CATEGORY_LABELS, SourceSignatures
 from sae_lens_attn.detectors.source_detectors import feature_evidence, signatures_for
 
@@ -57,12 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["CLASSES", "CLASS_SOURCES", "COMPONENTS", "DEAD", "NAME", "OTHER", "TaxonomyDetector",
            "TaxonomyThresholds"]
 
-NAME = "taxonomy"
-OTHER = "other"
-DEAD = "dead"
-COMPONENTS = ("current_token", "previous_token", "duplicate_token", "induction", "local_context",
-              "high_level_context")
-CLASSES = (*COMPONENTS, OTHER)
+NAME = TAXONOMY
 # the source category whose DFA share decides each class
 CLASS_SOURCES = {
     "current_token": "current",
