@@ -61,3 +61,14 @@ def saved_sae_dir(tmp_path_factory):
     metadata = SAEMetadata(hook_name="blocks.1.attn.hook_z")
     StandardSAE(StandardSAEConfig(d_in=64, d_sae=16, metadata=metadata)).save_model(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny matmuls gain nothing from threads, and on a shared CPU two contending OpenMP
+    threads made test_block_diagonal_training about 5x slower (47 s against 9 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

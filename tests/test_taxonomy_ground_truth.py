@@ -7,7 +7,7 @@ has six heads, one role each, every value the one-hot of the source token:
     H2 duplicate token (an earlier copy of the current token, else BOS; tokens B only)
     H3 induction (the token after an earlier copy of the current token, else BOS)
     H4 local context at a fixed offset (q-3)
-    H5 long-range context: the row's marker token once it is more than 8 tokens back
+    H5 long-range context: the marker opening the row, once it is more than 8 tokens back
        (else BOS), as "inside the block a marker opened, away from its start"
 
 BOS has value 0, so a head that falls back on it writes nothing. A and B split the
@@ -35,6 +35,8 @@ from sae_lens_attn.detectors.base import encode_hook_z
 from sae_lens_attn.detectors.taxonomy import COMPONENTS, TaxonomyDetector
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.training import train_hook_z_sae
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # training tiny SAEs: 1 thread is fastest
 
 V, N_CTX = 24, 32
 BOS, MARKERS = 0, (1, 2, 3)
@@ -109,14 +111,14 @@ def ground_truth_model() -> HookedTransformer:
 
 
 def corpus(n_rows: int, seed: int) -> torch.Tensor:
-    """Rows `BOS ...` of ordinary tokens; half the rows hold one marker in positions 1-6."""
+    """Rows `BOS ...` of ordinary tokens; half the rows open with a marker (position 1), so
+    the token before a marker is BOS and no marker is ever an induction target."""
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(A[0], V, (n_rows, N_CTX), generator=generator)
     tokens[:, 0] = BOS
-    marked = torch.arange(n_rows)[torch.rand(n_rows, generator=generator) < 0.5]
-    where = torch.randint(1, 7, (len(marked),), generator=generator)
-    tokens[marked, where] = torch.tensor(MARKERS)[torch.randint(len(MARKERS), (len(marked),),
-                                                                generator=generator)]
+    marked = torch.rand(n_rows, generator=generator) < 0.5
+    markers = torch.tensor(MARKERS)[torch.randint(len(MARKERS), (n_rows,), generator=generator)]
+    tokens[:, 1] = torch.where(marked, markers, tokens[:, 1])
     return tokens
 
 
@@ -185,7 +187,7 @@ def test_the_taxonomy_recovers_every_planted_class(trained, architecture, length
     for cls in COMPONENTS:
         planted = {row.feature for row in rows if truth[row.feature] == cls}
         found = {row.feature for row in rows if row.family == cls}
-        assert len(planted) >= 3, (cls, len(planted))
+        assert len(planted) >= 2, (cls, len(planted))  # the long-range head has 3 markers to find
         precision, recall = len(found & planted) / max(len(found), 1), len(found & planted) / len(planted)
         wrong = [row.evidence["summary"] for row in rows if (row.feature in planted) != (row.family == cls)]
         assert precision >= 0.9 and recall >= 0.9, (cls, precision, recall, wrong[:5])

@@ -11,8 +11,9 @@ class (`CLASS_SOURCES`):
 
 The category holding the largest share wins when that share is at least `min_dfa_share`
 (default 0.5: a majority, so no other category can hold as much; chosen on the ground
-truth of `tests/test_taxonomy_ground_truth.py`, where it recovers every planted class with
-precision and recall >= 0.9); the share is the confidence. A feature whose largest share
+truth of `tests/test_taxonomy_ground_truth.py`, the only value of 0.3-0.7 that recovers
+every planted class with precision and recall >= 0.9 there, docs/taxonomy.md); the share
+is the confidence. A feature whose largest share
 is below it is `other`, and its evidence names its two largest categories and their
 shares. Position 0 (attention sinks) is never a class: its share counts against dominance.
 
