@@ -47,8 +47,14 @@ def test_train_command_saves_a_block_diagonal_sae_on_chosen_heads(tiny_embedded,
     assert len(sae.cfg.metadata["per_head_scale_folded"]) == 2
     printed = capsys.readouterr().out
     assert f"saved block_diagonal SAE on blocks.1.attn.hook_z heads [3, 0] (d_in 32, d_sae 64) to {out}" in printed
-    assert "SAELens evals" not in printed  # not for a head subset
-    assert tiny_embedded == ["train"]
+    assert "SAELens evals on" not in printed  # not for a head subset
+    assert "per-head evals on the same prompts (only that head spliced)" in printed  # but per head, yes
+    head_evals = json.loads((out / "head_evals.json").read_text())
+    assert list(head_evals) == ["L1H3", "L1H0"]
+    assert sum(h["features"] for h in head_evals.values()) == 64
+    [entry] = json.loads((out / "saes.json").read_text())
+    assert entry["metrics"]["L1H3/l0"] == pytest.approx(head_evals["L1H3"]["l0"])
+    assert tiny_embedded == ["train", "test"]
 
 
 def test_train_command_evaluates_an_all_heads_sae_on_held_out_rows(tiny_embedded, tmp_path, capsys):
@@ -84,6 +90,12 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
             entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
         assert entry["heads"] == [0, 1, 2, 3]
         assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+        layer = entry["layer"]
+        assert {f"L{layer}H{h}/{m}" for h in range(4) for m in ("explained_variance", "ce_loss_recovered", "l0",
+                                                                  "dead_share")} <= set(entry["metrics"])
+        per_head_l0 = sum(entry["metrics"][f"L{layer}H{h}/l0"] for h in range(4))
+        assert per_head_l0 == pytest.approx(entry["metrics"]["l0"], rel=1e-4)  # heads add up to SAELens's L0
+        assert (out / entry["path"] / "head_evals.json").is_file()
     printed = capsys.readouterr().out
     assert printed.count("SAELens evals on 1 x 8 held-out prompts") == 4
     assert f"listed 4 SAEs in {out / 'saes.json'}" in printed

@@ -43,11 +43,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS",
+    "HEAD_EVALS_FILENAME",
     "HeadEvals",
     "ce_loss_recovered",
     "evaluate_heads",
     "feature_heads",
     "head_dead_share",
+    "head_evals_rows",
     "head_explained_variance",
     "head_l0",
     "sae_feature_heads",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 METRICS = ("explained_variance", "ce_loss_recovered", "l0", "dead_share")
+HEAD_EVALS_FILENAME = "head_evals.json"  # `HeadEvals.to_dict()`, beside a trained SAE
 
 
 def feature_heads(head_share: torch.Tensor) -> torch.Tensor:
@@ -166,6 +169,17 @@ class HeadEvals:
             for label, values in self.to_dict().items()
             for name in METRICS
         }
+
+
+def head_evals_rows(table: dict[str, dict[str, float]]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """`(rows, header)` for printing `HeadEvals.to_dict()` (or `families.json`'s
+    `head_evals`): one row per head."""
+    rows = [
+        (head, f"{v['explained_variance']:.3f}", f"{v['ce_loss_recovered']:.3f}", f"{v['l0']:.2f}",
+         f"{v['dead_share']:.1%}", str(v["features"]))
+        for head, v in table.items()
+    ]
+    return rows, ("head", "explained variance", "CE loss recovered", "L0", "dead", "features")
 
 
 def _reconstruct(
