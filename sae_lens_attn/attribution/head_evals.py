@@ -43,12 +43,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS",
+    "EVAL_COLUMNS",
     "HEAD_EVALS_FILENAME",
     "HeadEvals",
     "ce_loss_recovered",
     "evaluate_heads",
     "feature_heads",
     "head_dead_share",
+    "head_eval_cells",
     "head_evals_rows",
     "head_explained_variance",
     "head_l0",
@@ -171,15 +173,20 @@ class HeadEvals:
         }
 
 
+EVAL_COLUMNS = ("EV", "CE rec.", "L0", "dead")  # printed header of `head_eval_cells`
+
+
+def head_eval_cells(values: dict[str, float]) -> tuple[str, str, str, str]:
+    """One head's explained variance, CE loss recovered, L0 and dead share as text."""
+    return (f"{values['explained_variance']:.3f}", f"{values['ce_loss_recovered']:.3f}", f"{values['l0']:.2f}",
+            f"{values['dead_share']:.1%}")
+
+
 def head_evals_rows(table: dict[str, dict[str, float]]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
     """`(rows, header)` for printing `HeadEvals.to_dict()` (or `families.json`'s
-    `head_evals`): one row per head."""
-    rows = [
-        (head, f"{v['explained_variance']:.3f}", f"{v['ce_loss_recovered']:.3f}", f"{v['l0']:.2f}",
-         f"{v['dead_share']:.1%}", str(v["features"]))
-        for head, v in table.items()
-    ]
-    return rows, ("head", "explained variance", "CE loss recovered", "L0", "dead", "features")
+    `head_evals`): one row per head (EV: explained variance; CE rec.: CE loss recovered)."""
+    rows = [(head, *head_eval_cells(values), str(values["features"])) for head, values in table.items()]
+    return rows, ("head", *EVAL_COLUMNS, "features")
 
 
 def _reconstruct(

@@ -3,7 +3,9 @@
 Writes `families.csv` and `families.json` (one row per feature and detector) and each
 detector's figures (`<name>.html`, and `<name>.png` where kaleido can render) into `--out`.
 With the `taxonomy` detector (default), `families.json` also holds the per-head table
-(`heads`), `heads.html` draws it and the table is printed.
+(`heads`), `heads.html` draws it and the table is printed. With evaluation tokens, the
+per-head evals (explained variance, CE loss recovered with only that head spliced, L0,
+dead share; `attribution.head_evals`) are printed with it and saved as `head_evals`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sae_lens_attn.commands._common import (
 
 DEFAULT_DETECTORS = (
     "induction,logit_lens,enrichment,current_token,previous_token,duplicate_token,local_context,"
-    "high_level_context,taxonomy"
+    "high_level_context,code_region,taxonomy"
 )
 
 
@@ -88,6 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="a source-signature detector option, e.g. min_dfa_share=0.6 (repeatable; see "
         "docs/taxonomy.md for every name and its default)",
     )
+    parser.add_argument("--no-head-evals", action="store_true",
+                        help="skip the per-head evals (2 model passes per head over the evaluation tokens)")
     parser.add_argument("--no-png", action="store_true", help="write figures as HTML only")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts and p-values")
@@ -114,11 +118,13 @@ def parse_regex(items: list[str]) -> dict[str, str]:
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
-    """['name=value', ...] -> {name: value} for the source-signature detectors' options."""
+    """['name=value', ...] -> {name: value} for the source-signature and code-region
+    detectors' options."""
+    from sae_lens_attn.detectors.code_region import RegionThresholds
     from sae_lens_attn.detectors.signature import SignatureOptions
     from sae_lens_attn.detectors.source_detectors import SignatureThresholds
 
-    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions())}
+    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions()), **vars(RegionThresholds())}
     chosen: dict[str, float] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -132,6 +138,7 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     try:  # range checks live with the options themselves
         SignatureThresholds.from_options(chosen)
         SignatureOptions.from_options(chosen)
+        RegionThresholds.from_options(chosen)
     except ValueError as error:
         raise ValueError(f"--threshold: {error}") from None
     return chosen
@@ -235,7 +242,12 @@ def run(args: argparse.Namespace) -> int:
         for note in sorted(notes):
             print(f"note ({name}): {note}")
 
-    written = list(save_family_rows(rows, args.out))
+    head_evals = None
+    if options["tokens"] is not None and not args.no_head_evals:
+        from sae_lens_attn.attribution.head_evals import evaluate_heads
+
+        head_evals = evaluate_heads(model, sae, layout, options["tokens"]).to_dict()
+    written = list(save_family_rows(rows, args.out, head_evals))
     png = not args.no_png
     for stem, figure in figures.items():
         files = save_figure(figure, args.out, stem, png=png)
@@ -245,10 +257,16 @@ def run(args: argparse.Namespace) -> int:
                        ("detector", "family", "features", "share of live", "live")))
     heads = heads_table(rows)
     if heads:
-        head_rows, header = format_heads_table(heads)
+        head_rows, header = format_heads_table(heads, head_evals)
         poly = heads["polysemanticity"]
         print(f"\ntaxonomy per head (a feature counts for the head with most of its decoder norm; "
-              f"{poly['share_polysemantic']:.0%} of heads polysemantic)")
+              f"{poly['share_polysemantic']:.0%} of heads polysemantic)"
+              + ("; per-head evals: EV, CE loss recovered with only that head spliced, L0, dead" if head_evals else ""))
         print(format_table(head_rows, header))
+    elif head_evals:
+        from sae_lens_attn.attribution.head_evals import head_evals_rows
+
+        print("\nper-head evals (EV, CE loss recovered with only that head spliced, L0, dead share)")
+        print(format_table(*head_evals_rows(head_evals)))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

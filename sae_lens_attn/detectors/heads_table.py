@@ -73,8 +73,12 @@ def heads_table(rows: Sequence[FamilyRow], detector: str = TAXONOMY) -> dict[str
     return table
 
 
-def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
-    """`(rows, header)` for printing: one row per head, one column per class seen."""
+def format_heads_table(
+    table: dict[str, Any], head_evals: dict[str, dict[str, float]] | None = None
+) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """`(rows, header)` for printing: one row per head, one column per class seen, and
+    with `head_evals` (`HeadEvals.to_dict()`) its explained variance, CE loss recovered,
+    L0 and dead share."""
     from sae_lens_attn.detectors.taxonomy import CLASSES
 
     seen = [cls for cls in CLASSES if any(cls in by_class for by_class in table["counts"].values())]
@@ -83,7 +87,14 @@ def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tu
         (head, *(str(by_class.get(cls, 0)) for cls in seen), str(sum(by_class.values())), str(poly[head]))
         for head, by_class in table["counts"].items()
     ]
-    return rows, ("head", *seen, "features", "families >= 10%")
+    header = ("head", *seen, "features", "families >= 10%")
+    if head_evals:
+        from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+
+        blank = ("",) * len(EVAL_COLUMNS)
+        rows = [(*row, *(head_eval_cells(head_evals[row[0]]) if row[0] in head_evals else blank)) for row in rows]
+        header = (*header, *EVAL_COLUMNS)
+    return rows, header
 
 
 def heads_figure(table: dict[str, Any], title: str | None = None) -> go.Figure:
