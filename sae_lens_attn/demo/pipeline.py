@@ -51,6 +51,7 @@ class SAEResult:
     dashboard: Path | None
     dashboard_features: list[int]
     seconds: dict[str, float] = field(default_factory=dict)
+    head_evals: dict[str, dict[str, float]] = field(default_factory=dict)  # `HeadEvals.to_dict()`
 
     @property
     def live_count(self) -> int:
@@ -202,6 +203,7 @@ def demo_one_sae(
     step: Callable[[str], None],
 ) -> SAEResult:
     """Evaluate, detect and render one trained SAE into `out / architecture`."""
+    from sae_lens_attn.attribution.head_evals import evaluate_heads
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
     from sae_lens_attn.detectors.results import family_summary, save_family_rows
     from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
@@ -209,17 +211,19 @@ def demo_one_sae(
     sae, layout = trained
     folder = out / architecture
     seconds: dict[str, float] = {}
-    step(f"{architecture}: SAELens evals, dead share, per-head L0")
+    step(f"{architecture}: SAELens evals, per-head evals, dead share, per-head L0")
     with _timed(seconds, "evaluate"):
         n_eval = settings.eval_batches * settings.eval_batch_prompts
         metrics = evaluate_hook_z_sae(sae, model, eval_tokens[:n_eval],
                                       n_batches=settings.eval_batches,
                                       batch_size_prompts=settings.eval_batch_prompts)
+        head_evals = evaluate_heads(model, sae, layout, eval_tokens[:n_eval],
+                                    batch_size=settings.eval_batch_prompts).to_dict()
         activity = feature_activity(model, sae, layout, eval_tokens)
     step(f"{architecture}: detectors")
     with _timed(seconds, "detect"):
         rows, errors = run_detectors(model, sae, layout, eval_tokens, settings)
-        _, families_json = save_family_rows(rows, folder / "families")
+        _, families_json = save_family_rows(rows, folder / "families", head_evals)
         induction = induction_members(rows)
     dashboard, shown = None, []
     step(f"{architecture}: dashboards")
@@ -249,6 +253,7 @@ def demo_one_sae(
         dashboard=dashboard,
         dashboard_features=shown,
         seconds=seconds,
+        head_evals=head_evals,
     )
 
 
