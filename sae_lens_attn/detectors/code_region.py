@@ -147,17 +147,28 @@ def region_statistics(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Per feature: `fires [n, q, F]` bool, `tokens [n, q]`, `regions [n, q, R]`, `known [n, q]`
-    -> `auc [F, R]`, `token_auc [F]`, `shuffled_auc [F, R]`, `precision [F, R]` (share of
-    firings in the region), `coverage [F, R]` (share of the region's tokens it fires on),
-    `fires [F]` (on known positions)."""
+    -> `auc [F, R]`, `token_auc [F]`, `shuffled_auc [F, R]`, `gain [F, R]` (AUC of tokens and
+    region together minus `token_auc`), `precision [F, R]` (share of firings in the region),
+    `coverage [F, R]` (share of the region's tokens it fires on), `fires [F]` (on known
+    positions)."""
     flat_fires, flat_regions = fires[known], regions[known]
     scores = token_scores(tokens, fires)[known]
     both = flat_fires.double().T @ flat_regions.double()  # [F, R]
     n_fires = flat_fires.sum(dim=0).double()
     generator = torch.Generator().manual_seed(seed)
+    token_auc = rank_auc(scores, flat_fires)
+    gain = torch.stack(
+        [
+            rank_auc(token_scores(tokens, fires, context=regions[..., r])[known], flat_fires)
+            - token_auc
+            for r in range(regions.shape[2])
+        ],
+        dim=1,
+    )
     return {
         "auc": region_auc(flat_fires, flat_regions),
-        "token_auc": rank_auc(scores, flat_fires),
+        "token_auc": token_auc,
+        "gain": gain,
         "shuffled_auc": shuffled_region_auc(fires, regions, known, n_shuffles, generator),
         "precision": both / n_fires.clamp_min(1)[:, None],
         "coverage": both / flat_regions.sum(dim=0).double().clamp_min(1)[None, :],
@@ -277,6 +288,7 @@ def _row(
         "region_auc": {r: stats["auc"][i, j].item() for j, r in enumerate(REGIONS)},
         "token_auc": token,
         "shuffled_auc": shuffled,
+        "gain_over_tokens": {r: stats["gain"][i, j].item() for j, r in enumerate(REGIONS)},
         "precision": stats["precision"][i, best].item(),
         "coverage": stats["coverage"][i, best].item(),
         "fires_on_known": int(stats["fires"][i]),
@@ -285,7 +297,8 @@ def _row(
         evidence["notes"] = [note]
     verdict = f"in {region}" if member else f"not a region feature (best: {region})"
     evidence["summary"] = (
-        f"{verdict}: AUC {auc:.2f} vs tokens {token:.2f}, shuffled {shuffled:.2f}; "
+        f"{verdict}: AUC {auc:.2f} vs tokens {token:.2f}, shuffled {shuffled:.2f} "
+        f"(tokens and {region} {token + stats['gain'][i, best].item():.2f}); "
         f"{evidence['precision']:.0%} of its firings in {region}, fires on "
         f"{evidence['coverage']:.0%} of its tokens; {head}"
     )

@@ -13,6 +13,9 @@ half).
   to its overall rate, estimated on the *other* half of the rows (two folds, so a pair
   seen once does not predict itself). This is the best a predictor that sees nothing but
   the current and previous token can do, up to the estimate's noise.
+- Local tokens and region (`token_scores(..., context=region)`): the same, with every
+  key split by "in the region or not"; its AUC minus the token-only AUC is the region's
+  *gain* over the tokens (evidence: what the region adds where the tokens explain most).
 - Shuffled region: region r's labels of another row (a random derangement of rows),
   `n_shuffles` times; the control AUC is the largest.
 """
@@ -78,17 +81,27 @@ def _fold_rates(
     return (fire_sum[inverse] + smoothing * prior) / (count[inverse] + smoothing)
 
 
-def token_scores(tokens: torch.Tensor, fires: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
+def token_scores(
+    tokens: torch.Tensor,
+    fires: torch.Tensor,
+    smoothing: float = 1.0,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-fitted P(fires | previous token, current token): `tokens [n, q]`, `fires [n,
     q, F]` bool -> `[n, q, F]` float64. Rows of even index are scored with counts from odd
     rows and vice versa; the pair's rate is shrunk towards the current token's rate, and
-    that towards the feature's overall rate on the other fold (`smoothing` pseudo-counts)."""
+    that towards the feature's overall rate on the other fold (`smoothing` pseudo-counts).
+    With `context [n, q]` bool (in a region or not) every key is split by it too: the
+    best predictor from the local tokens *and* the region."""
     n, q = tokens.shape
     previous = torch.full_like(tokens, -1)
     previous[:, 1:] = tokens[:, :-1]
     vocab = int(tokens.max()) + 2
     pair = ((previous + 1) * vocab + tokens).flatten()
     current = tokens.flatten()
+    if context is not None:
+        flag = context.long().flatten()
+        pair, current = pair * 2 + flag, current * 2 + flag
     flat_fires = fires.reshape(n * q, -1)
     fold = (torch.arange(n) % 2).repeat_interleave(q)
     scores = torch.zeros(flat_fires.shape, dtype=torch.float64)
