@@ -178,14 +178,22 @@ EVAL_COLUMNS = ("EV", "CE rec.", "L0", "dead")  # printed header of `head_eval_c
 
 def head_eval_cells(values: dict[str, float]) -> tuple[str, str, str, str]:
     """One head's explained variance, CE loss recovered, L0 and dead share as text."""
-    return (f"{values['explained_variance']:.3f}", f"{values['ce_loss_recovered']:.3f}", f"{values['l0']:.2f}",
-            f"{values['dead_share']:.1%}")
+    return (
+        f"{values['explained_variance']:.3f}",
+        f"{values['ce_loss_recovered']:.3f}",
+        f"{values['l0']:.2f}",
+        f"{values['dead_share']:.1%}",
+    )
 
 
-def head_evals_rows(table: dict[str, dict[str, float]]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+def head_evals_rows(
+    table: dict[str, dict[str, float]],
+) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
     """`(rows, header)` for printing `HeadEvals.to_dict()` (or `families.json`'s
     `head_evals`): one row per head (EV: explained variance; CE rec.: CE loss recovered)."""
-    rows = [(head, *head_eval_cells(values), str(values["features"])) for head, values in table.items()]
+    rows = [
+        (head, *head_eval_cells(values), str(values["features"])) for head, values in table.items()
+    ]
     return rows, ("head", *EVAL_COLUMNS, "features")
 
 

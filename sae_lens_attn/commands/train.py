@@ -314,7 +314,11 @@ def evaluate_per_head(
     import torch
 
     from sae_lens_attn._atomic import atomic_write_text
-    from sae_lens_attn.attribution.head_evals import HEAD_EVALS_FILENAME, evaluate_heads, head_evals_rows
+    from sae_lens_attn.attribution.head_evals import (
+        HEAD_EVALS_FILENAME,
+        evaluate_heads,
+        head_evals_rows,
+    )
     from sae_lens_attn.commands.plugins import format_table
 
     if isinstance(held_out, str):
