@@ -133,7 +133,7 @@ def test_zero_reconstruction_equals_zero_ablation_of_that_head(tiny_model, tiny_
 
 
 def test_one_head_model_matches_saelens_evals():
-    from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
+    from sae_lens_attn.training.evaluation import evaluate_hook_z_sae
 
     model = make_tiny_model(n_heads=1, d_head=64)
     layout = HeadLayout.for_model(model, 1)
@@ -170,3 +170,29 @@ def test_head_subset_sae_and_flat_metrics(tiny_model, tiny_tokens):
     }
     assert metrics["L1H1/ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert sum(v["features"] for v in evals.to_dict().values()) == sae.cfg.d_sae
+
+
+def test_a_head_whose_ablation_changes_nothing_has_no_ce_loss_recovered():
+    from sae_lens_attn.attribution.head_evals import HeadEvals, ce_loss_recovered, head_evals_rows
+
+    same = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    evals = HeadEvals(
+        ["L0H0", "L0H1"],
+        torch.tensor([0.9, 0.8]),
+        torch.tensor([2.0, 2.5]),
+        torch.tensor([2.0, 3.0]),
+        2.0,
+        ce_loss_recovered(same, torch.tensor([2.0, 2.5]), torch.tensor([2.0, 3.0])),
+        torch.tensor([1.0, 2.0]),
+        torch.tensor([0.0, 0.5]),
+        torch.tensor([4, 4]),
+        10,
+    )
+    table = evals.to_dict()
+    assert table["L0H0"]["ce_loss_recovered"] is None and table["L0H1"]["ce_loss_recovered"] == 0.5
+    assert (
+        "L0H0/ce_loss_recovered" not in evals.metrics()
+        and "L0H1/ce_loss_recovered" in evals.metrics()
+    )
+    rows, _ = head_evals_rows(table)
+    assert rows[0][2] == "n/a" and rows[1][2] == "0.500"

@@ -26,6 +26,7 @@ also works for SAEs on a subset of heads (each head is spliced on its own).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,11 @@ def splice_head(z: torch.Tensor, head: int, replacement: torch.Tensor | None) ->
     return out
 
 
+def _finite(value: torch.Tensor | float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 @dataclass(frozen=True)
 class HeadEvals:
     """Per head (`labels`, the SAE input's head order), each `[n_heads]`:
@@ -149,41 +155,49 @@ class HeadEvals:
     def to_dict(self) -> dict[str, dict[str, float]]:
         """`{"L1H0": {"explained_variance": ..., "ce_loss_recovered": ..., "l0": ...,
         "dead_share": ..., "features": n, "ce_loss_with_sae": ..., "ce_loss_with_ablation":
-        ..., "ce_loss_without_sae": ...}, ...}` (JSON-able)."""
+        ..., "ce_loss_without_sae": ...}, ...}`: strict JSON, a non-finite value (CE loss recovered when
+        ablating the head changes nothing) is None."""
         return {
             label: {
-                "explained_variance": self.explained_variance[i].item(),
-                "ce_loss_recovered": self.ce_loss_recovered[i].item(),
-                "l0": self.l0[i].item(),
-                "dead_share": self.dead_share[i].item(),
+                "explained_variance": _finite(self.explained_variance[i]),
+                "ce_loss_recovered": _finite(self.ce_loss_recovered[i]),
+                "l0": _finite(self.l0[i]),
+                "dead_share": _finite(self.dead_share[i]),
                 "features": int(self.features[i]),
-                "ce_loss_with_sae": self.ce_loss_with_sae[i].item(),
-                "ce_loss_with_ablation": self.ce_loss_with_ablation[i].item(),
-                "ce_loss_without_sae": self.ce_loss_without_sae,
+                "ce_loss_with_sae": _finite(self.ce_loss_with_sae[i]),
+                "ce_loss_with_ablation": _finite(self.ce_loss_with_ablation[i]),
+                "ce_loss_without_sae": _finite(self.ce_loss_without_sae),
             }
             for i, label in enumerate(self.labels)
         }
 
     def metrics(self) -> dict[str, float]:
-        """Flat `{"L1H0/explained_variance": ..., ...}` of `METRICS`, for `saes.json`."""
+        """Flat `{"L1H0/explained_variance": ..., ...}` of `METRICS`, for `saes.json` (None
+        values left out)."""
         return {
             f"{label}/{name}": values[name]
             for label, values in self.to_dict().items()
             for name in METRICS
+            if values[name] is not None
         }
 
 
 EVAL_COLUMNS = ("EV", "CE rec.", "L0", "dead")  # printed header of `head_eval_cells`
 
 
-def head_eval_cells(values: dict[str, float]) -> tuple[str, str, str, str]:
-    """One head's explained variance, CE loss recovered, L0 and dead share as text."""
-    return (
-        f"{values['explained_variance']:.3f}",
-        f"{values['ce_loss_recovered']:.3f}",
-        f"{values['l0']:.2f}",
-        f"{values['dead_share']:.1%}",
+def head_eval_cells(values: dict[str, float | None]) -> tuple[str, str, str, str]:
+    """One head's explained variance, CE loss recovered, L0 and dead share as text ("n/a"
+    for None)."""
+    formats = (
+        ("explained_variance", "{:.3f}"),
+        ("ce_loss_recovered", "{:.3f}"),
+        ("l0", "{:.2f}"),
+        ("dead_share", "{:.1%}"),
     )
+    cells = tuple(
+        "n/a" if values[name] is None else text.format(values[name]) for name, text in formats
+    )
+    return cells  # type: ignore[return-value]
 
 
 def head_evals_rows(
