@@ -147,8 +147,8 @@ def region_statistics(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Per feature: `fires [n, q, F]` bool, `tokens [n, q]`, `regions [n, q, R]`, `known [n, q]`
-    -> `auc [F, R]`, `token_auc [F]`, `shuffled_auc [F, R]`, `gain [F, R]` (AUC of tokens and
-    region together minus `token_auc`), `precision [F, R]` (share of firings in the region),
+    -> `auc [F, R]`, `token_auc [F]`, `shuffled_auc [F, R]`, `gain [F]` (AUC of tokens and
+    the feature's best region together minus `token_auc`), `precision [F, R]` (share of firings in the region),
     `coverage [F, R]` (share of the region's tokens it fires on), `fires [F]` (on known
     positions)."""
     flat_fires, flat_regions = fires[known], regions[known]
@@ -157,16 +157,15 @@ def region_statistics(
     n_fires = flat_fires.sum(dim=0).double()
     generator = torch.Generator().manual_seed(seed)
     token_auc = rank_auc(scores, flat_fires)
-    gain = torch.stack(
-        [
-            rank_auc(token_scores(tokens, fires, context=regions[..., r])[known], flat_fires)
-            - token_auc
-            for r in range(regions.shape[2])
-        ],
-        dim=1,
-    )
+    auc = region_auc(flat_fires, flat_regions)
+    best = auc.argmax(dim=1)
+    gain = torch.zeros_like(token_auc)
+    for r in best.unique().tolist():  # one extra predictor per feature: its best region
+        chosen = best == r
+        with_region = token_scores(tokens, fires[..., chosen], context=regions[..., r])[known]
+        gain[chosen] = rank_auc(with_region, flat_fires[:, chosen]) - token_auc[chosen]
     return {
-        "auc": region_auc(flat_fires, flat_regions),
+        "auc": auc,
         "token_auc": token_auc,
         "gain": gain,
         "shuffled_auc": shuffled_region_auc(fires, regions, known, n_shuffles, generator),
@@ -288,7 +287,7 @@ def _row(
         "region_auc": {r: stats["auc"][i, j].item() for j, r in enumerate(REGIONS)},
         "token_auc": token,
         "shuffled_auc": shuffled,
-        "gain_over_tokens": {r: stats["gain"][i, j].item() for j, r in enumerate(REGIONS)},
+        "gain_over_tokens": stats["gain"][i].item(),
         "precision": stats["precision"][i, best].item(),
         "coverage": stats["coverage"][i, best].item(),
         "fires_on_known": int(stats["fires"][i]),
@@ -298,7 +297,7 @@ def _row(
     verdict = f"in {region}" if member else f"not a region feature (best: {region})"
     evidence["summary"] = (
         f"{verdict}: AUC {auc:.2f} vs tokens {token:.2f}, shuffled {shuffled:.2f} "
-        f"(tokens and {region} {token + stats['gain'][i, best].item():.2f}); "
+        f"(tokens and {region} {token + stats['gain'][i].item():.2f}); "
         f"{evidence['precision']:.0%} of its firings in {region}, fires on "
         f"{evidence['coverage']:.0%} of its tokens; {head}"
     )
