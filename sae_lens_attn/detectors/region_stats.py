@@ -14,8 +14,9 @@ half).
   seen once does not predict itself). This is the best a predictor that sees nothing but
   the current and previous token can do, up to the estimate's noise.
 - Local tokens and region (`token_scores(..., context=region)`): the same, with every
-  key split by "in the region or not"; its AUC minus the token-only AUC is the region's
-  *gain* over the tokens (evidence: what the region adds where the tokens explain most).
+  key split by "in the region or not" (the detector uses each feature's best region); its
+  AUC minus the token-only AUC is the region's *gain* over the tokens (evidence: what the
+  region adds where the tokens explain most).
 - Shuffled region: region r's labels of another row (a random derangement of rows),
   `n_shuffles` times; the control AUC is the largest.
 """
