@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
+    from sae_lens_attn.sources.pretrained_sae import PretrainedSAEName
+
 EMBEDDED_MODEL = "embedded"
 
 
@@ -27,20 +29,24 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL,
-        help=f"'{EMBEDDED_MODEL}' (the small model shipped with the package, default) or a "
-        "TransformerLens model name such as gpt2-small or gelu-2l (needs the model hub)",
+        help=f"'{EMBEDDED_MODEL}' (the small model shipped with the package, default), a "
+        "TransformerLens model name such as gpt2-small or gelu-2l (from the model hub or its "
+        "cache), or a local Hugging Face model folder (save_pretrained; docs/published-saes.md)",
     )
 
 
 def add_sae_argument(parser: argparse.ArgumentParser) -> None:
-    """`--sae FOLDER` and `--sae-name NAME`. FOLDER is a saved SAE (SAELens's `save_model`,
-    or one SAE of a `train` run, `OUT/NAME`) or a `train` output folder; there `--sae-name`
-    picks one SAE of its `saes.json` (not needed when it lists one). `args.sae` is the
-    SAE's folder once both are parsed, in either order."""
+    """`--sae SAE` and `--sae-name NAME`. SAE is a saved SAE folder (SAELens's `save_model`,
+    or one SAE of a `train` run, `OUT/NAME`), a `train` output folder (there `--sae-name`
+    picks one SAE of its `saes.json`, not needed when it lists one) or, when no such folder
+    exists, a SAELens pretrained SAE as `RELEASE/SAE_ID` (`sources.pretrained_sae`).
+    `args.sae` is the SAE's folder (or the name) once both are parsed, in either order."""
     parser.add_argument(
         "--sae", required=True, action=_SAEFolderAction,
-        help="an SAE folder (saved by SAELens, or OUT/NAME of a train run) or a train output "
-        "folder with saes.json (pick one of its SAEs with --sae-name)",
+        help="an SAE folder (saved by SAELens, or OUT/NAME of a train run), a train output "
+        "folder with saes.json (pick one of its SAEs with --sae-name), or a SAELens "
+        "pretrained SAE as RELEASE/SAE_ID, e.g. gpt2-small-hook-z-kk/blocks.5.hook_z "
+        "(from the model hub or its cache; docs/published-saes.md)",
     )
     parser.add_argument(
         "--sae-name", default=None, action=_SAEFolderAction,
@@ -136,21 +142,46 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     return folder
 
 
-def load_sae(path: Path, device: str = "cpu") -> SAE:
-    """An SAE saved with SAELens's `save_model`, or one SAE of a `train` output folder
-    (`resolve_sae_folder`), its folder checked first (see `sae_lens_attn.sources.saved_sae`):
-    a damaged one is an `InvalidInputError`."""
+def sae_reference(value: str | Path) -> Path | PretrainedSAEName:
+    """What `--sae value` names: an SAE folder (`resolve_sae_folder`) when `value` exists
+    or is written like a path (`/`, `.`, `~` first), else a SAELens pretrained SAE
+    `RELEASE/SAE_ID` (checked against SAELens's registry: an `InvalidInputError` listing
+    the closest releases or ids when it is not there)."""
+    from sae_lens_attn.models.hf_folder import looks_like_path
+    from sae_lens_attn.sources.pretrained_sae import parse_pretrained_name
+
+    if looks_like_path(str(value)):
+        return resolve_sae_folder(Path(value))
+    return parse_pretrained_name(str(value))
+
+
+def load_sae(path: str | Path, device: str = "cpu") -> SAE:
+    """The one SAE loader of every command: an SAE saved with SAELens's `save_model`, one
+    SAE of a `train` output folder (`resolve_sae_folder`), its folder checked first (see
+    `sae_lens_attn.sources.saved_sae`: a damaged one is an `InvalidInputError`), or a
+    SAELens pretrained SAE `RELEASE/SAE_ID` (`sources.pretrained_sae.load_pretrained_sae`:
+    registry and hook checked before the weights load)."""
+    from sae_lens_attn.sources.pretrained_sae import load_pretrained_sae
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
-    return load_saved_sae(resolve_sae_folder(path), device=device)
+    reference = sae_reference(path)
+    if isinstance(reference, Path):
+        return load_saved_sae(reference, device=device)
+    return load_pretrained_sae(reference, device=device)
 
 
-def check_sae_folders(*paths: Path) -> None:
-    """Check saved SAE folders (config, weights header, shapes) without loading them."""
+def check_sae_folders(*paths: str | Path) -> None:
+    """Check SAEs without loading their weights: saved folders (config, weights header,
+    shapes), pretrained names (registry, config, hook_z)."""
+    from sae_lens_attn.sources.pretrained_sae import check_pretrained_sae
     from sae_lens_attn.sources.saved_sae import check_saved_sae
 
     for path in paths:
-        check_saved_sae(resolve_sae_folder(path))
+        reference = sae_reference(path)
+        if isinstance(reference, Path):
+            check_saved_sae(reference)
+        else:
+            check_pretrained_sae(reference)
 
 
 def check_features(features: list[int] | None, d_sae: int, option: str = "--features") -> None:
@@ -162,24 +193,31 @@ def check_features(features: list[int] | None, d_sae: int, option: str = "--feat
 
 
 def check_model_name(name: str) -> None:
-    """`embedded` or a name TransformerLens knows (alias or official); else the closest
-    names, instead of TransformerLens's list of every model."""
+    """`embedded`, a name TransformerLens knows (alias or official) or a local Hugging Face
+    model folder (`check_hf_model_folder`); else the closest names, instead of
+    TransformerLens's list of every model."""
     if name == EMBEDDED_MODEL:
         return
     import difflib
 
     from transformer_lens import loading_from_pretrained as loading
 
+    from sae_lens_attn.models.hf_folder import check_hf_model_folder, looks_like_path
+
     try:
         loading.get_official_model_name(name)
     except ValueError:
+        if looks_like_path(name):
+            check_hf_model_folder(name)
+            return
         aliases = [alias for names in loading.MODEL_ALIASES.values() for alias in names]
         known = [*loading.OFFICIAL_MODEL_NAMES, *aliases]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "for example gpt2-small, gelu-2l"
         raise InvalidInputError(
-            f"--model {name!r}: not a TransformerLens model name; use '{EMBEDDED_MODEL}' (the "
-            f"model shipped with the package) or a TransformerLens name ({hint})"
+            f"--model {name!r}: not a TransformerLens model name nor a model folder; use "
+            f"'{EMBEDDED_MODEL}' (the model shipped with the package), a TransformerLens name "
+            f"({hint}) or a Hugging Face model folder"
         ) from None
 
 
