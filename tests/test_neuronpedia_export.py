@@ -196,6 +196,6 @@ def test_export_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsys)
     code = cli.main(["export", "neuronpedia", "--sae", str(tmp_path / "sae"),
                      "--out", str(tmp_path / "out")])
     assert code == 2
-    line = capsys.readouterr().err.strip()
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after torch's thread warning
     assert line.startswith("error: --out") and "not a Neuronpedia export" in line
     assert os.listdir(tmp_path / "out") == ["notes.txt"]

@@ -17,6 +17,7 @@ from sae_lens_attn.commands._common import (
     add_sae_argument,
     check_device,
     check_features,
+    check_model_name,
     check_output_folder,
     int_at_least,
     load_model,
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_output_folder(args.out)
     check_export_folder(args.out)
+    check_model_name(args.model)  # a missing model folder fails before the SAE downloads
     families = read_families(args.families) if args.families else None
     sae = load_sae(args.sae, device=args.device)
     if args.features is not None:
