@@ -31,8 +31,16 @@ def save_tiny_gpt2(folder: Path, seed: int = 0) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=N_LAYERS, n_head=N_HEADS, n_embd=D_IN, vocab_size=VOCAB,
-                        n_positions=64, n_ctx=64, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        n_embd=D_IN,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_ctx=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     # n_ctx: as in gpt2's own config.json; TransformerLens reads it
     GPT2LMHeadModel(config).save_pretrained(folder)
     save_tokenizer(train_bpe_tokenizer(TEXTS, vocab_size=VOCAB), folder, model_max_length=64)
@@ -70,5 +78,9 @@ def lay_out_kk_cache(hf_home: Path, hooks: dict[str, str], d_sae: int = 32) -> d
         torch.save(kk_sae_weights(d_sae, seed), snapshot / weights_file)
         config = {"act_size": D_IN, "dict_size": d_sae, "act_name": hook_name}
         (snapshot / (weights_file.split(".pt")[0] + "_cfg.json")).write_text(json.dumps(config))
-    return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return {
+        **os.environ,
+        "HF_HOME": str(hf_home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }

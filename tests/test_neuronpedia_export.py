@@ -36,9 +36,15 @@ from sae_lens_attn.sources.head_layout import HeadLayout
 OUR_FEATURE_FIELDS = {"head_attribution", "families"}
 OUR_ACTIVATION_FIELDS = {"dfa_head_totals", "dfa_bias"}
 OUR_BATCH_FIELDS = {"hook_name", "head_layout"}
-SETTINGS = NeuronpediaSettings(model_id="tiny", sae_set="att-test", dataset="test rows",
-                               batch_size=4, top_acts_group_size=6, n_quantiles=3,
-                               quantile_group_size=2)
+SETTINGS = NeuronpediaSettings(
+    model_id="tiny",
+    sae_set="att-test",
+    dataset="test rows",
+    batch_size=4,
+    top_acts_group_size=6,
+    n_quantiles=3,
+    quantile_group_size=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +67,11 @@ def tokens():
 def unit_decoder_sae(d_sae: int = 10) -> StandardSAE:
     """A hook_z SAE whose decoder rows have norm 1, so sae_dashboard's decoder-norm fold
     (which our export leaves out) changes nothing and the two runs see the same SAE."""
-    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=d_sae,
-                                        metadata=SAEMetadata(hook_name="blocks.1.attn.hook_z")))
+    sae = StandardSAE(
+        StandardSAEConfig(
+            d_in=64, d_sae=d_sae, metadata=SAEMetadata(hook_name="blocks.1.attn.hook_z")
+        )
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(64, d_sae, generator=generator) * 0.3)
@@ -81,14 +90,21 @@ def reference_batch(model, sae, tokens, features, folder) -> dict:
     layout = HeadLayout.from_sae(sae, model)
     sae.cfg.hook_name = sae.cfg.metadata.hook_name  # sae_dashboard's DFA reads cfg.hook_name
     config = SaeVisConfig(
-        hook_point=layout.hook_name, features=features, minibatch_size_features=64,
-        minibatch_size_tokens=32, feature_centric_layout=neuronpedia_layout(SETTINGS),
-        perform_ablation_experiments=False, ignore_tokens=ignored_tokens(model), use_dfa=True,
+        hook_point=layout.hook_name,
+        features=features,
+        minibatch_size_features=64,
+        minibatch_size_tokens=32,
+        feature_centric_layout=neuronpedia_layout(SETTINGS),
+        perform_ablation_experiments=False,
+        ignore_tokens=ignored_tokens(model),
+        use_dfa=True,
         verbose=False,
     )
     data = SaeVisRunner(config).run(encoder=sae, model=model, tokens=tokens)
     np_cfg = runner_config(SETTINGS, layout, folder, tokens)
-    return json.loads(NeuronpediaConverter.convert_to_np_json(model, data, np_cfg, vocab_dict(model)))
+    return json.loads(
+        NeuronpediaConverter.convert_to_np_json(model, data, np_cfg, vocab_dict(model))
+    )
 
 
 def test_export_matches_sae_dashboards_neuronpedia_batch(model, tokens, tmp_path):
@@ -100,17 +116,32 @@ def test_export_matches_sae_dashboards_neuronpedia_batch(model, tokens, tmp_path
 
     assert set(ours) == set(reference) | OUR_BATCH_FIELDS
     assert {k: ours[k] for k in reference if k != "features"} == {
-        k: reference[k] for k in reference if k != "features"}
+        k: reference[k] for k in reference if k != "features"
+    }
     assert [f["feature_index"] for f in ours["features"]] == features
     n_compared = n_checked = 0
     for mine, theirs in zip(ours["features"], reference["features"], strict=True):
         assert set(mine) == set(theirs) | OUR_FEATURE_FIELDS
-        for key in ("neg_str", "pos_str", "n_prompts_total", "n_tokens_in_prompt", "dataset",
-                    "neuron_alignment_indices", "correlated_features_indices"):
+        for key in (
+            "neg_str",
+            "pos_str",
+            "n_prompts_total",
+            "n_tokens_in_prompt",
+            "dataset",
+            "neuron_alignment_indices",
+            "correlated_features_indices",
+        ):
             assert mine[key] == theirs[key], key
-        for key in ("neg_values", "pos_values", "frac_nonzero", "freq_hist_data_bar_values",
-                    "freq_hist_data_bar_heights", "logits_hist_data_bar_values",
-                    "decoder_weights_dist", "correlated_features_pearson"):
+        for key in (
+            "neg_values",
+            "pos_values",
+            "frac_nonzero",
+            "freq_hist_data_bar_values",
+            "freq_hist_data_bar_heights",
+            "logits_hist_data_bar_values",
+            "decoder_weights_dist",
+            "correlated_features_pearson",
+        ):
             assert mine[key] == pytest.approx(theirs[key], abs=2e-3), key
         assert len(mine["activations"]) == len(theirs["activations"]) > 0
         for a, b in zip(mine["activations"], theirs["activations"], strict=True):
@@ -140,8 +171,9 @@ def test_export_adds_head_attribution_families_and_skips_dead_features(model, to
     with torch.no_grad():
         sae.W_dec[4] = 0.0
     rows = [FamilyRow("induction", 1, "induction", 0.7, {"summary": "x"})]
-    export = export_neuronpedia(model, sae, tokens, tmp_path / "np", SETTINGS,
-                                features=range(6), families=rows)
+    export = export_neuronpedia(
+        model, sae, tokens, tmp_path / "np", SETTINGS, features=range(6), families=rows
+    )
     assert export.skipped == (4,)
     assert [p.name for p in export.batches] == ["batch-0.json", "batch-1.json"]
     features = [f for p in export.batches for f in json.loads(p.read_text())["features"]]
@@ -158,8 +190,12 @@ def test_export_adds_head_attribution_families_and_skips_dead_features(model, to
     assert skipped["skipped_indexes"] == [4] and skipped["layer"] == "1"
     settings = json.loads((tmp_path / "np" / "run_settings.json").read_text())
     assert settings["hook_name"] == "blocks.1.attn.hook_z"
-    assert settings["head_layout"] == {"layer": 1, "heads": [0, 1, 2, 3], "d_head": 16,
-                                       "n_model_heads": 4}
+    assert settings["head_layout"] == {
+        "layer": 1,
+        "heads": [0, 1, 2, 3],
+        "d_head": 16,
+        "n_model_heads": 4,
+    }
 
 
 def test_export_resumes_and_a_failed_batch_leaves_no_file(model, tokens, tmp_path, monkeypatch):
@@ -176,8 +212,11 @@ def test_export_resumes_and_a_failed_batch_leaves_no_file(model, tokens, tmp_pat
     monkeypatch.setattr(neuronpedia, "batch_document", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
         export_neuronpedia(model, sae, tokens, out, SETTINGS, features=range(8))
-    assert sorted(p.name for p in out.iterdir()) == ["batch-0.json", "run_settings.json",
-                                                    "skipped_indexes.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "batch-0.json",
+        "run_settings.json",
+        "skipped_indexes.json",
+    ]
     first = (out / "batch-0.json").read_bytes()
     calls.clear()
     monkeypatch.setattr(neuronpedia, "batch_document", real)
@@ -193,8 +232,9 @@ def test_export_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsys)
     (tmp_path / "out" / "notes.txt").write_text("mine")
     sae = unit_decoder_sae()
     sae.save_model(tmp_path / "sae")
-    code = cli.main(["export", "neuronpedia", "--sae", str(tmp_path / "sae"),
-                     "--out", str(tmp_path / "out")])
+    code = cli.main(
+        ["export", "neuronpedia", "--sae", str(tmp_path / "sae"), "--out", str(tmp_path / "out")]
+    )
     assert code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after torch's thread warning
     assert line.startswith("error: --out") and "not a Neuronpedia export" in line

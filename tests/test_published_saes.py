@@ -32,13 +32,20 @@ def gpt2_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hub_env(tmp_path_factory):
-    return lay_out_kk_cache(tmp_path_factory.mktemp("hf_home"),
-                            {HOOK_Z_ID: "blocks.0.attn.hook_z", RESID_ID: "blocks.1.hook_resid_pre"})
+    return lay_out_kk_cache(
+        tmp_path_factory.mktemp("hf_home"),
+        {HOOK_Z_ID: "blocks.0.attn.hook_z", RESID_ID: "blocks.1.hook_resid_pre"},
+    )
 
 
 def run_cli(args, env):
-    return subprocess.run([sys.executable, "-m", "sae_lens_attn.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sae_lens_attn.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_model_folder_loads_as_the_same_network(gpt2_folder):
@@ -57,15 +64,37 @@ def test_model_folder_loads_as_the_same_network(gpt2_folder):
 
 def test_export_runs_on_a_published_sae_and_a_model_folder_offline(gpt2_folder, hub_env, tmp_path):
     out = tmp_path / "np"
-    result = run_cli(["export", "neuronpedia", "--sae", f"{KK_RELEASE}/{HOOK_Z_ID}",
-                      "--model", str(gpt2_folder), "--features", "0-5", "--n-prompts", "32",
-                      "--context-size", "24", "--out", str(out), "--threads", "1"], hub_env)
+    result = run_cli(
+        [
+            "export",
+            "neuronpedia",
+            "--sae",
+            f"{KK_RELEASE}/{HOOK_Z_ID}",
+            "--model",
+            str(gpt2_folder),
+            "--features",
+            "0-5",
+            "--n-prompts",
+            "32",
+            "--context-size",
+            "24",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        hub_env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     batch = json.loads((out / "batch-0.json").read_text())
     assert batch["model_id"] == "gpt2-small"  # from the SAE's config, as the runner takes it
     assert batch["hook_name"] == "blocks.0.attn.hook_z"
-    assert batch["head_layout"] == {"layer": 0, "heads": [0, 1, 2, 3], "d_head": 16,
-                                    "n_model_heads": 4}
+    assert batch["head_layout"] == {
+        "layer": 0,
+        "heads": [0, 1, 2, 3],
+        "d_head": 16,
+        "n_model_heads": 4,
+    }
     assert [f["feature_index"] for f in batch["features"]] == [0, 1, 2, 3, 4, 5]
 
 
@@ -73,27 +102,52 @@ def test_a_sae_that_is_not_on_hook_z_fails_before_the_model_loads(hub_env, tmp_p
     broken = tmp_path / "broken-model"  # loading this model would fail differently
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    result = run_cli(["dashboard", "--sae", f"{KK_RELEASE}/{RESID_ID}", "--model", str(broken),
-                      "--out", str(tmp_path / "out"), "--threads", "1"], hub_env)
+    result = run_cli(
+        [
+            "dashboard",
+            "--sae",
+            f"{KK_RELEASE}/{RESID_ID}",
+            "--model",
+            str(broken),
+            "--out",
+            str(tmp_path / "out"),
+            "--threads",
+            "1",
+        ],
+        hub_env,
+    )
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line == (f"error: --sae {KK_RELEASE}/{RESID_ID}: this SAE reads "
-                    "'blocks.1.hook_resid_pre', not an attention hook_z (blocks.L.attn.hook_z); "
-                    "sae-lens-attn works on hook_z SAEs, such as the gpt2-small-hook-z-kk release")
+    assert line == (
+        f"error: --sae {KK_RELEASE}/{RESID_ID}: this SAE reads "
+        "'blocks.1.hook_resid_pre', not an attention hook_z (blocks.L.attn.hook_z); "
+        "sae-lens-attn works on hook_z SAEs, such as the gpt2-small-hook-z-kk release"
+    )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("sae", "expected"), [
-    ("gpt2-small-hook-z-k/blocks.5.hook_z",
-     "'gpt2-small-hook-z-k' is not a SAELens pretrained release (closest releases: "
-     "gpt2-small-hook-z-kk"),
-    ("gpt2-small-hook-z-kk/blocks.5.hookz",
-     "release 'gpt2-small-hook-z-kk' has no SAE id 'blocks.5.hookz' (closest: blocks.5.hook_z"),
-    ("gpt2-small-hook-z-kk", "give the SAE id too, as RELEASE/SAE_ID"),
-])
+@pytest.mark.parametrize(
+    ("sae", "expected"),
+    [
+        (
+            "gpt2-small-hook-z-k/blocks.5.hook_z",
+            "'gpt2-small-hook-z-k' is not a SAELens pretrained release (closest releases: "
+            "gpt2-small-hook-z-kk",
+        ),
+        (
+            "gpt2-small-hook-z-kk/blocks.5.hookz",
+            "release 'gpt2-small-hook-z-kk' has no SAE id 'blocks.5.hookz' (closest: blocks.5.hook_z",
+        ),
+        ("gpt2-small-hook-z-kk", "give the SAE id too, as RELEASE/SAE_ID"),
+    ],
+)
 def test_a_wrong_release_or_id_is_one_line_with_near_matches(sae, expected, tmp_path, capsys):
-    for command in (["detect"], ["dashboard"], ["circuit", "--prompt", "a b", "--feature", "0"],
-                    ["export", "neuronpedia"]):
+    for command in (
+        ["detect"],
+        ["dashboard"],
+        ["circuit", "--prompt", "a b", "--feature", "0"],
+        ["export", "neuronpedia"],
+    ):
         code = cli.main([*command, "--sae", sae, "--out", str(tmp_path / "out")])
         assert code == 2, command
         line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -102,10 +156,22 @@ def test_a_wrong_release_or_id_is_one_line_with_near_matches(sae, expected, tmp_
 
 
 def test_a_missing_model_folder_is_one_line(tmp_path, capsys):
-    code = cli.main(["export", "neuronpedia", "--sae", f"{KK_RELEASE}/{HOOK_Z_ID}",
-                     "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "out")])
+    code = cli.main(
+        [
+            "export",
+            "neuronpedia",
+            "--sae",
+            f"{KK_RELEASE}/{HOOK_Z_ID}",
+            "--model",
+            str(tmp_path / "no-such-model"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == (f"error: --model {tmp_path / 'no-such-model'}: no such model folder (expected "
-                    "a Hugging Face model folder with config.json, 'embedded' or a "
-                    "TransformerLens name)")
+    assert line == (
+        f"error: --model {tmp_path / 'no-such-model'}: no such model folder (expected "
+        "a Hugging Face model folder with config.json, 'embedded' or a "
+        "TransformerLens name)"
+    )

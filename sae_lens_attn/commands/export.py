@@ -55,27 +55,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_sae_argument(np_parser)
     add_model_argument(np_parser)
     np_parser.add_argument(
-        "--out", type=Path, required=True,
+        "--out",
+        type=Path,
+        required=True,
         help="output folder: new, empty, or an unfinished export of the same settings "
         "(its finished batches are kept)",
     )
-    np_parser.add_argument("--features", type=parse_index_list,
-                           help="feature indices and ranges, e.g. 0-49,60 (default: all)")
-    np_parser.add_argument("--families", type=Path,
-                           help="families.json written by `sae-lens-attn detect`, exported per "
-                           "feature (default: none, `families` is null)")
-    np_parser.add_argument("--model-id",
-                           help="Neuronpedia model id (default: the SAE's model_name, else --model)")
+    np_parser.add_argument(
+        "--features",
+        type=parse_index_list,
+        help="feature indices and ranges, e.g. 0-49,60 (default: all)",
+    )
+    np_parser.add_argument(
+        "--families",
+        type=Path,
+        help="families.json written by `sae-lens-attn detect`, exported per "
+        "feature (default: none, `families` is null)",
+    )
+    np_parser.add_argument(
+        "--model-id", help="Neuronpedia model id (default: the SAE's model_name, else --model)"
+    )
     np_parser.add_argument("--sae-set", default=DEFAULT_SET, help="Neuronpedia source set name")
-    np_parser.add_argument("--batch-size", type=positive_int, default=128,
-                           help="features per batch file (the runner's n_features_at_a_time)")
-    np_parser.add_argument("--n-prompts", type=positive_int, default=512, help="corpus rows to search")
-    np_parser.add_argument("--context-size", type=int_at_least(2), default=128,
-                           help="tokens per row (Neuronpedia's n_tokens_in_prompt)")
-    np_parser.add_argument("--split", default="test", choices=["train", "test"], help="corpus split")
+    np_parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=128,
+        help="features per batch file (the runner's n_features_at_a_time)",
+    )
+    np_parser.add_argument(
+        "--n-prompts", type=positive_int, default=512, help="corpus rows to search"
+    )
+    np_parser.add_argument(
+        "--context-size",
+        type=int_at_least(2),
+        default=128,
+        help="tokens per row (Neuronpedia's n_tokens_in_prompt)",
+    )
+    np_parser.add_argument(
+        "--split", default="test", choices=["train", "test"], help="corpus split"
+    )
     np_parser.add_argument("--device", default="cpu", help="torch device")
     add_runtime_arguments(np_parser)
-    np_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    np_parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+    )
     return parser
 
 
@@ -101,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if model.tokenizer is None:
         raise InvalidInputError(f"--model {args.model!r}: has no tokenizer to build prompts with")
     if args.context_size > model.cfg.n_ctx:
-        raise InvalidInputError(f"--context-size {args.context_size}: longer than the model's "
-                                f"context (n_ctx={model.cfg.n_ctx}); use 2..{model.cfg.n_ctx}")
+        raise InvalidInputError(
+            f"--context-size {args.context_size}: longer than the model's "
+            f"context (n_ctx={model.cfg.n_ctx}); use 2..{model.cfg.n_ctx}"
+        )
     tokens = corpus_tokens(model.tokenizer, args.context_size, args.n_prompts, split=args.split)
     settings = NeuronpediaSettings(
         model_id=args.model_id or sae.cfg.metadata.get("model_name") or str(args.model),
@@ -111,11 +136,24 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
-    export = export_neuronpedia(model, sae, tokens, args.out, settings, features=args.features,
-                                families=families, layout=layout, progress=True)
+    export = export_neuronpedia(
+        model,
+        sae,
+        tokens,
+        args.out,
+        settings,
+        features=args.features,
+        families=families,
+        layout=layout,
+        progress=True,
+    )
     if export.skipped:
-        print(f"note: skipped dead features {', '.join(map(str, export.skipped))} (zero or "
-              "non-finite decoder row), listed in skipped_indexes.json")
-    print(f"wrote {len(export.batches)} batch file(s) for {layout.hook_name} to {export.folder} "
-          f"(model_id {settings.model_id!r}, sae_set {settings.sae_set!r})")
+        print(
+            f"note: skipped dead features {', '.join(map(str, export.skipped))} (zero or "
+            "non-finite decoder row), listed in skipped_indexes.json"
+        )
+    print(
+        f"wrote {len(export.batches)} batch file(s) for {layout.hook_name} to {export.folder} "
+        f"(model_id {settings.model_id!r}, sae_set {settings.sae_set!r})"
+    )
     return 0

@@ -95,42 +95,56 @@ def neuronpedia_layout(settings: NeuronpediaSettings) -> SaeVisLayoutConfig:
     )
     from sae_dashboard.layout import SaeVisLayoutConfig
 
-    return SaeVisLayoutConfig(columns=[Column(
-        SequencesConfig(
-            stack_mode="stack-all",
-            buffer=None,
-            compute_buffer=True,
-            n_quantiles=settings.n_quantiles,
-            top_acts_group_size=settings.top_acts_group_size,
-            quantile_group_size=settings.quantile_group_size,
-        ),
-        ActsHistogramConfig(),
-        LogitsHistogramConfig(),
-        LogitsTableConfig(),
-        FeatureTablesConfig(n_rows=3),
-    )])
+    return SaeVisLayoutConfig(
+        columns=[
+            Column(
+                SequencesConfig(
+                    stack_mode="stack-all",
+                    buffer=None,
+                    compute_buffer=True,
+                    n_quantiles=settings.n_quantiles,
+                    top_acts_group_size=settings.top_acts_group_size,
+                    quantile_group_size=settings.quantile_group_size,
+                ),
+                ActsHistogramConfig(),
+                LogitsHistogramConfig(),
+                LogitsTableConfig(),
+                FeatureTablesConfig(n_rows=3),
+            )
+        ]
+    )
 
 
-def runner_config(settings: NeuronpediaSettings, layout: HeadLayout, folder: Path,
-                  tokens: torch.Tensor) -> Any:
+def runner_config(
+    settings: NeuronpediaSettings, layout: HeadLayout, folder: Path, tokens: torch.Tensor
+) -> Any:
     """sae_dashboard's `NeuronpediaRunnerConfig` for these settings (what its converter
     reads: model id, layer, set name, prompt counts, dataset)."""
     from sae_dashboard.neuronpedia.neuronpedia_runner_config import NeuronpediaRunnerConfig
 
     return NeuronpediaRunnerConfig(
-        sae_set=settings.sae_set, sae_path="", outputs_dir=str(folder),
-        model_id=settings.model_id, layer=layout.layer,
-        n_prompts_total=int(tokens.shape[0]), n_tokens_in_prompt=int(tokens.shape[1]),
-        huggingface_dataset_path=settings.dataset, n_features_at_a_time=settings.batch_size,
-        n_quantiles=settings.n_quantiles, top_acts_group_size=settings.top_acts_group_size,
-        quantile_group_size=settings.quantile_group_size, use_dfa=True,
+        sae_set=settings.sae_set,
+        sae_path="",
+        outputs_dir=str(folder),
+        model_id=settings.model_id,
+        layer=layout.layer,
+        n_prompts_total=int(tokens.shape[0]),
+        n_tokens_in_prompt=int(tokens.shape[1]),
+        huggingface_dataset_path=settings.dataset,
+        n_features_at_a_time=settings.batch_size,
+        n_quantiles=settings.n_quantiles,
+        top_acts_group_size=settings.top_acts_group_size,
+        quantile_group_size=settings.quantile_group_size,
+        use_dfa=True,
     )
 
 
 def ignored_tokens(model: HookedTransformer) -> set[int]:
     """Pad, BOS and EOS ids: the runner never picks them as examples."""
     tokenizer = model.tokenizer
-    ids = (getattr(tokenizer, name, None) for name in ("pad_token_id", "bos_token_id", "eos_token_id"))
+    ids = (
+        getattr(tokenizer, name, None) for name in ("pad_token_id", "bos_token_id", "eos_token_id")
+    )
     return {int(i) for i in ids if i is not None}
 
 
@@ -199,11 +213,21 @@ def batch_document(
     from sae_lens_attn.dashboard.data import sites_dfa
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
 
-    config = DashboardConfig(minibatch_size_tokens=settings.minibatch_size_tokens,
-                             minibatch_size_features=settings.minibatch_size_features,
-                             device=settings.device)
-    vis = run_sae_vis(model, sae, layout, tokens, list(features), config,
-                      vis_layout=neuronpedia_layout(settings), ignore_tokens=ignored_tokens(model))
+    config = DashboardConfig(
+        minibatch_size_tokens=settings.minibatch_size_tokens,
+        minibatch_size_features=settings.minibatch_size_features,
+        device=settings.device,
+    )
+    vis = run_sae_vis(
+        model,
+        sae,
+        layout,
+        tokens,
+        list(features),
+        config,
+        vis_layout=neuronpedia_layout(settings),
+        ignore_tokens=ignored_tokens(model),
+    )
     vocab = vocab if vocab is not None else vocab_dict(model)
     np_cfg = runner_config(settings, layout, Path("."), tokens)
     batch = json.loads(NeuronpediaConverter.convert_to_np_json(model, vis, np_cfg, vocab))
@@ -217,9 +241,14 @@ def batch_document(
         for activation, example in zip(entry["activations"], examples[feature], strict=True):
             add_dfa_fields(activation, example.dfa, example.dfa_bias)
         entry["decoder_weights_dist"] = model_head_shares(decoder[n], layout)
-        entry["head_attribution"] = {"heads": layout.head_labels, "decoder": _rounded(decoder[n]),
-                                     "encoder": _rounded(encoder[n])}
-        entry["families"] = None if families is None else [r for r in rows if r["feature"] == feature]
+        entry["head_attribution"] = {
+            "heads": layout.head_labels,
+            "decoder": _rounded(decoder[n]),
+            "encoder": _rounded(encoder[n]),
+        }
+        entry["families"] = (
+            None if families is None else [r for r in rows if r["feature"] == feature]
+        )
     batch["hook_name"] = layout.hook_name
     batch["head_layout"] = layout.to_dict()
     return batch
@@ -254,22 +283,43 @@ def export_neuronpedia(
 
     layout = layout or HeadLayout.from_sae(sae, model)
     check_token_rows(tokens, model, "export prompts")
-    wanted = list(dict.fromkeys(int(f) for f in (range(sae.cfg.d_sae) if features is None else features)))
+    wanted = list(
+        dict.fromkeys(int(f) for f in (range(sae.cfg.d_sae) if features is None else features))
+    )
     bad = [f for f in wanted if not 0 <= f < sae.cfg.d_sae]
     if not wanted or bad:
-        raise InvalidInputError(f"features: {bad[0] if bad else 'none'} is not a feature; this "
-                                f"SAE has features 0..{sae.cfg.d_sae - 1}")
+        raise InvalidInputError(
+            f"features: {bad[0] if bad else 'none'} is not a feature; this "
+            f"SAE has features 0..{sae.cfg.d_sae - 1}"
+        )
     dead = dead_rows(sae.W_dec.detach()[wanted]).tolist()
     skipped = tuple(f for f, is_dead in zip(wanted, dead, strict=True) if is_dead)
     live = [f for f, is_dead in zip(wanted, dead, strict=True) if not is_dead]
     folder = Path(out_dir)
-    record = {EXPORT_MARK: EXPORT_KIND, **asdict(settings), "hook_name": layout.hook_name,
-              "head_layout": layout.to_dict(), "d_sae": sae.cfg.d_sae, "features": wanted,
-              "n_prompts_total": int(tokens.shape[0]), "n_tokens_in_prompt": int(tokens.shape[1])}
+    kept = {k: v for k, v in asdict(settings).items() if k != "device"}  # resumable anywhere
+    record = {
+        EXPORT_MARK: EXPORT_KIND,
+        **kept,
+        "hook_name": layout.hook_name,
+        "head_layout": layout.to_dict(),
+        "d_sae": sae.cfg.d_sae,
+        "features": wanted,
+        "n_prompts_total": int(tokens.shape[0]),
+        "n_tokens_in_prompt": int(tokens.shape[1]),
+    }
     prepare_export_folder(folder, record)
-    atomic_write_text(folder / SKIPPED_FILE, json.dumps({
-        "model_id": settings.model_id, "layer": str(layout.layer), "sae_set": settings.sae_set,
-        "log_sparsity": None, "skipped_indexes": list(skipped)}))
+    atomic_write_text(
+        folder / SKIPPED_FILE,
+        json.dumps(
+            {
+                "model_id": settings.model_id,
+                "layer": str(layout.layer),
+                "sae_set": settings.sae_set,
+                "log_sparsity": None,
+                "skipped_indexes": list(skipped),
+            }
+        ),
+    )
     vocab = vocab_dict(model)
     batches = [live[i : i + settings.batch_size] for i in range(0, len(live), settings.batch_size)]
     paths = []
@@ -278,8 +328,9 @@ def export_neuronpedia(
         path = folder / f"batch-{number}.json"
         paths.append(path)
         if not path.is_file():  # resuming: a finished batch is kept, as the runner does
-            document = batch_document(model, sae, layout, tokens, batch_features, settings,
-                                      families, vocab)
+            document = batch_document(
+                model, sae, layout, tokens, batch_features, settings, families, vocab
+            )
             atomic_write_text(path, json.dumps(document, allow_nan=False))
         bar.update(len(batch_features))
     bar.close()
@@ -297,9 +348,11 @@ def check_export_folder(folder: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         found = None
     if not isinstance(found, dict) or found.get(EXPORT_MARK) != EXPORT_KIND:
-        raise InvalidInputError(f"--out {folder}: exists and is not a Neuronpedia export of "
-                                "sae-lens-attn (no run_settings.json of one); choose a new "
-                                "or empty folder")
+        raise InvalidInputError(
+            f"--out {folder}: exists and is not a Neuronpedia export of "
+            "sae-lens-attn (no run_settings.json of one); choose a new "
+            "or empty folder"
+        )
     return found
 
 
@@ -310,7 +363,9 @@ def prepare_export_folder(folder: Path, record: dict[str, Any]) -> None:
     if found is not None:
         if found != record:
             changed = sorted(k for k in set(found) | set(record) if found.get(k) != record.get(k))
-            raise InvalidInputError(f"--out {folder}: holds an export with other settings "
-                                    f"({', '.join(changed)}); choose a new folder to export these")
+            raise InvalidInputError(
+                f"--out {folder}: holds an export with other settings "
+                f"({', '.join(changed)}); choose a new folder to export these"
+            )
         return
     atomic_write_text(folder / SETTINGS_FILE, json.dumps(record, indent=2))

@@ -37,22 +37,28 @@ def check_hf_model_folder(folder: str | Path, option: str = "--model") -> dict[s
     what = f"{option} {folder}"
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise MissingInputError(f"{what}: no such model folder (expected a Hugging Face model "
-                                "folder with config.json, 'embedded' or a TransformerLens name)")
+        raise MissingInputError(
+            f"{what}: no such model folder (expected a Hugging Face model "
+            "folder with config.json, 'embedded' or a TransformerLens name)"
+        )
     if not folder.is_dir():
         raise InvalidInputError(f"{what}: is a file; expected a Hugging Face model folder")
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise MissingInputError(f"{what}: no {CONFIG_FILE}; expected a Hugging Face model folder "
-                                "(as written by save_pretrained)")
+        raise MissingInputError(
+            f"{what}: no {CONFIG_FILE}; expected a Hugging Face model folder "
+            "(as written by save_pretrained)"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InvalidInputError(f"{what}: {CONFIG_FILE} is not valid JSON ({err})") from None
     architectures = config.get("architectures") if isinstance(config, dict) else None
     if not architectures or not isinstance(architectures, list):
-        raise InvalidInputError(f"{what}: {CONFIG_FILE} names no 'architectures' (e.g. "
-                                "[\"GPT2LMHeadModel\"]); TransformerLens picks its conversion by it")
+        raise InvalidInputError(
+            f"{what}: {CONFIG_FILE} names no 'architectures' (e.g. "
+            '["GPT2LMHeadModel"]); TransformerLens picks its conversion by it'
+        )
     return config
 
 
@@ -77,7 +83,10 @@ def load_hf_model_folder(folder: str | Path, device: str = "cpu") -> HookedTrans
     del hf_model
     model = HookedTransformer(cfg, _folder_tokenizer(folder), move_to_device=False)
     model.load_and_process_state_dict(
-        state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True,
+        state_dict,
+        fold_ln=True,
+        center_writing_weights=True,
+        center_unembed=True,
         fold_value_biases=True,
     )
     model.eval()
