@@ -78,11 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         command_parser = module.add_parser(subparsers)
-        command_parser.formatter_class = HelpFormatter  # one help style for every command
         command_parser.set_defaults(run=module.run)
-        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                    help=DEBUG_HELP)
+        for each in command_parsers(command_parser):  # nested ones too: `export neuronpedia`
+            each.formatter_class = HelpFormatter  # one help style for every command
+            each.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help=DEBUG_HELP)
     return parser
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and the parsers of its own subcommands, at any depth."""
+    nested = [
+        sub
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values()
+    ]
+    return [parser, *(found for sub in nested for found in command_parsers(sub))]
 
 
 def apply_runtime_policy(args: argparse.Namespace) -> None:

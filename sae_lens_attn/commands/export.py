@@ -19,12 +19,10 @@ from sae_lens_attn.commands._common import (
     check_features,
     check_model_name,
     check_output_folder,
-    int_at_least,
     load_model,
     load_sae,
-    parse_index_list,
-    positive_int,
 )
+from sae_lens_attn.commands._values import int_at_least, parse_index_list, positive_int
 from sae_lens_attn.commands.dashboard import read_families
 from sae_lens_attn.errors import InvalidInputError
 
@@ -33,8 +31,6 @@ DEFAULT_SET = "att-sla"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from pathlib import Path
-
-    from sae_lens_attn.cli import DEBUG_HELP, HelpFormatter
 
     parser = subparsers.add_parser(
         "export",
@@ -50,7 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "every feature of a hook_z SAE (or --features), with our DFA by source position in "
         "Neuronpedia's DFA fields and head attribution, detector families and the head "
         "layout as extra fields (docs/neuronpedia.md).",
-        formatter_class=HelpFormatter,
     )
     add_sae_argument(np_parser)
     add_model_argument(np_parser)
@@ -96,9 +91,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     np_parser.add_argument("--device", default="cpu", help="torch device")
     add_runtime_arguments(np_parser)
-    np_parser.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
-    )
     return parser
 
 
