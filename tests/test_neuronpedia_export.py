@@ -239,3 +239,38 @@ def test_export_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsys)
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after torch's thread warning
     assert line.startswith("error: --out") and "not a Neuronpedia export" in line
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
+
+
+def test_block_diagonal_sae_on_some_heads_exports_its_own_activations(model, tokens, tmp_path):
+    from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
+
+    heads = [3, 1]
+    layout = HeadLayout.for_model(model, 1, heads=heads)
+    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(d_in=32, d_sae=8, n_heads=2))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.normal_(0.0, 0.3, generator=generator)
+    layout.store_in(sae)
+    export = export_neuronpedia(model, sae, tokens, tmp_path / "np", SETTINGS, features=[1, 6])
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    acts = sae.encode(layout.select(cache["blocks.1.attn.hook_z"])).detach()
+    batch = json.loads(export.batches[0].read_text())
+    assert batch["head_layout"]["heads"] == heads
+    fired = 0
+    for feature in batch["features"]:
+        index = feature["feature_index"]
+        owner = index // 4  # position of the feature's head in `heads`
+        assert feature["decoder_weights_dist"] == [float(h == heads[owner]) for h in range(4)]
+        assert feature["head_attribution"]["heads"] == ["L1H3", "L1H1"]
+        shown = [a for a in feature["activations"] if a["qualifying_token_index"] >= 0]
+        for activation in shown:
+            value = activation["values"][activation["qualifying_token_index"]]
+            assert activation["dfa_head_totals"][1 - owner] == 0.0  # the other head: nothing
+            if value > 0:
+                fired += 1
+                pre = sum(activation["dfa_head_totals"]) + activation["dfa_bias"]
+                assert pre == pytest.approx(value, abs=5e-3)
+        top = max(a["values"][a["qualifying_token_index"]] for a in shown)
+        assert top == pytest.approx(acts[:, 1:, index].max().item(), abs=2e-3)
+    assert fired >= 5
