@@ -175,3 +175,33 @@ def test_a_missing_model_folder_is_one_line(tmp_path, capsys):
         "a Hugging Face model folder with config.json, 'embedded' or a "
         "TransformerLens name)"
     )
+
+
+def test_a_saved_sae_on_another_hook_is_refused_before_the_model_loads(tmp_path, capsys):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    config = StandardSAEConfig(
+        d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre")
+    )
+    StandardSAE(config).save_model(tmp_path / "sae")
+    broken = tmp_path / "broken-model"  # loading this model would fail differently
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    code = cli.main(
+        [
+            "dashboard",
+            "--sae",
+            str(tmp_path / "sae"),
+            "--model",
+            str(broken),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        f"error: --sae {tmp_path / 'sae'}: this SAE reads 'blocks.1.hook_resid_pre'"
+    )
+    assert not (tmp_path / "out").exists()

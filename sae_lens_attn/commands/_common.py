@@ -141,7 +141,7 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     return folder
 
 
-def sae_reference(value: str | Path) -> Path | PretrainedSAEName:
+def sae_reference(value: str | Path, option: str = "--sae") -> Path | PretrainedSAEName:
     """What `--sae value` names: an SAE folder (`resolve_sae_folder`) when `value` exists
     or is written like a path (`/`, `.`, `~` first), else a SAELens pretrained SAE
     `RELEASE/SAE_ID` (checked against SAELens's registry: an `InvalidInputError` listing
@@ -151,36 +151,43 @@ def sae_reference(value: str | Path) -> Path | PretrainedSAEName:
 
     if looks_like_path(str(value)):
         return resolve_sae_folder(Path(value))
-    return parse_pretrained_name(str(value))
+    return parse_pretrained_name(str(value), option)
 
 
-def load_sae(path: str | Path, device: str = "cpu") -> SAE:
+def load_sae(
+    path: str | Path, device: str = "cpu", hook_z: bool = True, option: str = "--sae"
+) -> SAE:
     """The one SAE loader of every command: an SAE saved with SAELens's `save_model`, one
     SAE of a `train` output folder (`resolve_sae_folder`), its folder checked first (see
     `sae_lens_attn.sources.saved_sae`: a damaged one is an `InvalidInputError`), or a
     SAELens pretrained SAE `RELEASE/SAE_ID` (`sources.pretrained_sae.load_pretrained_sae`:
-    registry and hook checked before the weights load)."""
-    from sae_lens_attn.sources.pretrained_sae import load_pretrained_sae
+    registry and hook checked before the weights load). With `hook_z` (default) an SAE
+    whose `hook_name` is not `blocks.L.attn.hook_z` is refused before any model loads."""
+    from sae_lens_attn.sources.pretrained_sae import check_hook_z, load_pretrained_sae
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
-    reference = sae_reference(path)
-    if isinstance(reference, Path):
-        return load_saved_sae(reference, device=device)
-    return load_pretrained_sae(reference, device=device)
+    reference = sae_reference(path, option)
+    if not isinstance(reference, Path):
+        return load_pretrained_sae(reference, device=device, hook_z=hook_z, option=option)
+    sae = load_saved_sae(reference, device=device)
+    hook_name = sae.cfg.metadata.hook_name
+    if hook_z and (hook_name or not sae.cfg.metadata.get("head_layout")):
+        check_hook_z(hook_name, f"{option} {path}")
+    return sae
 
 
-def check_sae_folders(*paths: str | Path) -> None:
+def check_sae_folders(*paths: str | Path, hook_z: bool = True, option: str = "--sae") -> None:
     """Check SAEs without loading their weights: saved folders (config, weights header,
-    shapes), pretrained names (registry, config, hook_z)."""
+    shapes), pretrained names (registry, config, hook_z unless `hook_z` is False)."""
     from sae_lens_attn.sources.pretrained_sae import check_pretrained_sae
     from sae_lens_attn.sources.saved_sae import check_saved_sae
 
     for path in paths:
-        reference = sae_reference(path)
+        reference = sae_reference(path, option)
         if isinstance(reference, Path):
             check_saved_sae(reference)
         else:
-            check_pretrained_sae(reference)
+            check_pretrained_sae(reference, option, hook_z)
 
 
 def check_features(features: list[int] | None, d_sae: int, option: str = "--features") -> None:

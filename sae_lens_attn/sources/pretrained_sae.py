@@ -80,39 +80,53 @@ def parse_pretrained_name(text: str, option: str = "--sae") -> PretrainedSAEName
     return PretrainedSAEName(release, sae_id)
 
 
-def check_pretrained_sae(name: PretrainedSAEName, option: str = "--sae") -> dict[str, Any]:
+def check_hook_z(hook_name: object, what: str) -> None:
+    """`hook_name` is an attention `hook_z` (`blocks.L.attn.hook_z`), else an
+    `InvalidInputError` saying so for `what` (e.g. `--sae NAME`)."""
+    if not isinstance(hook_name, str) or not HOOK_Z.match(hook_name):
+        raise InvalidInputError(
+            f"{what}: this SAE reads {hook_name!r}, not an attention hook_z "
+            "(blocks.L.attn.hook_z); sae-lens-attn works on hook_z SAEs, such as the "
+            "gpt2-small-hook-z-kk release"
+        )
+
+
+def check_pretrained_sae(
+    name: PretrainedSAEName, option: str = "--sae", hook_z: bool = True
+) -> dict[str, Any]:
     """The SAE's config (SAELens's own config loader; only the config file is fetched),
-    checked to be on an attention `hook_z` (`blocks.L.attn.hook_z`)."""
+    checked to be on an attention `hook_z` (`blocks.L.attn.hook_z`) unless `hook_z` is
+    False (e.g. an upstream SAE of `circuit`, which may read any hook)."""
     from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
 
     with _hub_errors(name, option):
         cfg = load_sae_config_from_huggingface(name.release, name.sae_id)
-    hook_name = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
-    if not isinstance(hook_name, str) or not HOOK_Z.match(hook_name):
-        raise InvalidInputError(
-            f"{option} {name}: this SAE reads {hook_name!r}, not an attention hook_z "
-            "(blocks.L.attn.hook_z); sae-lens-attn works on hook_z SAEs, such as the "
-            "gpt2-small-hook-z-kk release"
+    if hook_z:
+        check_hook_z(
+            (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name"), f"{option} {name}"
         )
     return cfg
 
 
-def load_pretrained_sae(name: str | PretrainedSAEName, device: str = "cpu") -> SAE:
+def load_pretrained_sae(
+    name: str | PretrainedSAEName, device: str = "cpu", hook_z: bool = True, option: str = "--sae"
+) -> SAE:
     """A SAELens pretrained hook_z SAE, e.g. `load_pretrained_sae("gpt2-small-hook-z-kk/
     blocks.5.hook_z")`, through `SAE.from_pretrained` after `check_pretrained_sae`.
 
     The SAE keeps SAELens's `reshape_activations="hook_z"` (input `[..., n_heads,
     d_head]`), with its input shape checked (`_upstream.guard_hook_z_input`); the head
-    layout follows from its hook name and the model (`HeadLayout.from_sae`).
+    layout follows from its hook name and the model (`HeadLayout.from_sae`). `hook_z=False`
+    accepts an SAE on any hook.
     """
     from sae_lens import SAE
 
     from sae_lens_attn._upstream import guard_hook_z_input
 
     if not isinstance(name, PretrainedSAEName):
-        name = parse_pretrained_name(name)
-    check_pretrained_sae(name)
-    with _hub_errors(name, "--sae"):
+        name = parse_pretrained_name(name, option)
+    check_pretrained_sae(name, option, hook_z)
+    with _hub_errors(name, option):
         sae = SAE.from_pretrained(name.release, name.sae_id, device=device)
     return guard_hook_z_input(sae)
 
