@@ -10,13 +10,15 @@ import argparse
 import math
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    import torch
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
@@ -36,7 +38,8 @@ def add_sae_argument(parser: argparse.ArgumentParser) -> None:
     """`--sae FOLDER` and `--sae-name NAME`. FOLDER is a saved SAE (SAELens's `save_model`,
     or one SAE of a `train` run, `OUT/NAME`) or a `train` output folder; there `--sae-name`
     picks one SAE of its `saes.json` (not needed when it lists one). `args.sae` is the
-    SAE's folder once both are parsed, in either order."""
+    SAE's folder once both are parsed, in either order. `--allow-nonfinite` goes with them:
+    pass `args.allow_nonfinite` to `load_sae`."""
     parser.add_argument(
         "--sae", required=True, action=_SAEFolderAction,
         help="an SAE folder (saved by SAELens, or OUT/NAME of a train run) or a train output "
@@ -46,6 +49,12 @@ def add_sae_argument(parser: argparse.ArgumentParser) -> None:
         "--sae-name", default=None, action=_SAEFolderAction,
         help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
         "not needed when it lists one SAE (default: none)",
+    )
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true",
+        help="go on when the SAE's weights hold NaN or inf: the affected features are skipped "
+        "(never live, no class, no page) and listed in the output; without it such an SAE is "
+        "refused (docs/reliability.md)",
     )
 
 
@@ -136,13 +145,57 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     return folder
 
 
-def load_sae(path: Path, device: str = "cpu") -> SAE:
+def load_sae(path: Path, device: str = "cpu", allow_nonfinite: bool = False) -> SAE:
     """An SAE saved with SAELens's `save_model`, or one SAE of a `train` output folder
-    (`resolve_sae_folder`), its folder checked first (see `sae_lens_attn.sources.saved_sae`):
-    a damaged one is an `InvalidInputError`."""
+    (`resolve_sae_folder`), its folder checked first and its weights once loaded (see
+    `sae_lens_attn.sources.saved_sae.load_saved_sae`): a damaged one is an
+    `InvalidInputError`, NaN/inf a `NonFiniteWeightsError` unless `allow_nonfinite`
+    (`--allow-nonfinite`), no usable feature a `NoLiveFeaturesError` (exit 1)."""
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
-    return load_saved_sae(resolve_sae_folder(path), device=device)
+    return load_saved_sae(resolve_sae_folder(path), device=device, allow_nonfinite=allow_nonfinite)
+
+
+def report_skipped(sae: SAE) -> tuple[int, ...]:
+    """Print how many features `--allow-nonfinite` skipped (nothing when none); returns them."""
+    from sae_lens_attn.sources.weight_check import format_indices, skipped_features
+
+    skipped = skipped_features(sae)
+    if skipped:
+        print(f"skipped {len(skipped)} of {sae.cfg.d_sae} features with NaN/inf weights "
+              f"(--allow-nonfinite): {format_indices(skipped)}")
+    return skipped
+
+
+def check_features_fire(model: HookedTransformer, sae: SAE, features: Sequence[int] | None,
+                        tokens: torch.Tensor | None, what: str) -> None:
+    """Warn how many of `features` (None: all) never fire on `tokens [n, pos]` (`what`
+    names them, e.g. "the 64 evaluation sequences"); `NoLiveFeaturesError` when none
+    does. Features already dead by their weights are left to the load-time warning."""
+    if tokens is None:
+        return
+    import torch
+
+    from sae_lens_attn.detectors.induction import live_features
+    from sae_lens_attn.errors import NoLiveFeaturesError
+    from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.weight_check import SAEWeightWarning, format_indices
+
+    index = torch.arange(sae.cfg.d_sae) if features is None else torch.as_tensor(list(features))
+    layout = HeadLayout.from_sae(sae, model)
+    usable = live_features(model, sae, layout, index)
+    fired = live_features(model, sae, layout, index, tokens)
+    silent = index[usable & ~fired].tolist()
+    n_tokens = tokens.numel()
+    if not bool(fired.any()):
+        raise NoLiveFeaturesError(
+            f"no feature is live: none of the {len(index)} features analysed fires on {what} "
+            f"({n_tokens} tokens), so every result would be empty; nothing written"
+        )
+    if silent:
+        warnings.warn(f"{len(silent)} of {len(index)} features never fire on {what} ({n_tokens} "
+                      f"tokens; {format_indices(silent)}): they count as dead, not live",
+                      SAEWeightWarning, stacklevel=2)
 
 
 def check_sae_folders(*paths: Path) -> None:

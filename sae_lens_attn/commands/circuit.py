@@ -27,6 +27,7 @@ from sae_lens_attn.commands._common import (
     load_sae,
     non_negative_int,
     positive_int,
+    report_skipped,
 )
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.models.token_display import quoted
@@ -117,11 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_folder(args.out)
     check_sae_folders(args.sae, *args.upstream_sae)
-    sae = load_sae(args.sae)
+    sae = load_sae(args.sae, allow_nonfinite=args.allow_nonfinite)
     if args.feature >= sae.cfg.d_sae:
         raise InvalidInputError(f"--feature {args.feature}: out of range; this SAE has features "
                                 f"0..{sae.cfg.d_sae - 1}")
-    upstream = [load_sae(path) for path in args.upstream_sae]
+    if args.feature in report_skipped(sae):
+        raise InvalidInputError(f"--feature {args.feature}: has NaN/inf weights and is skipped "
+                                "(--allow-nonfinite); choose another feature")
+    upstream = [load_sae(path, allow_nonfinite=args.allow_nonfinite) for path in args.upstream_sae]
     steps = tqdm(total=4, desc="circuit", unit="step")
     try:
         model = load_model(args.model)
