@@ -29,7 +29,12 @@ class NonFiniteWeightsError(InvalidInputError):
         self.features: tuple[int, ...] = report.nonfinite_features
 
 
-class NoLiveFeaturesError(RuntimeError):
+class PlainRuntimeError(RuntimeError):
+    """A failure at run time whose message says all there is to say: the command line
+    prints it as it is (no traceback hint) and exits 1."""
+
+
+class NoLiveFeaturesError(PlainRuntimeError):
     """Valid input that leaves no feature to analyse: every decoder row is zero or was
     skipped for NaN/inf, or no feature fires on the evaluation tokens. The command line
     prints the message as it is and exits 1."""

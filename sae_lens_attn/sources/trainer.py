@@ -9,7 +9,9 @@ optimizer, the schedulers and the counters describe the same completed step):
   and saves whatever state that step left);
 - every `save_checkpoint` (SAELens's `n_checkpoints` too) gathers the ranks' files and
   rank 0 writes them into a temporary folder renamed into place;
-- after each `step`, the `Parallelism` combines what the ranks measured.
+- after each `step`, the `Parallelism` combines what the ranks measured, then a NaN or
+  inf loss or weight stops training with `TrainingDiverged` (naming the step, the
+  tensors, the last finite loss and the last checkpoint) before anything is saved.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_directory
+from sae_lens_attn.errors import PlainRuntimeError
 from sae_lens_attn.sources.checkpoints import (
     Manifest,
     capture_data_state,
@@ -50,6 +53,41 @@ class TrainingInterrupted(InterruptedException):
         super().__init__(f"interrupted after step {step}: {where}")
 
 
+class TrainingDiverged(PlainRuntimeError):
+    """Training produced a NaN or inf loss or weight in step `step` (1-based); no state of
+    that step was saved. The message names the step, the non-finite loss terms, weights
+    and gradients, the last finite loss and the last checkpoint (every checkpoint holds
+    finite weights)."""
+
+    def __init__(
+        self,
+        step: int,
+        output: TrainStepOutput,
+        sae: Any,
+        last_finite: tuple[int, float] | None,
+        checkpoint: Path | None,
+    ) -> None:
+        from sae_lens_attn.sources.weight_check import inspect_weights
+
+        report = inspect_weights(sae.state_dict(), sae.cfg.d_sae)
+        self.step, self.loss = step, float(output.loss.detach())
+        self.report, self.checkpoint = report, checkpoint
+        terms = [name for name, value in output.losses.items() if not torch.isfinite(torch.as_tensor(value)).all()]
+        grads = [name for name, p in sae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        parts = [f"loss {self.loss:.6g}" + (f" ({', '.join(terms)} not finite)" if terms else "")]
+        if grads:
+            parts.append(f"gradients of {', '.join(grads)} hold NaN or inf")
+        parts.append(report.describe_nonfinite() if report.damaged else "the weights are still finite")
+        parts.append(f"last finite loss {last_finite[1]:.6g} in step {last_finite[0]}" if last_finite
+                     else "no step had a finite loss")
+        parts.append(f"the last good checkpoint is {checkpoint} (resume from it with a lower --lr)"
+                     if checkpoint else "no checkpoint was saved before it (--checkpoint-every N keeps one)")
+        super().__init__(
+            f"training diverged in step {step}: {'; '.join(parts)}; the SAE was not saved: train "
+            "again with a lower learning rate or sparsity coefficient"
+        )
+
+
 class HookZSAETrainer(SAETrainer[Any, Any]):
     """See the module docstring. Made from the trainer SAELens's runner built, by
     `adopt` (the runner constructs `SAETrainer` by name inside `run`)."""
@@ -58,6 +96,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     checkpoint_every: int | None
     _last_checkpoint_step: int
     _scaler_agreed: bool
+    _last_finite_loss: tuple[int, float] | None  # (step, loss) of the last finite step
     last_checkpoint: Path | None
 
     @classmethod
@@ -74,6 +113,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
         trainer.checkpoint_every = checkpoint_every
         trainer._last_checkpoint_step = trainer.n_training_steps
         trainer.last_checkpoint = None
+        trainer._last_finite_loss = None
         trainer._scaler_agreed = False
         return trainer
 
@@ -82,7 +122,20 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
         act_freq_before = self.act_freq_scores.clone()
         output = super().step(batch)
         self.parallel.after_step(self, act_freq_before)
+        self._stop_if_diverged(output)
         return output
+
+    def _stop_if_diverged(self, output: TrainStepOutput) -> None:
+        """After each step: a non-finite loss or weight raises `TrainingDiverged` before
+        anything saves this step's state, so every checkpoint holds finite weights."""
+        loss = output.loss.detach()
+        finite = [torch.isfinite(loss).all(), *(torch.isfinite(p.detach()).all() for p in self.sae.parameters())]
+        if bool(torch.stack(finite).all()):
+            self._last_finite_loss = (self.n_training_steps + 1, float(loss))
+            return
+        raise TrainingDiverged(
+            self.n_training_steps + 1, output, self.sae, self._last_finite_loss, self.last_checkpoint
+        )
 
     @override
     def maybe_reset_sparsity(self) -> dict[str, Any]:
