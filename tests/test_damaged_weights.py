@@ -205,7 +205,7 @@ def test_commands_refuse_nonfinite_weights_before_the_model(saved_sae_dir, tmp_p
     out = tmp_path / "out"
     assert cli.main([command[0], "--sae", str(folder), *command[1:], "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    [line] = [line for line in err.splitlines() if "runtime settings" not in line]  # that one: in-process only
+    [line] = [line for line in err.splitlines() if "runtime" not in line]  # a warning of in-process runs
     assert line.startswith(f"error: SAE folder {folder}: weights hold NaN or inf, so results would be meaningless: ")
     assert line.endswith("; retrain or copy the SAE again (a diverged run or a bad copy leaves this), or pass "
                          "--allow-nonfinite (allow_nonfinite=True) to skip the affected features")
