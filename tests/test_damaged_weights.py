@@ -178,6 +178,19 @@ def test_square_sae_uses_names_for_the_feature_axis():
         check_loaded_sae(sae, "SAE", allow_nonfinite=True)
 
 
+def test_sums_that_overflow_or_cancel_are_neither_damage_nor_zero_rows():
+    """The fast path sums each feature's slice: an overflowing sum must fall back to the
+    exact test, and a row that sums to zero is not a zero row."""
+    sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=4))
+    with torch.no_grad():
+        sae.W_dec[0] = 3e38  # finite values whose sum overflows float32
+        sae.W_dec[1] = torch.tensor([1.0, -1.0] * 4)  # sums to exactly 0
+        sae.W_dec[2] = 1e-45  # the smallest subnormal: not zero
+        sae.W_dec[3] = 0.0
+    report = inspect_weights(sae.state_dict(), 4)
+    assert report.damaged == () and report.zero_decoder == (3,)
+
+
 def test_zero_rows_warn_and_an_all_zero_sae_has_no_live_feature(saved_sae_dir, tmp_path):
     folder = damaged_copy(saved_sae_dir, tmp_path / "some", some_zero_rows)
     with pytest.warns(SAEWeightWarning, match=r"2 of 16 features have zero decoder rows \(features 2, 9\)"):

@@ -128,32 +128,53 @@ def _per_feature(mask: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
 
 def inspect_weights(state: Mapping[str, torch.Tensor], d_sae: int) -> WeightReport:
     """Non-finite values per tensor and feature, and all-zero encoder/decoder rows, in the
-    tensors of `state` (an SAE's `state_dict()`). Reads each tensor once, plus one zero
-    test of the encoder and decoder matrices."""
+    tensors of `state` (an SAE's `state_dict()`).
+
+    One pass per tensor in the usual case: a sum per feature (or of the whole tensor) is
+    finite only if every value summed is, and is zero whenever the values are; only a
+    non-finite sum (a NaN, an inf or an overflow) or a zero one leads to the exact,
+    slower element-wise tests."""
     damaged, zero_decoder, zero_encoder = [], (), ()
     for name, tensor in state.items():
         tensor = tensor.detach()
         if not tensor.is_floating_point():
             continue
         axes = _feature_layout(name, tuple(tensor.shape), d_sae)
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            nan = int(torch.isnan(tensor).sum())
-            features = None
-            if axes is not None:
-                features = tuple(_per_feature(~finite, axes).nonzero().flatten().tolist())
-            damaged.append(
-                TensorDamage(name, tuple(tensor.shape), nan, int((~finite).sum()) - nan, features)
-            )
-        if axes:  # a matrix with a feature axis: the encoder or the decoder
-            zero = tuple(
-                (tensor.count_nonzero(dim=axes).reshape(-1) == 0).nonzero().flatten().tolist()
-            )
+        sums = _sums(tensor, axes)
+        if not bool(torch.isfinite(sums).all()):
+            item = _nonfinite(name, tensor, axes)
+            if item is not None:
+                damaged.append(item)
+        if axes and bool((sums == 0).any()):  # an encoder or decoder matrix with zero sums
+            zero = _per_feature(tensor != 0, axes).logical_not().nonzero().flatten().tolist()
             if "dec" in name:
-                zero_decoder = zero
+                zero_decoder = tuple(zero)
             elif "enc" in name:
-                zero_encoder = zero
+                zero_encoder = tuple(zero)
     return WeightReport(d_sae, tuple(damaged), zero_decoder, zero_encoder)
+
+
+def _sums(tensor: torch.Tensor, axes: tuple[int, ...] | None) -> torch.Tensor:
+    """Per-feature sums (`axes` reduced), the tensor itself for `[d_sae]` vectors, or the
+    whole sum; in float32 at least, so half-precision weights overflow less."""
+    dtype = torch.promote_types(tensor.dtype, torch.float32)
+    if axes is None:
+        return tensor.sum(dtype=dtype)
+    return tensor.sum(dim=axes, dtype=dtype) if axes else tensor
+
+
+def _nonfinite(
+    name: str, tensor: torch.Tensor, axes: tuple[int, ...] | None
+) -> TensorDamage | None:
+    """The exact NaN/inf counts and features of `tensor` (None: all finite after all, the
+    sum only overflowed)."""
+    bad = ~torch.isfinite(tensor)
+    count = int(bad.sum())
+    if count == 0:
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    features = None if axes is None else tuple(_per_feature(bad, axes).nonzero().flatten().tolist())
+    return TensorDamage(name, tuple(tensor.shape), nan, count - nan, features)
 
 
 def check_sae_weights(sae: SAE, what: str = "SAE", allow_nonfinite: bool = False) -> WeightReport:
