@@ -77,3 +77,16 @@ def model_with_tokenizer(tmp_path_factory):
     model = make_tiny_model(d_vocab=300, n_ctx=64)
     model.tokenizer = load_tokenizer(folder)
     return model
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if `detect`, `dashboard` or `circuit` loads a model: validation must
+    come first."""
+    from sae_lens_attn.commands import circuit, dashboard, detect
+
+    def refuse(name):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    for module in (detect, dashboard, circuit):
+        monkeypatch.setattr(module, "load_model", refuse)

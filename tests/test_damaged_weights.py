@@ -101,15 +101,6 @@ def with_model(monkeypatch, model_with_tokenizer):
         monkeypatch.setattr(module, "load_model", lambda name: model_with_tokenizer)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(name):
-        raise AssertionError("the model was loaded before the weights were checked")
-
-    for module in (detect_command, dashboard_command, circuit_command):
-        monkeypatch.setattr(module, "load_model", refuse)
-
-
 # --- Python API -------------------------------------------------------------------------
 
 

@@ -25,11 +25,11 @@ from sae_lens_attn.commands._common import (
     check_sae_folders,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     non_negative_int,
     positive_int,
-    report_skipped,
 )
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.models.token_display import quoted

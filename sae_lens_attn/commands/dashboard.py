@@ -21,6 +21,7 @@ from sae_lens_attn.commands._common import (
     check_output_folder,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     comma_list,
@@ -28,7 +29,6 @@ from sae_lens_attn.commands._values import (
     non_negative_int,
     parse_index_list,
     positive_int,
-    report_skipped,
 )
 from sae_lens_attn.errors import InvalidInputError, MissingInputError
 

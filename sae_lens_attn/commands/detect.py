@@ -26,12 +26,12 @@ from sae_lens_attn.commands._common import (
     check_output_folder,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     non_negative_int,
     parse_index_list,
     positive_int,
-    report_skipped,
 )
 
 DEFAULT_DETECTORS = (

@@ -54,41 +54,62 @@ class TrainingInterrupted(InterruptedException):
 
 
 class TrainingDiverged(PlainRuntimeError):
-    """Training produced a NaN or inf loss or weight in step `step` (1-based); no state of
-    that step was saved. The message names the step, the non-finite loss terms, weights
-    and gradients, the last finite loss and the last checkpoint (every checkpoint holds
-    finite weights)."""
+    """Training produced a NaN or inf loss or weight in step `step` (1-based); nothing of
+    that step was saved. The message names the step, the non-finite loss terms, gradients
+    and weights, the last finite loss and the last checkpoint (which holds finite weights)."""
 
-    def __init__(
-        self,
-        step: int,
-        output: TrainStepOutput,
-        sae: Any,
-        last_finite: tuple[int, float] | None,
-        checkpoint: Path | None,
-    ) -> None:
+    def __init__(self, trainer: DivergenceCheckedTrainer, output: TrainStepOutput) -> None:
         from sae_lens_attn.sources.weight_check import inspect_weights
 
-        report = inspect_weights(sae.state_dict(), sae.cfg.d_sae)
-        self.step, self.loss = step, float(output.loss.detach())
-        self.report, self.checkpoint = report, checkpoint
+        sae, checkpoint, last = trainer.sae, trainer.last_checkpoint, trainer._last_finite_loss
+        self.step, self.loss = trainer.n_training_steps + 1, float(output.loss.detach())
+        self.report, self.checkpoint = inspect_weights(sae.state_dict(), sae.cfg.d_sae), checkpoint
         terms = [name for name, value in output.losses.items() if not torch.isfinite(torch.as_tensor(value)).all()]
         grads = [name for name, p in sae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
         parts = [f"loss {self.loss:.6g}" + (f" ({', '.join(terms)} not finite)" if terms else "")]
         if grads:
             parts.append(f"gradients of {', '.join(grads)} hold NaN or inf")
-        parts.append(report.describe_nonfinite() if report.damaged else "the weights are still finite")
-        parts.append(f"last finite loss {last_finite[1]:.6g} in step {last_finite[0]}" if last_finite
-                     else "no step had a finite loss")
-        parts.append(f"the last good checkpoint is {checkpoint} (resume from it with a lower --lr)"
-                     if checkpoint else "no checkpoint was saved before it (--checkpoint-every N keeps one)")
+        parts.append(self.report.describe_nonfinite() if self.report.damaged else "the weights are still finite")
+        parts.append(f"last finite loss {last[1]:.6g} in step {last[0]}" if last else "no step had a finite loss")
+        parts.append(f"the last good checkpoint is {checkpoint} (resume from it with a lower --lr)" if checkpoint
+                     else f"no checkpoint was saved before it{trainer.checkpoint_hint}")
         super().__init__(
-            f"training diverged in step {step}: {'; '.join(parts)}; the SAE was not saved: train "
-            "again with a lower learning rate or sparsity coefficient"
+            f"{trainer.sae_label}training diverged in step {self.step}: {'; '.join(parts)}; {trainer.not_saved}: "
+            "train again with a lower learning rate or sparsity coefficient"
         )
 
 
-class HookZSAETrainer(SAETrainer[Any, Any]):
+class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
+    """SAELens's `SAETrainer` that checks the loss and every weight after each `step` and
+    raises `TrainingDiverged` at the first NaN or inf, before anything saves that step's
+    state. `watch` turns a trainer SAELens built into one, in place."""
+
+    sae_label = ""  # "SAE 'name': " where a run trains several
+    not_saved = "the SAE was not saved"
+    checkpoint_hint = ""
+    last_checkpoint: Path | None = None
+    _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
+
+    @classmethod
+    def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
+        trainer.__class__ = cls
+        trainer.sae_label = label
+        if not_saved is not None:
+            trainer.not_saved = not_saved
+        return trainer
+
+    @override
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        output = super().step(batch)
+        loss = output.loss.detach()
+        finite = [torch.isfinite(loss).all(), *(torch.isfinite(p.detach()).all() for p in self.sae.parameters())]
+        if not bool(torch.stack(finite).all()):
+            raise TrainingDiverged(self, output)
+        self._last_finite_loss = (self.n_training_steps + 1, float(loss))
+        return output
+
+
+class HookZSAETrainer(DivergenceCheckedTrainer):
     """See the module docstring. Made from the trainer SAELens's runner built, by
     `adopt` (the runner constructs `SAETrainer` by name inside `run`)."""
 
@@ -96,8 +117,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     checkpoint_every: int | None
     _last_checkpoint_step: int
     _scaler_agreed: bool
-    _last_finite_loss: tuple[int, float] | None  # (step, loss) of the last finite step
-    last_checkpoint: Path | None
+    checkpoint_hint = " (--checkpoint-every N keeps one)"
 
     @classmethod
     def adopt(
@@ -113,29 +133,15 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
         trainer.checkpoint_every = checkpoint_every
         trainer._last_checkpoint_step = trainer.n_training_steps
         trainer.last_checkpoint = None
-        trainer._last_finite_loss = None
         trainer._scaler_agreed = False
         return trainer
 
     @override
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         act_freq_before = self.act_freq_scores.clone()
-        output = super().step(batch)
+        output = super().step(batch)  # stops here if this step diverged
         self.parallel.after_step(self, act_freq_before)
-        self._stop_if_diverged(output)
         return output
-
-    def _stop_if_diverged(self, output: TrainStepOutput) -> None:
-        """After each step: a non-finite loss or weight raises `TrainingDiverged` before
-        anything saves this step's state, so every checkpoint holds finite weights."""
-        loss = output.loss.detach()
-        finite = [torch.isfinite(loss).all(), *(torch.isfinite(p.detach()).all() for p in self.sae.parameters())]
-        if bool(torch.stack(finite).all()):
-            self._last_finite_loss = (self.n_training_steps + 1, float(loss))
-            return
-        raise TrainingDiverged(
-            self.n_training_steps + 1, output, self.sae, self._last_finite_loss, self.last_checkpoint
-        )
 
     @override
     def maybe_reset_sparsity(self) -> dict[str, Any]:
