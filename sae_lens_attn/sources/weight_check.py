@@ -2,11 +2,13 @@
 
 A diverged training run or a bad copy leaves weights that load without complaint and then
 give complete-looking, empty results. `inspect_weights` reads each tensor of a state dict
-once (`torch.isfinite`, and one zero test on the encoder and decoder) and maps what it
-finds to feature indices; `check_sae_weights` does it for a loaded SAE and raises
-`NonFiniteWeightsError` for NaN or inf, or, with `allow_nonfinite=True`, zeroes the
-affected features so that they read as dead everywhere and records them in
+once (a sum per feature; exact element-wise tests only where a sum is not finite or is
+zero) and maps what it finds to feature indices; `check_sae_weights` does it for a loaded
+SAE and raises `NonFiniteWeightsError` for NaN or inf, or, with `allow_nonfinite=True`,
+zeroes the affected features so that they read as dead everywhere and records them in
 `sae.cfg.metadata["skipped_nonfinite_features"]` (`skipped_features(sae)`).
+`check_loaded_sae` adds the zero-row warnings and the no-live-feature error: it is what
+every loader calls.
 
 Feature axes are found from each tensor's shape: `[d_sae]` vectors, `W_enc [d_in, d_sae]`,
 `W_dec [d_sae, d_in]`, and block-diagonal blocks `[H, d_head, m]` / `[H, m, d_head]` with
@@ -122,7 +124,7 @@ def _feature_layout(name: str, shape: tuple[int, ...], d_sae: int) -> tuple[int,
 
 
 def _per_feature(mask: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """`[d_sae]` bool: any (or, for `all`, every) True in each feature's slice."""
+    """`[d_sae]` bool: any True in each feature's slice (`axes`: its non-feature axes)."""
     return (mask.any(dim=axes) if axes else mask).reshape(-1)
 
 
