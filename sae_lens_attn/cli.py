@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from sae_lens_attn import __version__, commands
 from sae_lens_attn._upstream import silence_known_upstream_warnings
-from sae_lens_attn.errors import InvalidInputError
+from sae_lens_attn.errors import InvalidInputError, PlainRuntimeError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -137,7 +137,7 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     message = " ".join(str(error).split()) or "no message"
-    if is_input_error(error):
+    if is_input_error(error) or isinstance(error, PlainRuntimeError):
         return message
     if not isinstance(error, (ValueError, OSError, RuntimeError)):
         message = f"{type(error).__name__}: {message}"

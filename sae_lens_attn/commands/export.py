@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     check_export_folder(args.out)
     check_model_name(args.model)  # a missing model folder fails before the SAE downloads
     families = read_families(args.families) if args.families else None
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae, device=args.device, allow_nonfinite=args.allow_nonfinite)
     if args.features is not None:
         check_features(args.features, sae.cfg.d_sae)
     model = load_model(args.model).to(args.device, print_details=False)

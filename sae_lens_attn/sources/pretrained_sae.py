@@ -109,7 +109,11 @@ def check_pretrained_sae(
 
 
 def load_pretrained_sae(
-    name: str | PretrainedSAEName, device: str = "cpu", hook_z: bool = True, option: str = "--sae"
+    name: str | PretrainedSAEName,
+    device: str = "cpu",
+    hook_z: bool = True,
+    option: str = "--sae",
+    allow_nonfinite: bool = False,
 ) -> SAE:
     """A SAELens pretrained hook_z SAE, e.g. `load_pretrained_sae("gpt2-small-hook-z-kk/
     blocks.5.hook_z")`, through `SAE.from_pretrained` after `check_pretrained_sae`.
@@ -117,17 +121,20 @@ def load_pretrained_sae(
     The SAE keeps SAELens's `reshape_activations="hook_z"` (input `[..., n_heads,
     d_head]`), with its input shape checked (`_upstream.guard_hook_z_input`); the head
     layout follows from its hook name and the model (`HeadLayout.from_sae`). `hook_z=False`
-    accepts an SAE on any hook.
+    accepts an SAE on any hook. Its weights are checked once loaded, as a saved folder's
+    (`weight_check.check_loaded_sae`; `allow_nonfinite` skips features with NaN/inf).
     """
     from sae_lens import SAE
 
     from sae_lens_attn._upstream import guard_hook_z_input
+    from sae_lens_attn.sources.weight_check import check_loaded_sae
 
     if not isinstance(name, PretrainedSAEName):
         name = parse_pretrained_name(name, option)
     check_pretrained_sae(name, option, hook_z)
     with _hub_errors(name, option):
         sae = SAE.from_pretrained(name.release, name.sae_id, device=device)
+    check_loaded_sae(sae, f"{option} {name}", allow_nonfinite=allow_nonfinite)
     return guard_hook_z_input(sae)
 
 
