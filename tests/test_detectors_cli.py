@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shutil
@@ -15,19 +14,6 @@ from sae_lens_attn.commands import detect
 from sae_lens_attn.detectors.results import load_family_rows
 from sae_lens_attn.plugins import get_plugin_manager
 from sae_lens_attn.sources.head_layout import HeadLayout
-from tests.conftest import make_tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_with_tokenizer(tmp_path_factory):
-    from sae_lens_attn.models.corpus import iter_corpus_texts
-    from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
-
-    texts = list(itertools.islice(iter_corpus_texts("train"), 20))
-    folder = save_tokenizer(train_bpe_tokenizer(texts, 300), tmp_path_factory.mktemp("tok"), 64)
-    model = make_tiny_model(d_vocab=300, n_ctx=64)
-    model.tokenizer = load_tokenizer(folder)
-    return model
 
 
 @pytest.fixture(scope="module")

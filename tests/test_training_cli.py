@@ -1,6 +1,7 @@
 """`sae-lens-attn train` end to end, on a tiny model standing in for the embedded one."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -245,3 +246,39 @@ def test_options_that_do_not_fit_the_model_exit_2_before_the_corpus_is_tokenized
     [error_line] = capsys.readouterr().err.splitlines()
     assert error_line.startswith("error: ") and message in error_line
     assert tiny_embedded == []
+
+
+def test_a_diverging_run_stops_in_that_step_and_keeps_the_last_good_checkpoint(tiny_embedded, tmp_path):
+    """A real run at a huge learning rate: the loss overflows after some steps."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "sae"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--layer", "1", "--architecture", "standard", "--lr", "1e4", "--checkpoint-every", "2",
+              "--out", str(out), *REDUCED])
+    message = str(stopped.value.code)
+    found = re.fullmatch(
+        r"error: training diverged in step (\d+): loss (\S+) \(mse_loss not finite\); (.*); last finite loss "
+        r"(\S+) in step (\d+); the last good checkpoint is (\S+) \(resume from it with a lower --lr\); the SAE "
+        r"was not saved: train again with a lower learning rate or sparsity coefficient", message)
+    assert found, message
+    step, loss, _, last_loss, last_step, checkpoint = found.groups()
+    assert float(loss) in (float("inf"), float("-inf")) or loss == "nan"
+    assert int(last_step) == int(step) - 1 and abs(float(last_loss)) < float("inf")
+    steps = sorted(int(p.name.removeprefix("step_")) for p in (tmp_path / "sae-checkpoints").glob("*/step_*"))
+    assert steps and max(steps) < int(step)  # nothing of the diverged step was saved
+    assert checkpoint.endswith(f"step_{max(steps)}")
+    for folder in (tmp_path / "sae-checkpoints").glob("*/step_*"):
+        assert all(torch.isfinite(t).all() for t in load_file(folder / "sae_weights.safetensors").values())
+    assert not (out / "cfg.json").exists()
+
+
+def test_a_diverging_sae_of_a_multi_sae_run_is_named(tiny_embedded, tmp_path):
+    out = tmp_path / "saes"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--layers", "0,1", "--architecture", "standard", "--lr", "1e4", "--out", str(out), *REDUCED])
+    message = str(stopped.value.code)
+    assert re.match(r"error: SAE 'L[01]_standard': training diverged in step \d+: loss ", message), message
+    assert message.endswith("; no checkpoint was saved before it; no SAE of this run was saved: train again with a "
+                            "lower learning rate or sparsity coefficient")
+    assert not (out / "saes.json").exists()

@@ -24,9 +24,11 @@ from sae_lens_attn.commands._common import (
     add_sae_argument,
     check_device,
     check_features,
+    check_features_fire,
     check_output_folder,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     non_negative_int,
@@ -188,6 +190,20 @@ def families_table(rows: list[Any], detectors: list[str]) -> list[tuple[str, ...
     return table
 
 
+def analysed_features(features: list[int] | None, d_sae: int, skipped: tuple[int, ...]) -> list[int] | None:
+    """`--features` (None: all) without the features skipped for NaN/inf weights; an
+    `InvalidInputError` when that leaves none of the chosen ones."""
+    from sae_lens_attn.errors import InvalidInputError
+
+    if not skipped:
+        return features
+    left = [f for f in (range(d_sae) if features is None else features) if f not in set(skipped)]
+    if not left:
+        raise InvalidInputError(f"--features: every chosen feature has NaN/inf weights and is skipped "
+                                f"(--allow-nonfinite); choose others than {list(skipped)[:10]}")
+    return left
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -197,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.errors import InvalidInputError
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.weight_check import skipped_features
 
     regex = parse_regex(args.regex)
     try:
@@ -216,14 +233,19 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
 
     torch.manual_seed(args.seed)
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae, device=args.device, allow_nonfinite=args.allow_nonfinite)
     check_features(args.features, sae.cfg.d_sae)
+    skipped = skipped_features(sae)
+    features = analysed_features(args.features, sae.cfg.d_sae, skipped)
     model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     layout = HeadLayout.from_sae(sae, model)
     print(f"SAE {args.sae}: {sae.cfg.d_sae} features on {layout.hook_name} heads {list(layout.heads)}")
+    report_skipped(sae)
+    tokens = evaluation_tokens(model, args.eval_sequences, args.context_size)
+    check_features_fire(model, sae, features, tokens, f"the {args.eval_sequences} evaluation sequences")
     options = {
-        "features": args.features,
-        "tokens": evaluation_tokens(model, args.eval_sequences, args.context_size),
+        "features": features,
+        "tokens": tokens,
         "n_prompts": args.n_prompts,
         "regex": regex,
         "method": args.pvalues,
@@ -249,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         from sae_lens_attn.attribution.head_evals import evaluate_heads
 
         head_evals = evaluate_heads(model, sae, layout, options["tokens"]).to_dict()
-    written = list(save_family_rows(rows, args.out, head_evals))
+    written = list(save_family_rows(rows, args.out, skipped_nonfinite=skipped, head_evals=head_evals))
     png = not args.no_png
     for stem, figure in figures.items():
         files = save_figure(figure, args.out, stem, png=png)

@@ -187,7 +187,7 @@ def demo_one_sae(
     step(f"{architecture}: detectors")
     with _timed(seconds, "detect"):
         rows, errors = run_detectors(model, sae, layout, eval_tokens, settings)
-        _, families_json = save_family_rows(rows, folder / "families", head_evals)
+        _, families_json = save_family_rows(rows, folder / "families", head_evals=head_evals)
         induction = induction_members(rows)
     dashboard, shown = None, []
     step(f"{architecture}: dashboards")

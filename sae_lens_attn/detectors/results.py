@@ -62,17 +62,22 @@ def family_summary(rows: Iterable[FamilyRow]) -> dict[str, dict[str, Any]]:
 
 
 def save_family_rows(
-    rows: Sequence[FamilyRow], out_dir: str | Path, head_evals: dict[str, dict[str, float]] | None = None
+    rows: Sequence[FamilyRow],
+    out_dir: str | Path,
+    skipped_nonfinite: Sequence[int] = (),
+    head_evals: dict[str, dict[str, float]] | None = None,
 ) -> tuple[Path, Path]:
     """Write `families.csv` and `families.json` into `out_dir` (created if needed), each
-    atomically, CSV cells neutralised against spreadsheet formulas; `head_evals`
+    atomically, CSV cells neutralised against spreadsheet formulas. `skipped_nonfinite`:
+    features left out for NaN/inf weights, listed in `families.json`; `head_evals`
     (`HeadEvals.to_dict()`) goes into `families.json` as it is."""
     out_dir = Path(out_dir)
     records = [row.to_dict() for row in rows]
     csv_path, json_path = out_dir / CSV_NAME, out_dir / JSON_NAME
     from sae_lens_attn.detectors.heads_table import heads_table
 
-    summary: dict[str, Any] = {"summary": family_summary(rows)}
+    summary: dict[str, Any] = {"summary": family_summary(rows),
+                               "skipped_nonfinite_features": [int(f) for f in skipped_nonfinite]}
     table = heads_table(rows)
     if table:
         summary["heads"] = table["counts"]
