@@ -72,8 +72,8 @@ def train_and_detect(out: Path, tokens: int, threads: int) -> dict[int, dict]:
 
 
 def print_heads(title: str, result: dict) -> None:
+    from sae_lens_attn.detectors.classes import CLASSES
     from sae_lens_attn.detectors.heads_table import count_cell
-    from sae_lens_attn.detectors.taxonomy import CLASSES
 
     heads = result["heads"]
     classes = [cls for cls in CLASSES if any(cls in by_class for by_class in heads.values())]

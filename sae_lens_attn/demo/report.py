@@ -89,6 +89,20 @@ def per_head_table(result: DemoResult) -> Table:
     )
 
 
+def head_evals_table(result: DemoResult) -> Table:
+    from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+
+    rows = [(sae.architecture, head, *head_eval_cells(values), str(values["features"]))
+            for sae in result.saes for head, values in sae.head_evals.items()]
+    return Table(
+        "Per-head evals", ("architecture", "head", *EVAL_COLUMNS, "features"), rows,
+        "Per head: explained variance (EV) of its slice of hook_z; CE loss recovered (CE rec.) when "
+        "only that head's output is replaced by its reconstruction, against zero-ablating that head "
+        "alone; L0 and dead share of the features that belong to it (its block; for dense SAEs the "
+        "head holding most of the feature's decoder norm); on the same prompts as SAELens's evals.",
+    )
+
+
 def families_table(result: DemoResult) -> Table:
     rows = []
     for sae in result.saes:
@@ -166,7 +180,7 @@ def taxonomy_table(head_tables: dict[str, dict]) -> Table:
 
 
 def report_tables(result: DemoResult, head_tables: dict[str, dict] | None = None) -> list[Table]:
-    tables = [metrics_table(result), per_head_table(result), families_table(result),
+    tables = [metrics_table(result), per_head_table(result), head_evals_table(result), families_table(result),
               induction_table(result)]
     if head_tables:
         tables.append(taxonomy_table(head_tables))
@@ -273,6 +287,7 @@ def summary(result: DemoResult, head_tables: dict[str, dict] | None = None) -> d
                 "live_features": sae.live_count,
                 "per_head_l0": dict(zip(sae.head_labels, sae.activity.per_head_l0.tolist(),
                                         strict=True)),
+                "head_evals": sae.head_evals,
                 "family_summary": sae.family_summary,
                 "detector_errors": sae.detector_errors,
                 "induction_features": sae.induction_features,

@@ -77,9 +77,12 @@ def heads_table(rows: Sequence[FamilyRow], detector: str = TAXONOMY) -> dict[str
     return table
 
 
-def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
-    """`(rows, header)` for printing: one row per head, one column per class seen; a cell
-    reads `n (s)` when `s` of its `n` features are token-specific."""
+def format_heads_table(
+    table: dict[str, Any], head_evals: dict[str, dict[str, float]] | None = None
+) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """`(rows, header)` for printing: one row per head, one column per class seen (a cell
+    reads `n (s)` when `s` of its `n` features are token-specific), and with `head_evals`
+    (`HeadEvals.to_dict()`) its explained variance, CE loss recovered, L0 and dead share."""
     seen = [cls for cls in CLASSES if any(cls in by_class for by_class in table["counts"].values())]
     poly = table["polysemanticity"]["families_per_head"]
     rows = [
@@ -88,7 +91,14 @@ def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tu
          str(sum(by_class.values())), str(poly[head]))
         for head, by_class in table["counts"].items()
     ]
-    return rows, ("head", *seen, "features", "families >= 10%")
+    header = ("head", *seen, "features", "families >= 10%")
+    if head_evals:
+        from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+
+        blank = ("",) * len(EVAL_COLUMNS)
+        rows = [(*row, *(head_eval_cells(head_evals[row[0]]) if row[0] in head_evals else blank)) for row in rows]
+        header = (*header, *EVAL_COLUMNS)
+    return rows, header
 
 
 def count_cell(count: int, specific: int) -> str:
