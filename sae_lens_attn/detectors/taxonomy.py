@@ -108,15 +108,15 @@ def classify(signatures: SourceSignatures, min_dfa_share: float) -> tuple[list[s
     return classes, best
 
 
-def _specificity(s: SourceSignatures, i: int, cls: str, t: TaxonomyThresholds,
+def _specificity(precision: dict[str, torch.Tensor], i: int, cls: str, t: TaxonomyThresholds,
                  evidence: dict[str, Any]) -> str:
-    """The sub-label of live feature `i` of class `cls`; records `token_precision` and
-    `token_specific` in `evidence`."""
+    """The sub-label of live feature `i` of class `cls` (`precision`: `{condition: [F]}`);
+    records `token_precision` and `token_specific` in `evidence`."""
     name, condition = SUB_LABELS[cls]
-    precision = s.precision(condition)[i].item() if condition else None
+    value = precision[condition][i].item() if condition else None
     specific = (bool(evidence["token_set"]) and evidence["token_consistency"] >= t.min_token_consistency
-                and (precision is None or precision >= t.min_precision))
-    evidence.update(token_precision=precision, token_specific=specific)
+                and (value is None or value >= t.min_precision))
+    evidence.update(token_precision=value, token_specific=specific)
     return f"{name}: {evidence['token_set_shown'] if specific else 'any'}"
 
 
@@ -163,6 +163,7 @@ class TaxonomyDetector:
         layout, index, signatures = signatures_for(model, sae, layout, options)
         features = index.tolist()
         classes, confidence = classify(signatures, thresholds.min_dfa_share)
+        precision = {condition: signatures.precision(condition) for _, condition in SUB_LABELS.values() if condition}
         claims: dict[int, list[str]] = {}
         for row in family_rows or ():
             if row.family in COMPONENTS and row.detector == row.family:
@@ -194,7 +195,7 @@ class TaxonomyDetector:
                 evidence["sub_label"] = OTHER
             else:
                 evidence["confidence"] = confidence[i].item()
-                evidence["sub_label"] = _specificity(signatures, i, cls, thresholds, evidence)
+                evidence["sub_label"] = _specificity(precision, i, cls, thresholds, evidence)
             evidence["summary"] = f"{_summary(cls, evidence, thresholds.min_dfa_share)}; {evidence['head']}"
             if dense:
                 evidence["head_fractions"] = dict(zip(labels, fractions[i].tolist(), strict=True))
