@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import test_dashboard
 import torch
-from test_dashboard import (  # noqa: F401  (chromium: the session fixture)
+from test_dashboard import (
     CHROMIUM_FLAGS,
     IMG_TOKEN,
     SCRIPT_TOKEN,
-    chromium,
     hostile_model,
     hostile_tokens,
     parse_dom,
@@ -33,6 +33,7 @@ from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.sources.head_layout import HeadLayout
 
+chromium = test_dashboard.chromium  # the session fixture: Chromium, installed if missing
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 DEAD = 5  # a feature with a zero decoder row: left out of the atlas
 CONFIG = AtlasConfig(shard_size=4)

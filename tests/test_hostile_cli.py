@@ -16,8 +16,8 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from sae_lens_attn import cli
-from sae_lens_attn.commands import circuit as circuit_command
 from sae_lens_attn.commands import atlas as atlas_command
+from sae_lens_attn.commands import circuit as circuit_command
 from sae_lens_attn.commands import dashboard as dashboard_command
 from sae_lens_attn.commands import detect as detect_command
 
