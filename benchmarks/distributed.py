@@ -49,8 +49,8 @@ def train_once(args: argparse.Namespace) -> dict[str, object]:
 
     import torch
 
-    from sae_lens_attn.sources.parallel import parallel_training
-    from sae_lens_attn.sources.training import train_hook_z_sae
+    from sae_lens_attn.training.parallel.modes import parallel_training
+    from sae_lens_attn.training.train import train_hook_z_sae
 
     torch.set_num_threads(1)
     model = build_model(args.model)

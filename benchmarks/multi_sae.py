@@ -111,7 +111,7 @@ def command_level(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
 
 def api_level(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Callable[[], None]]:
     """The two modes as Python calls in this process, the model loaded once."""
-    from sae_lens_attn.sources import HookZSAESpec, train_hook_z_sae, train_hook_z_saes
+    from sae_lens_attn.training import HookZSAESpec, train_hook_z_sae, train_hook_z_saes
 
     model, rows = model_and_rows(args.model, args.device, args.context_size,
                                  -(-args.training_tokens // args.context_size))

@@ -81,7 +81,7 @@ def run_side(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         if args.side == "ours":
-            from sae_lens_attn.sources.training import train_hook_z_sae
+            from sae_lens_attn.training.train import train_hook_z_sae
 
             train_hook_z_sae(
                 model, LAYER, architecture="block_diagonal", dataset=tokens,

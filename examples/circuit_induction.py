@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 from sae_lens_attn.attribution.circuit import FeatureCircuit, feature_circuit
-from sae_lens_attn.attribution.circuit_downstream import as_hooked_sae_transformer
+from sae_lens_attn.attribution.circuit.downstream import as_hooked_sae_transformer
 from sae_lens_attn.commands.circuit import write_circuit
 from sae_lens_attn.detectors.induction import FAMILY, InductionDetector
 from sae_lens_attn.detectors.induction_prompts import induction_prompts
 from sae_lens_attn.models import EMBEDDED_DIR, load_embedded_model
 from sae_lens_attn.models.dataset import corpus_tokens
 from sae_lens_attn.models.token_display import token_display_fn
-from sae_lens_attn.sources.training import train_hook_z_sae
+from sae_lens_attn.training.train import train_hook_z_sae
 
 LAYER = 1
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from sae_lens_attn.models import corpus_dataset, load_embedded_model
-from sae_lens_attn.sources.training import train_hook_z_sae
+from sae_lens_attn.training.train import train_hook_z_sae
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,8 +15,8 @@ import argparse
 from pathlib import Path
 
 from sae_lens_attn.models import corpus_dataset, load_embedded_model
-from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
-from sae_lens_attn.sources.training import train_hook_z_sae
+from sae_lens_attn.training.evaluation import evaluate_hook_z_sae
+from sae_lens_attn.training.train import train_hook_z_sae
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """sae_lens_attn: sparse autoencoders on attention outputs (hook_z) for SAELens.
 
 Public names are imported lazily (PEP 562), so `import sae_lens_attn` stays cheap: the
-`.pth` hook imports this package at every interpreter start and must not pull in torch.
+`.pth` hook imports this package at every interpreter start and must not pull in torch,
+nor any other module of ours (so this file does not use `_lazy.py` as the sub-packages do).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "BlockDiagonalTrainingSAE": "sae_lens_attn.architectures.block_diagonal",
     "BlockDiagonalTrainingSAEConfig": "sae_lens_attn.architectures.block_diagonal",
     "DashboardConfig": "sae_lens_attn.dashboard.config",
-    "FeatureCircuit": "sae_lens_attn.attribution.circuit",
+    "FeatureCircuit": "sae_lens_attn.attribution.circuit.feature",
     "FeatureDFA": "sae_lens_attn.attribution.dfa",
     "decoder_head_attribution": "sae_lens_attn.attribution.heads",
     "dfa_by_source": "sae_lens_attn.attribution.dfa",
@@ -39,14 +40,14 @@ _LAZY_EXPORTS: dict[str, str] = {
     "MissingInputError": "sae_lens_attn.errors",
     "check_saved_sae": "sae_lens_attn.sources.saved_sae",
     "load_saved_sae": "sae_lens_attn.sources.saved_sae",
-    "HookZTrainingRunner": "sae_lens_attn.sources.runner",
-    "block_diagonal_config_for": "sae_lens_attn.sources.configs",
+    "HookZTrainingRunner": "sae_lens_attn.training.runner",
+    "block_diagonal_config_for": "sae_lens_attn.training.configs",
     "cache_hook_z_activations": "sae_lens_attn.sources.cache",
-    "evaluate_hook_z_sae": "sae_lens_attn.sources.evaluation",
-    "train_hook_z_sae": "sae_lens_attn.sources.training",
-    "train_hook_z_saes": "sae_lens_attn.sources.multi_training",
-    "HookZSAESpec": "sae_lens_attn.sources.multi_training",
-    "feature_circuit": "sae_lens_attn.attribution.circuit",
+    "evaluate_hook_z_sae": "sae_lens_attn.training.evaluation",
+    "train_hook_z_sae": "sae_lens_attn.training.train",
+    "train_hook_z_saes": "sae_lens_attn.training.multi_training",
+    "HookZSAESpec": "sae_lens_attn.training.multi_training",
+    "feature_circuit": "sae_lens_attn.attribution.circuit.feature",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",
     "MultiHeadToyConfig": "sae_lens_attn.toy.ground_truth",

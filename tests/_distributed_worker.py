@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_tiny_model  # noqa: E402
 
-from sae_lens_attn.sources.training import train_hook_z_sae  # noqa: E402
+from sae_lens_attn.training.train import train_hook_z_sae  # noqa: E402
 
 N_STEPS = 20
 BATCH_TOKENS = 64  # global batch; 2 rows of 32 tokens

@@ -15,16 +15,16 @@ from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
-from sae_lens_attn.attribution.circuit import (
+from sae_lens_attn.attribution.circuit.context import circuit_context
+from sae_lens_attn.attribution.circuit.downstream import downstream_effect
+from sae_lens_attn.attribution.circuit.feature import (
     downstream_rows,
     feature_circuit,
     query_key_rows,
     upstream_rows,
 )
-from sae_lens_attn.attribution.circuit_context import circuit_context
-from sae_lens_attn.attribution.circuit_downstream import downstream_effect
-from sae_lens_attn.attribution.circuit_query_key import query_key_attribution
-from sae_lens_attn.attribution.circuit_upstream import value_side_attribution
+from sae_lens_attn.attribution.circuit.query_key import query_key_attribution
+from sae_lens_attn.attribution.circuit.upstream import value_side_attribution
 from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
 
 LAYER = 1

@@ -12,8 +12,8 @@ from conftest import make_tiny_model
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from sae_lens_attn.attribution.circuit_context import circuit_context
-from sae_lens_attn.attribution.circuit_upstream import value_side_attribution
+from sae_lens_attn.attribution.circuit.context import circuit_context
+from sae_lens_attn.attribution.circuit.upstream import value_side_attribution
 from sae_lens_attn.dashboard.circuit_panel import CircuitPanel
 from sae_lens_attn.dashboard.panels import DashboardContext, FeatureReport, TopExample
 from sae_lens_attn.dashboard.plugin import sae_lens_attn_dashboard_panels

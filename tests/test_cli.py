@@ -6,7 +6,9 @@ import pytest
 
 from sae_lens_attn import __version__
 from sae_lens_attn.cli import build_parser, main
-from sae_lens_attn.commands._common import parse_index_list
+from sae_lens_attn.commands._values import (
+    parse_index_list,
+)
 
 
 def test_version_prints_package_version(capsys):

@@ -211,7 +211,7 @@ def test_head_groups_split_a_block_diagonal_state_and_concatenate_back():
         BlockDiagonalTrainingSAE,
         BlockDiagonalTrainingSAEConfig,
     )
-    from sae_lens_attn.sources.head_parallel import head_positions, select_heads
+    from sae_lens_attn.training.parallel.heads import head_positions, select_heads
 
     torch.manual_seed(0)
     sae = BlockDiagonalTrainingSAE(BlockDiagonalTrainingSAEConfig(d_in=5 * 3, d_sae=5 * 4, n_heads=5))
@@ -229,7 +229,7 @@ def test_head_groups_split_a_block_diagonal_state_and_concatenate_back():
 def test_data_shards_are_disjoint_and_interleave_back_into_the_stream():
     from datasets import Dataset
 
-    from sae_lens_attn.sources.data_parallel import shard_rows
+    from sae_lens_attn.training.parallel.data import shard_rows
 
     rows = Dataset.from_dict({"input_ids": [[i] for i in range(10)]})
     shards = [[row["input_ids"][0] for row in shard_rows(rows, rank, 2, 2)] for rank in (0, 1)]

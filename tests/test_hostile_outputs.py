@@ -56,7 +56,7 @@ def test_plotly_labels_render_markup_as_text_in_chromium(tmp_path):
     class Circuit:  # the fields effects_figure reads, with a hostile token
         feature, destination = 3, 5
     rows = [{"token": LINK, "direct": 1.0, "total": 2.0}]
-    import sae_lens_attn.attribution.circuit as circuit_module
+    import sae_lens_attn.attribution.circuit.feature as circuit_module
     original = circuit_module.downstream_rows
     circuit_module.downstream_rows = lambda circuit, k, decode: rows
     try:

@@ -7,12 +7,13 @@ import torch
 from sae_lens import SAE, StandardTrainingSAEConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
-from sae_lens_attn.sources import HookZSAESpec, HookZSource, train_hook_z_sae, train_hook_z_saes
+from sae_lens_attn.sources import HookZSource
 from sae_lens_attn.sources.head_layout import HeadLayout
-from sae_lens_attn.sources.multi_runner import HookZMultiSAETrainingRunner, multi_runner_config
 from sae_lens_attn.sources.multi_store import stream_key
-from sae_lens_attn.sources.runner import check_finite_weights
 from sae_lens_attn.sources.tokens import as_token_dataset
+from sae_lens_attn.training import HookZSAESpec, train_hook_z_sae, train_hook_z_saes
+from sae_lens_attn.training.multi_runner import HookZMultiSAETrainingRunner, multi_runner_config
+from sae_lens_attn.training.runner import check_finite_weights
 
 RUN = dict(training_tokens=2048, train_batch_size_tokens=128, store_batch_size_prompts=4)
 
@@ -177,7 +178,7 @@ def test_in_training_evals_scale_each_sae_like_its_batches_and_skip_head_subsets
     from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
     from sae_lens.training.activation_scaler import ActivationScaler
 
-    from sae_lens_attn.sources.folding import fold_input_scale
+    from sae_lens_attn.training.folding import fold_input_scale
 
     sources = {"norm": HookZSource(tiny_model, 1, per_head_norm=True), "subset": HookZSource(tiny_model, 1, heads=[0])}
     saes = {"norm": StandardTrainingSAEConfig(d_in=64, d_sae=128), "subset": StandardTrainingSAEConfig(d_in=16, d_sae=32)}

@@ -17,8 +17,8 @@ from sae_lens_attn._upstream import (
 )
 from sae_lens_attn.commands.detect import families_table
 from sae_lens_attn.detectors.results import FamilyRow
-from sae_lens_attn.sources import train_hook_z_sae
 from sae_lens_attn.sources.head_layout import HeadLayout, head_label
+from sae_lens_attn.training import train_hook_z_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = "sae_lens.training.activations_store"
@@ -98,7 +98,7 @@ def test_training_bar_moves_on_every_step_of_a_short_run(tiny_model, capsys):
 
 
 def test_multi_sae_run_is_quiet_and_its_bar_moves_on_every_step(tiny_model, capsys, caplog):
-    from sae_lens_attn.sources import HookZSAESpec, train_hook_z_saes
+    from sae_lens_attn.training import HookZSAESpec, train_hook_z_saes
 
     tokens = torch.randint(0, 101, (8, 32), generator=torch.Generator().manual_seed(0))
     specs = [HookZSAESpec(0, architecture="standard", expansion_factor=2),

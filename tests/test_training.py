@@ -18,23 +18,22 @@ from sae_lens import (
 from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
 from sae_lens.training.activation_scaler import ActivationScaler
 
-import sae_lens_attn.sources.runner as runner_module
+import sae_lens_attn.training.runner as runner_module
 from sae_lens_attn.architectures.block_diagonal import (
     BlockDiagonalTrainingSAE,
     BlockDiagonalTrainingSAEConfig,
 )
-from sae_lens_attn.sources import (
-    HookZSource,
+from sae_lens_attn.sources import HookZSource, cache_hook_z_activations
+from sae_lens_attn.sources.head_layout import HeadLayout
+from sae_lens_attn.sources.tokens import as_token_dataset
+from sae_lens_attn.training import (
     HookZTrainingRunner,
     block_diagonal_config_for,
-    cache_hook_z_activations,
     evaluate_hook_z_sae,
     fold_input_scale,
     sae_config_for,
     train_hook_z_sae,
 )
-from sae_lens_attn.sources.head_layout import HeadLayout
-from sae_lens_attn.sources.tokens import as_token_dataset
 
 SMALL_RUN = dict(training_tokens=4096, train_batch_size_tokens=128, store_batch_size_prompts=4, expansion_factor=2)
 

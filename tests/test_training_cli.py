@@ -120,7 +120,7 @@ def listed_saes(tmp_path):
     """A train output folder with two SAEs of different sizes, as `saes.json` lists them."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from sae_lens_attn.sources.outputs import sae_list_entry, write_sae_list
+    from sae_lens_attn.training.outputs import sae_list_entry, write_sae_list
 
     for name, d_sae in (("small", 8), ("large", 24)):
         sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=d_sae))

@@ -3,19 +3,20 @@
 - `dfa`: direct feature attribution by source position and head (exact, with bias terms).
 - `heads`: per-head decoder / encoder norm fractions of each feature.
 - `logit_lens`: feature output directions, logit weight statistics, top tokens.
-- `circuit*`: circuit attribution of one feature (upstream components on the value and
+- `circuit/`: circuit attribution of one feature (upstream components on the value and
   query/key sides, direct vs total downstream effect).
 """
 
-from sae_lens_attn.attribution.circuit import FeatureCircuit, feature_circuit
-from sae_lens_attn.attribution.circuit_context import CircuitContext, circuit_context
-from sae_lens_attn.attribution.circuit_downstream import DownstreamEffect, downstream_effect
-from sae_lens_attn.attribution.circuit_query_key import (
+from sae_lens_attn.attribution.circuit.components import ComponentSplit
+from sae_lens_attn.attribution.circuit.context import CircuitContext, circuit_context
+from sae_lens_attn.attribution.circuit.downstream import DownstreamEffect, downstream_effect
+from sae_lens_attn.attribution.circuit.feature import FeatureCircuit, feature_circuit
+from sae_lens_attn.attribution.circuit.query_key import (
     QueryKeyAttribution,
     query_key_attribution,
 )
-from sae_lens_attn.attribution.circuit_split import ComponentSplit, split_with_sae
-from sae_lens_attn.attribution.circuit_upstream import (
+from sae_lens_attn.attribution.circuit.split import split_with_sae
+from sae_lens_attn.attribution.circuit.upstream import (
     ValueSideAttribution,
     value_side_attribution,
 )

@@ -7,13 +7,12 @@ raises `InvalidInputError` with an `<option> <value>: <why, what is valid>` mess
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sae_lens_attn.commands._values import positive_int
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -105,7 +104,7 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     `saes.json`), `name` picks an entry; without `name` the folder itself if it is the
     SAE (a one-SAE run), else its only entry.
     """
-    from sae_lens_attn.sources.outputs import SAE_CONFIG_FILENAME, SAE_LIST_FILENAME, read_sae_list
+    from sae_lens_attn.training.outputs import SAE_CONFIG_FILENAME, SAE_LIST_FILENAME, read_sae_list
 
     path = Path(path)
     listing = path / SAE_LIST_FILENAME
@@ -239,94 +238,3 @@ def output_folder_problem(path: Path) -> str | None:
         reason = os.strerror(err.errno) if err.errno else str(err)
         return f"cannot write into {existing} ({reason}); choose a writable folder"
     return None
-
-
-def parse_index_list(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (inclusive ranges, order kept)."""
-    indices: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        start, _, end = part.partition("-")
-        try:
-            first, last = int(start), int(end or start)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"bad index list {text!r}: expected numbers and ranges like '0-49,60'"
-            ) from None
-        if first < 0 or last < first:
-            raise argparse.ArgumentTypeError(
-                f"bad range {part!r} in {text!r}: expected 'a-b' with 0 <= a <= b"
-            )
-        indices.extend(range(first, last + 1))
-    if not indices:
-        raise argparse.ArgumentTypeError(f"empty index list {text!r}")
-    return indices
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _bounded_int(text, minimum=1)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _bounded_int(text, minimum=0)
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type factory: an integer >= `minimum`."""
-
-    def parse(text: str) -> int:
-        return _bounded_int(text, minimum=minimum)
-
-    parse.__name__ = f"int>={minimum}"
-    return parse
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (no nan/inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not finite: expected a finite number")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    value = finite_float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative: expected a number >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive: expected a number > 0")
-    return value
-
-
-def comma_list(item_type: Callable[[str], object]) -> Callable[[str], list]:
-    """argparse type factory: 'a,b,c' -> [item_type(a), item_type(b), item_type(c)]."""
-
-    def parse(text: str) -> list:
-        items = [part.strip() for part in text.split(",")]
-        if not all(items):
-            raise argparse.ArgumentTypeError(f"bad list {text!r}: expected items separated by commas")
-        return [item_type(item) for item in items]
-
-    parse.__name__ = f"list of {getattr(item_type, '__name__', 'values')}"
-    return parse
-
-
-def _bounded_int(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{value} is too small: expected an integer >= {minimum}")
-    return value

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sae_lens_attn.commands._common import positive_int
+from sae_lens_attn.commands._values import (
+    positive_int,
+)
 from sae_lens_attn.errors import InvalidInputError
 
 T = TypeVar("T")
@@ -76,7 +78,7 @@ def scaleout_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_training(train: Callable[[], T]) -> T:
     """`train()`, with interrupts and failures turned into one-line messages."""
-    from sae_lens_attn.sources.trainer import TrainingInterrupted
+    from sae_lens_attn.training.trainer import TrainingInterrupted
 
     where = f"rank {rank()}: " if under_torchrun() else ""
     try:

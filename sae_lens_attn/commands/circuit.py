@@ -25,6 +25,8 @@ from sae_lens_attn.commands._common import (
     check_sae_folders,
     load_model,
     load_sae,
+)
+from sae_lens_attn.commands._values import (
     non_negative_int,
     positive_int,
 )
@@ -32,7 +34,7 @@ from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:
-    from sae_lens_attn.attribution.circuit import FeatureCircuit
+    from sae_lens_attn.attribution.circuit.feature import FeatureCircuit
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -78,7 +80,7 @@ def write_circuit(
     """Write the tables, `summary.json` and plots of `circuit` into `out`; returns the
     summary. Everything is computed before the first file is written, and each file is
     written atomically, so a failure leaves no partial output."""
-    from sae_lens_attn.attribution.circuit import (
+    from sae_lens_attn.attribution.circuit.feature import (
         circuit_summary,
         downstream_rows,
         query_key_rows,
@@ -110,7 +112,7 @@ def write_circuit(
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sae_lens_attn.attribution.circuit import feature_circuit
+    from sae_lens_attn.attribution.circuit.feature import feature_circuit
     from sae_lens_attn.models.token_display import token_display_fn
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.model_inputs import check_token_rows

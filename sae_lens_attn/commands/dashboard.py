@@ -18,10 +18,12 @@ from sae_lens_attn.commands._common import (
     check_device,
     check_features,
     check_output_folder,
-    comma_list,
-    int_at_least,
     load_model,
     load_sae,
+)
+from sae_lens_attn.commands._values import (
+    comma_list,
+    int_at_least,
     non_negative_int,
     parse_index_list,
     positive_int,

@@ -25,6 +25,8 @@ from sae_lens_attn.commands._common import (
     check_output_folder,
     load_model,
     load_sae,
+)
+from sae_lens_attn.commands._values import (
     non_negative_int,
     parse_index_list,
     positive_int,

@@ -8,6 +8,8 @@ from sae_lens_attn.commands._common import (
     add_out_argument,
     add_runtime_arguments,
     check_output_folder,
+)
+from sae_lens_attn.commands._values import (
     finite_float,
     non_negative_float,
     non_negative_int,

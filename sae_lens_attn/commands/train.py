@@ -19,15 +19,17 @@ from sae_lens_attn.commands._common import (
     add_model_argument,
     add_runtime_arguments,
     check_output_folder,
+    load_model,
+    writable_folder,
+)
+from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
-    load_model,
     non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
     positive_int,
-    writable_folder,
 )
 from sae_lens_attn.errors import InvalidInputError
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from sae_lens_attn.sources.head_layout import HeadLayout
-    from sae_lens_attn.sources.multi_training import HookZSAESpec
+    from sae_lens_attn.training.multi_training import HookZSAESpec
 from sae_lens_attn.commands._train_scaleout import (
     add_scaleout_arguments,
     rank,
@@ -188,7 +190,7 @@ def _short(value: float) -> str:
 def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
     """The cross product layers x architectures x sweep values, named
     `L{layer}_{architecture}[_k=..|_l1=..]`."""
-    from sae_lens_attn.sources.multi_training import HookZSAESpec
+    from sae_lens_attn.training.multi_training import HookZSAESpec
 
     specs = []
     for layer in layers_of(args):
@@ -205,8 +207,8 @@ def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
 def check_against_model(args: argparse.Namespace, model: HookedTransformer, specs: Sequence[HookZSAESpec]) -> None:
     """Layers, heads, context size and every SAE config checked against the model, before
     any corpus is tokenized."""
-    from sae_lens_attn.sources.configs import sae_config_for
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.training.configs import sae_config_for
 
     if args.context_size > model.cfg.n_ctx:
         usage_error(f"--context-size {args.context_size} exceeds the model's n_ctx: expected "
@@ -260,8 +262,8 @@ def train_saes(
     directly into `args.out` (`train_hook_z_sae`, with the torchrun/checkpoint options
     `scaleout`), several into `args.out/name` from one model pass per batch
     (`train_hook_z_saes`)."""
-    from sae_lens_attn.sources.multi_training import train_hook_z_saes
-    from sae_lens_attn.sources.training import train_hook_z_sae
+    from sae_lens_attn.training.multi_training import train_hook_z_saes
+    from sae_lens_attn.training.train import train_hook_z_sae
 
     run = dict(
         dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
@@ -284,7 +286,7 @@ def evaluate(
     args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any
 ) -> dict[str, float]:
     """SAELens's evals on the `held_out` prompts (printed), or a message saying why none ran."""
-    from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae, subset_message
+    from sae_lens_attn.training.evaluation import evaluate_hook_z_sae, subset_message
 
     if args.eval_batches == 0:
         return {}
@@ -301,7 +303,7 @@ def evaluate(
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_attn.sources.outputs import sae_list_entry, training_metrics, write_sae_list
+    from sae_lens_attn.training.outputs import sae_list_entry, training_metrics, write_sae_list
 
     check_arguments(args)
     check_output_folder(args.out)

@@ -22,7 +22,7 @@ from sae_lens_attn.sources.head_layout import head_label
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from sae_lens_attn.attribution.circuit import Decode, FeatureCircuit
+    from sae_lens_attn.attribution.circuit.feature import Decode, FeatureCircuit
     from sae_lens_attn.dashboard.panels import DashboardContext, FeatureReport
 
 
@@ -30,7 +30,7 @@ def upstream_figure(circuit: FeatureCircuit, decode: Decode = str, top: int = 20
     """Horizontal bars: the `top` (source, component) contributions to the pre-activation."""
     import plotly.graph_objects as go
 
-    from sae_lens_attn.attribution.circuit import component_totals
+    from sae_lens_attn.attribution.circuit.feature import component_totals
 
     totals = component_totals(circuit, decode)[:top][::-1]
     value = circuit.value
@@ -61,7 +61,7 @@ def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -
     destination (tokens promoted most directly, then most in total)."""
     import plotly.graph_objects as go
 
-    from sae_lens_attn.attribution.circuit import downstream_rows
+    from sae_lens_attn.attribution.circuit.feature import downstream_rows
 
     rows = downstream_rows(circuit, k, decode)
     labels = plotly_texts(quoted(row["token"]) for row in rows)
@@ -95,8 +95,8 @@ class CircuitPanel(DashboardPanel):
     def prepare(self, context: DashboardContext, reports: Sequence[FeatureReport]) -> None:
         import torch
 
-        from sae_lens_attn.attribution.circuit import circuit_from_context
-        from sae_lens_attn.attribution.circuit_context import circuit_context
+        from sae_lens_attn.attribution.circuit.context import circuit_context
+        from sae_lens_attn.attribution.circuit.feature import circuit_from_context
 
         by_prompt: dict[int, list[FeatureReport]] = defaultdict(list)
         for report in reports:
@@ -118,7 +118,7 @@ class CircuitPanel(DashboardPanel):
                 warnings.warn(f"circuit panel: prompt {prompt} skipped: {err}", stacklevel=2)
 
     def render(self, report: FeatureReport, context: DashboardContext) -> PanelOutput | None:
-        from sae_lens_attn.attribution.circuit import circuit_summary
+        from sae_lens_attn.attribution.circuit.feature import circuit_summary
 
         circuit = self.circuits.get(report.feature)
         if circuit is None:

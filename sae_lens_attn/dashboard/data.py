@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
-    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.detectors.classes import FamilyRow
 
 # (prompt index, destination position, activation) of one shown example
 ExampleSite = tuple[int, int, float]

@@ -15,7 +15,7 @@ from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc
 
 if TYPE_CHECKING:
     from sae_lens_attn.dashboard.panels import DashboardContext, FeatureReport
-    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.detectors.classes import FamilyRow
 
 NOT_RUN = (
     "No detector results were given: pass the detectors' families.json to the dashboard "

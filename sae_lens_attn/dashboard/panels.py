@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from sae_lens_attn.dashboard.config import DashboardConfig
-    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.detectors.classes import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 __all__ = [

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from sae_lens_attn.dashboard.panels import FeatureReport
-    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.detectors.classes import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 HTML_NAME = "dashboard.html"

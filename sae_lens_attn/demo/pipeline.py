@@ -13,59 +13,24 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
-from sae_lens_attn.demo.activity import FeatureActivity, feature_activity
+from sae_lens_attn.demo.activity import feature_activity
+from sae_lens_attn.demo.result import DemoResult, SAEResult
 from sae_lens_attn.demo.settings import ARCHITECTURES, DemoSettings
 
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
-    from sae_lens_attn.detectors.results import FamilyRow
+    from sae_lens_attn.detectors.classes import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 INDUCTION = ("induction", "induction")  # (detector, family) of "<token> is next by induction"
-
-
-@dataclass
-class SAEResult:
-    """What the demo measured and wrote for one SAE (paths relative to the output folder)."""
-
-    architecture: str
-    folder: Path
-    d_sae: int
-    metrics: dict[str, float]
-    activity: FeatureActivity
-    head_labels: list[str]
-    families_json: Path
-    family_summary: dict[str, Any]
-    detector_errors: dict[str, str]
-    induction_features: list[int]
-    induction_heads: dict[str, int]
-    dashboard: Path | None
-    dashboard_features: list[int]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def live_count(self) -> int:
-        return int(self.activity.live.sum())
-
-
-@dataclass
-class DemoResult:
-    model_name: str
-    model_summary: dict[str, Any]
-    settings: DemoSettings
-    saes: list[SAEResult]
-    seconds: dict[str, float]
-    report: Path | None = None
-    index: Path | None = None
 
 
 @contextmanager
@@ -173,7 +138,7 @@ def train_demo_saes(
     """Every demo architecture trained from the same model passes; each SAE saved to
     `out / architecture / "sae"` (published whole). `{architecture: (sae, layout)}`."""
     from sae_lens_attn._atomic import atomic_directory
-    from sae_lens_attn.sources.multi_training import HookZSAESpec, train_hook_z_saes
+    from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
 
     specs = [
         HookZSAESpec(settings.layer, architecture=architecture,
@@ -204,7 +169,7 @@ def demo_one_sae(
     """Evaluate, detect and render one trained SAE into `out / architecture`."""
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
     from sae_lens_attn.detectors.results import family_summary, save_family_rows
-    from sae_lens_attn.sources.evaluation import evaluate_hook_z_sae
+    from sae_lens_attn.training.evaluation import evaluate_hook_z_sae
 
     sae, layout = trained
     folder = out / architecture

@@ -19,7 +19,7 @@ from sae_lens_attn._safe_output import markdown_text
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from sae_lens_attn.demo.pipeline import DemoResult
+    from sae_lens_attn.demo.result import DemoResult
 
 SEED_INDUCTION_SHARE = 0.05  # Kissane et al. 2024: ~5% of live gelu-2l L1 features
 REPORT_NAME = "report.md"
@@ -148,7 +148,7 @@ def load_head_tables(result: DemoResult, out: Path) -> dict[str, dict]:
 
 
 def taxonomy_table(head_tables: dict[str, dict]) -> Table:
-    from sae_lens_attn.detectors.taxonomy import CLASSES
+    from sae_lens_attn.detectors.classes import CLASSES
 
     rows = []
     for architecture, table in head_tables.items():

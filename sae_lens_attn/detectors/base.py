@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.models.token_display import quoted
 from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
-    from sae_lens_attn.detectors.results import FamilyRow
 
 __all__ = [
     "DEAD_SUMMARY",
@@ -74,7 +74,6 @@ def feature_index(sae: SAE, features: Sequence[int] | torch.Tensor | None) -> to
 def dead_feature_row(detector: str, feature: int) -> FamilyRow:
     """The row of a feature whose decoder row is zero or non-finite (`dead_rows`): not
     live, no family, no score (NaN, saved as null)."""
-    from sae_lens_attn.detectors.results import FamilyRow
 
     return FamilyRow(detector, int(feature), None, math.nan, {"live": False, "summary": DEAD_SUMMARY})
 

@@ -22,7 +22,7 @@ from sae_lens_attn.attribution.logit_lens import (
     unembed_through_final_ln,
 )
 from sae_lens_attn.detectors.base import dead_feature_row, feature_index, resolve_layout
-from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.detectors.tsea import (
     ENRICHMENT_CHUNK_SIZE,
     EnrichmentResult,

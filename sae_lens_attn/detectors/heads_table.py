@@ -14,15 +14,15 @@ import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_attn.detectors.classes import CLASSES, TAXONOMY, FamilyRow
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from sae_lens_attn.detectors.results import FamilyRow
 
 __all__ = ["POLYSEMANTIC_SHARE", "format_heads_table", "heads_figure", "heads_table"]
 
 POLYSEMANTIC_SHARE = 0.1
-TAXONOMY = "taxonomy"
 
 
 def _head_order(label: str) -> tuple[int, int]:
@@ -32,8 +32,6 @@ def _head_order(label: str) -> tuple[int, int]:
 
 def heads_table(rows: Sequence[FamilyRow], detector: str = TAXONOMY) -> dict[str, Any]:
     """The per-head table of `detector`'s live rows (empty dict when there are none)."""
-    from sae_lens_attn.detectors.taxonomy import CLASSES
-
     live = [row for row in rows if row.detector == detector and row.live and row.family]
     if not live:
         return {}
@@ -75,8 +73,6 @@ def heads_table(rows: Sequence[FamilyRow], detector: str = TAXONOMY) -> dict[str
 
 def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
     """`(rows, header)` for printing: one row per head, one column per class seen."""
-    from sae_lens_attn.detectors.taxonomy import CLASSES
-
     seen = [cls for cls in CLASSES if any(cls in by_class for by_class in table["counts"].values())]
     poly = table["polysemanticity"]["families_per_head"]
     rows = [
@@ -89,8 +85,6 @@ def format_heads_table(table: dict[str, Any]) -> tuple[list[tuple[str, ...]], tu
 def heads_figure(table: dict[str, Any], title: str | None = None) -> go.Figure:
     """Plotly stacked bars: features of each class per head (labels escaped for plotly)."""
     import plotly.graph_objects as go
-
-    from sae_lens_attn.detectors.taxonomy import CLASSES
 
     heads = list(table["counts"])
     classes = [cls for cls in CLASSES if any(cls in table["counts"][h] for h in heads)]

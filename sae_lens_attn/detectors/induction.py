@@ -55,8 +55,8 @@ from sae_lens_attn.detectors.base import (
     resolve_layout,
     token_strings_of,
 )
+from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.detectors.induction_prompts import InductionPrompts, induction_prompts
-from sae_lens_attn.detectors.results import FamilyRow
 from sae_lens_attn.sources.hook_z import HookZSource
 
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ from sae_lens_attn.detectors.base import (
     resolve_layout,
     token_strings_of,
 )
-from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.models.token_display import quoted
 
 if TYPE_CHECKING:

@@ -52,7 +52,7 @@ from sae_lens_attn.detectors.base import (
     resolve_layout,
     token_strings_of,
 )
-from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.detectors.signature import (
     CATEGORIES,
     CATEGORY_LABELS,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from sae_lens_attn.attribution._sae_weights import is_block_diagonal
 from sae_lens_attn.attribution.heads import sae_head_attribution
-from sae_lens_attn.detectors.results import FamilyRow
+from sae_lens_attn.detectors.classes import CLASSES, COMPONENTS, DEAD, OTHER, TAXONOMY, FamilyRow
 from sae_lens_attn.detectors.signature import CATEGORIES, CATEGORY_LABELS
 from sae_lens_attn.detectors.source_detectors import (
     CLASS_CATEGORIES,
@@ -46,12 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CLASSES", "COMPONENTS", "DEAD", "NAME", "OTHER", "TaxonomyDetector"]
 
-NAME = "taxonomy"
-OTHER = "other"
-DEAD = "dead"
-COMPONENTS = ("current_token", "previous_token", "duplicate_token", "induction", "local_context",
-              "high_level_context")
-CLASSES = (*COMPONENTS, OTHER)
+NAME = TAXONOMY
 SPARKLINE = ("previous", "current", "same_token", "induction_target", "near", "far")
 
 

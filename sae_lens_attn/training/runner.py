@@ -29,18 +29,18 @@ from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_directory
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
-from sae_lens_attn.sources.checkpoints import (
+from sae_lens_attn.sources.hook_z import STATE_FILENAME, HookZSource
+from sae_lens_attn.sources.store import HookZActivationsStore, check_config_matches_source
+from sae_lens_attn.training.checkpoints import (
     Manifest,
     ResumableBatches,
     restore_data_state,
     trainer_folder,
 )
-from sae_lens_attn.sources.evaluation import HookZEvaluator
-from sae_lens_attn.sources.folding import fold_input_scale
-from sae_lens_attn.sources.hook_z import STATE_FILENAME, HookZSource
-from sae_lens_attn.sources.parallel import Parallelism
-from sae_lens_attn.sources.store import HookZActivationsStore, check_config_matches_source
-from sae_lens_attn.sources.trainer import HookZSAETrainer, deferred_interrupts
+from sae_lens_attn.training.evaluation import HookZEvaluator
+from sae_lens_attn.training.folding import fold_input_scale
+from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.trainer import HookZSAETrainer, deferred_interrupts
 
 # SAELens normalisations that commute with a per-head diagonal scale and are folded
 # before it; the others normalise inside the SAE or mix heads.

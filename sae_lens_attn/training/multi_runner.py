@@ -40,17 +40,17 @@ from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
-from sae_lens_attn.sources.evaluation import subset_message, with_input_scale
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.multi_store import MultiHookZActivationsStore, stream_key
-from sae_lens_attn.sources.outputs import (
+from sae_lens_attn.training.evaluation import subset_message, with_input_scale
+from sae_lens_attn.training.outputs import (
     publish_sae_folder,
     sae_list_entry,
     staging_folder,
     training_metrics,
     write_sae_list,
 )
-from sae_lens_attn.sources.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
+from sae_lens_attn.training.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
 
 
 @dataclass

@@ -30,13 +30,13 @@ from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_directory
-from sae_lens_attn.sources.checkpoints import (
+from sae_lens_attn.training.checkpoints import (
     Manifest,
     capture_data_state,
     trainer_folder,
     write_data_state,
 )
-from sae_lens_attn.sources.parallel import Parallelism
+from sae_lens_attn.training.parallel.base import Parallelism
 
 _REPEAT_SIGNAL_GRACE_S = 2.0  # torchrun forwards the terminal's Ctrl-C: count it once
 

@@ -14,14 +14,15 @@ from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
-from sae_lens_attn.sources.configs import sae_config_for
-from sae_lens_attn.sources.distributed import rank_device
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
-from sae_lens_attn.sources.outputs import publish_sae_folder, staging_folder
-from sae_lens_attn.sources.parallel import Parallelism, parallel_training
-from sae_lens_attn.sources.runner import HookZTrainingRunner
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
+from sae_lens_attn.training.configs import sae_config_for
+from sae_lens_attn.training.outputs import publish_sae_folder, staging_folder
+from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.parallel.distributed import rank_device
+from sae_lens_attn.training.parallel.modes import parallel_training
+from sae_lens_attn.training.runner import HookZTrainingRunner
 
 
 def train_hook_z_sae(
@@ -69,7 +70,7 @@ def train_hook_z_sae(
     network unless `log_to_wandb`; no checkpoints unless `checkpoint_path` is given.
 
     Under torchrun, `parallel` is "data" (the default there) or "heads" (see
-    `sae_lens_attn.sources.parallel`); every rank returns the SAE rank 0 saved.
+    `sae_lens_attn.training.parallel.base`); every rank returns the SAE rank 0 saved.
     `checkpoint_every` N steps (into `checkpoint_path`) and `resume_from` a `step_N`
     checkpoint folder: see `HookZTrainingRunner`.
     """

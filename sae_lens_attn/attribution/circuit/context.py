@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae_lens_attn.attribution.circuit_components import (
+from sae_lens_attn.attribution.circuit.components import (
+    ComponentSplit,
     LayerInputComponents,
     layer_input_components,
     single_prompt_cache,
 )
-from sae_lens_attn.attribution.circuit_split import ComponentSplit, sae_input, split_with_sae
+from sae_lens_attn.attribution.circuit.split import sae_input, split_with_sae
 from sae_lens_attn.sources.head_layout import HeadLayout
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def circuit_context(
     """Build the context for prompt `batch` of `cache` (from `model.run_with_cache`).
 
     `upstream_saes`: SAEs on earlier hooks whose features replace the components their
-    hook carries (see `circuit_split.split_with_sae`).
+    hook carries (see `split.split_with_sae`).
     """
     layout = layout or HeadLayout.from_sae(sae, model)
     prompt_cache = single_prompt_cache(cache, batch)

@@ -20,7 +20,7 @@ import torch
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-    from sae_lens_attn.attribution.circuit_context import CircuitContext
+    from sae_lens_attn.attribution.circuit.context import CircuitContext
 
 SUPPORTED_POSITIONAL = ("standard", "rotary")
 

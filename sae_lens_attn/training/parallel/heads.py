@@ -20,9 +20,9 @@ import torch
 from sae_lens import TrainingSAE
 from sae_lens.saes.sae import TrainingSAEConfig
 
-from sae_lens_attn.sources.distributed import Communicator
 from sae_lens_attn.sources.hook_z import HookZSource
-from sae_lens_attn.sources.parallel import Parallelism
+from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.parallel.distributed import Communicator
 
 
 class HeadParallel(Parallelism):

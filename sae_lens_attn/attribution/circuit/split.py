@@ -10,12 +10,11 @@ attributions can name SAE features instead of whole layers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from sae_lens_attn.attribution.circuit_components import raw_layer_input_components
+from sae_lens_attn.attribution.circuit.components import ComponentSplit, raw_layer_input_components
 from sae_lens_attn.sources.head_layout import HeadLayout
 
 if TYPE_CHECKING:
@@ -30,26 +29,6 @@ SUPPORTED_UPSTREAM_HOOKS = (
     "blocks.L.hook_mlp_out, blocks.L.hook_attn_out, blocks.L.attn.hook_z, "
     "blocks.L.hook_resid_pre, blocks.L.hook_resid_mid, blocks.L.hook_resid_post"
 )
-
-
-@dataclass(frozen=True)
-class ComponentSplit:
-    """An upstream SAE's parts in the residual stream, for one prompt.
-
-    `stack [n_parts, pos, d_model]` holds, with `labels`, each active feature's
-    `a_f * W_dec[f]` (`{name}:f{index}`), the decoder bias (`{name}:b_dec`) and the
-    reconstruction error (`{name}:error`). Their sum equals the sum of the components
-    named in `replaces` plus `bias [d_model]`, the part of TransformerLens's `bias`
-    component (accumulated `b_O`) the hook carries.
-    """
-
-    name: str
-    hook_name: str
-    labels: list[str]
-    stack: torch.Tensor
-    replaces: list[str]
-    bias: torch.Tensor
-    features: list[int]
 
 
 def split_with_sae(

@@ -1,8 +1,8 @@
 """How one SAE training run is spread over torchrun's processes: `--parallel data|heads`.
 
-`Parallelism` is the one-process default and does nothing; `DataParallel`
-(`data_parallel.py`) and `HeadParallel` (`head_parallel.py`) override its hooks. The
-`HookZTrainingRunner` calls them at construction (`narrow`, `prepare_store`, the
+`Parallelism` is the one-process default and does nothing; `DataParallel` (`data.py`)
+and `HeadParallel` (`heads.py`) override its hooks, and `modes.parallel_training` picks
+one. The `HookZTrainingRunner` calls them at construction (`narrow`, `prepare_store`, the
 per-head scale), on the SAE's gradients (`install`) and at the end (`assemble`); the
 `HookZSAETrainer` after each step (`after_step`) and before the first
 (`agree_on_activation_scaler`). Nothing here is a second training loop.
@@ -10,20 +10,16 @@ per-head scale), on the SAE's gradients (`install`) and at the end (`assemble`);
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from sae_lens import SAE, LanguageModelSAERunnerConfig, TrainingSAE
 
-from sae_lens_attn.sources.distributed import (
-    Communicator,
-    launched_by_torchrun,
-    torchrun_process_group,
-)
 from sae_lens_attn.sources.hook_z import HookZSource
+from sae_lens_attn.training.parallel.distributed import (
+    Communicator,
+)
 
 if TYPE_CHECKING:
     from sae_lens.training.sae_trainer import SAETrainer
@@ -119,26 +115,3 @@ class Parallelism:
     ) -> tuple[TrainingSAE[Any] | None, torch.Tensor | None]:
         """The finished SAE and its log10 feature sparsity on rank 0 (None elsewhere)."""
         return sae, trainer.log_feature_sparsity
-
-
-@contextmanager
-def parallel_training(mode: str | Parallelism | None, device: str) -> Iterator[Parallelism]:
-    """The `Parallelism` for `mode` ("data", "heads", "none"/None: one process; None under
-    torchrun means "data"), joining torchrun's process group for the distributed modes.
-    A `Parallelism` is used as it is (its caller owns the process group)."""
-    if isinstance(mode, Parallelism):
-        yield mode
-        return
-    if mode is None:
-        mode = "data" if launched_by_torchrun() else SINGLE
-    if mode == SINGLE:
-        yield Parallelism()
-        return
-    if mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; expected one of {PARALLEL_MODES}")
-    # the modes subclass Parallelism, so they are imported here, not at the top
-    from sae_lens_attn.sources.data_parallel import DataParallel
-    from sae_lens_attn.sources.head_parallel import HeadParallel
-
-    with torchrun_process_group(device) as comm:
-        yield DataParallel(comm) if mode == "data" else HeadParallel(comm)

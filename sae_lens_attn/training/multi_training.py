@@ -13,15 +13,15 @@ from sae_lens import SAE, LoggingConfig
 from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
-from sae_lens_attn.sources.configs import sae_config_for
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
-from sae_lens_attn.sources.multi_runner import (
+from sae_lens_attn.training.configs import sae_config_for
+from sae_lens_attn.training.multi_runner import (
     HookZMultiSAETrainingRunner,
     multi_runner_config,
     seeded_training_sae,
 )
-from sae_lens_attn.sources.training import prepare_dataset, runner_options, seed_data_order
+from sae_lens_attn.training.train import prepare_dataset, runner_options, seed_data_order
 
 
 @dataclass(frozen=True)

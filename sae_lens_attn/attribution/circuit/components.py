@@ -6,7 +6,7 @@ positional embeddings, every earlier head's result, every earlier MLP's output a
 accumulated output biases (TransformerLens's `get_full_resid_decomposition` with
 `expand_neurons=False`), each centred and divided by the frozen scale (`apply_ln_to_stack`)
 and multiplied by the LayerNorm weight, plus the LayerNorm bias. Any of those components
-can be split further by an upstream SAE (`sae_lens_attn.attribution.circuit_split`).
+can be split further by an upstream SAE (`sae_lens_attn.attribution.circuit.split`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,26 @@ import torch
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache, HookedTransformer
 
-    from sae_lens_attn.attribution.circuit_split import ComponentSplit
+
+
+@dataclass(frozen=True)
+class ComponentSplit:
+    """An upstream SAE's parts in the residual stream, for one prompt.
+
+    `stack [n_parts, pos, d_model]` holds, with `labels`, each active feature's
+    `a_f * W_dec[f]` (`{name}:f{index}`), the decoder bias (`{name}:b_dec`) and the
+    reconstruction error (`{name}:error`). Their sum equals the sum of the components
+    named in `replaces` plus `bias [d_model]`, the part of TransformerLens's `bias`
+    component (accumulated `b_O`) the hook carries.
+    """
+
+    name: str
+    hook_name: str
+    labels: list[str]
+    stack: torch.Tensor
+    replaces: list[str]
+    bias: torch.Tensor
+    features: list[int]
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,7 @@ def layer_input_components(
     """Components of layer `layer`'s attention input (after ln1) for one prompt.
 
     `cache`: a single-prompt cache (`single_prompt_cache`). `splits` refine components
-    (see `circuit_split.split_with_sae`).
+    (see `split.split_with_sae`).
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError(

@@ -7,7 +7,7 @@ destination q is linear in the residual stream at every source position k:
             - b_dec @ W_enc[:, j] + b_enc[j]
 
 (`s` the SAE's input scaling at q, see `encoder_terms`). Writing ln1(resid[k]) as the sum
-of the layer's input components (`circuit_components`) plus the ln1 bias splits each DFA
+of the layer's input components (`components`) plus the ln1 bias splits each DFA
 term `dfa[k, h]` exactly into one term per component, plus `ln1.b` and `b_V`.
 """
 
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae_lens_attn.attribution.circuit_encoder import EncoderTerms, encoder_terms
+from sae_lens_attn.attribution.circuit.encoder import EncoderTerms, encoder_terms
 
 if TYPE_CHECKING:
-    from sae_lens_attn.attribution.circuit_context import CircuitContext
+    from sae_lens_attn.attribution.circuit.context import CircuitContext
 
 VALUE_BIAS_LABELS = ("ln1.b", "b_V")
 

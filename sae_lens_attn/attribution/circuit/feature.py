@@ -1,12 +1,12 @@
 """Circuit attribution of one hook_z SAE feature on one prompt (Kissane et al., 2024).
 
 `feature_circuit` runs the three parts and picks what to look at:
-- value side (`circuit_upstream`): the feature's pre-activation at its destination, split
+- value side (`upstream`): the feature's pre-activation at its destination, split
   by source position, head and upstream residual component (optionally into an upstream
-  SAE's features + error, `circuit_split`);
-- query/key side (`circuit_query_key`): what raises the attention score of the head that
+  SAE's features + error, `split`);
+- query/key side (`query_key`): what raises the attention score of the head that
   carries most of the top source's contribution;
-- downstream (`circuit_downstream`): direct logit effect against the total effect of
+- downstream (`downstream`): direct logit effect against the total effect of
   ablating the feature in the spliced SAE.
 `upstream_rows`, `query_key_rows` and `downstream_rows` turn the results into table rows.
 """
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sae_lens_attn.attribution.circuit_context import CircuitContext, circuit_context
-from sae_lens_attn.attribution.circuit_downstream import DownstreamEffect, downstream_effect
-from sae_lens_attn.attribution.circuit_query_key import (
+from sae_lens_attn.attribution.circuit.context import CircuitContext, circuit_context
+from sae_lens_attn.attribution.circuit.downstream import DownstreamEffect, downstream_effect
+from sae_lens_attn.attribution.circuit.query_key import (
     QueryKeyAttribution,
     query_key_attribution,
     query_key_unsupported,
 )
-from sae_lens_attn.attribution.circuit_upstream import (
+from sae_lens_attn.attribution.circuit.upstream import (
     ValueSideAttribution,
     value_side_attribution,
 )
@@ -107,7 +107,7 @@ def circuit_from_context(
 ) -> FeatureCircuit:
     """Value side and query/key side of `feature` from a prepared context (no downstream;
     no query/key side for models whose scores are not bilinear, see
-    `circuit_query_key.query_key_unsupported`).
+    `query_key.query_key_unsupported`).
 
     A context does not depend on the feature, so one serves every feature of a prompt.
     """

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from sae_lens import TrainingSAE
 
-from sae_lens_attn.sources.distributed import Communicator
 from sae_lens_attn.sources.hook_z import HookZSource
-from sae_lens_attn.sources.parallel import Parallelism
+from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.parallel.distributed import Communicator
 
 if TYPE_CHECKING:
     from sae_lens.training.sae_trainer import SAETrainer
