@@ -6,9 +6,10 @@
 atlas over all live features with the CLI's defaults (512 test-split prompts of 64 tokens,
 detectors logit_lens + taxonomy, every panel).
 (b) A gpt2-small-shaped random model (12 heads x 64, d_model 768, vocabulary 50257,
-`--gpt2-layers` layers) with a random dense SAE of 24576 features on blocks.0: atlases of
-the first 1000 and the first 2000 features on 128 random prompts of 64 tokens; the growth
-of peak RSS from 1000 to 2000 features is the memory per 1000 more features.
+`--gpt2-layers` layers) with a random dense SAE of 24576 features on blocks.0: the atlas
+of its first 2000 features on 128 random prompts of 64 tokens. The peak RSS is read after
+every shard; its growth from the shard that reaches 1000 features to the last one is the
+memory per 1000 more features (it would be ~0 for a run whose memory holds one shard).
 
 Every atlas runs in a fresh child process (`--child`) with a wall-clock timer around each
 stage: the table shows where the time goes (model load, liveness pass, detectors, sae_dashboard's runner,
@@ -74,7 +75,7 @@ def time_stages() -> dict[str, float]:
 def train_demo_sae(folder: Path) -> Path:
     from sae_lens_attn.models import load_model
     from sae_lens_attn.models.dataset import corpus_tokens
-    from sae_lens_attn.sources.multi_training import HookZSAESpec, train_hook_z_saes
+    from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
 
     model = load_model("embedded")
     tokens = corpus_tokens(model.tokenizer, 128, 2048, "train")
@@ -117,16 +118,26 @@ def gpt2_shape(n_layers: int):
 
 
 def child(args: argparse.Namespace) -> None:
-    """One atlas, its stages timed; prints one JSON line."""
+    """One atlas, its stages timed and the peak RSS read after every shard; prints one
+    JSON line."""
     import resource
 
-    import torch
+    from sae_lens_attn.runtime import configure_runtime, configure_torch
 
-    from sae_lens_attn.dashboard.atlas import build_atlas
+    configure_torch(configure_runtime(args.threads))  # as the CLI does, before torch starts
+    from sae_lens_attn.dashboard.atlas import build, build_atlas
 
-    torch.set_num_threads(args.threads)
     start, cpu_start = time.perf_counter(), time.process_time()
     stages = time_stages()
+    peaks: list[tuple[int, float]] = []  # (features written so far, peak RSS MB)
+    write_shard = build._write_shard
+
+    def recording(staging, shard, features, *rest):
+        write_shard(staging, shard, features, *rest)
+        done = len(features) + (peaks[-1][0] if peaks else 0)
+        peaks.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+    build._write_shard = recording
     if args.child == "demo":
         from sae_lens_attn.commands._common import load_sae
         from sae_lens_attn.models import load_model
@@ -204,9 +215,10 @@ def main() -> None:
             began = time.perf_counter()
             args.demo_sae = str(train_demo_sae(Path(tmp) / "demo"))
             print(f"trained the demo-size SAE in {time.perf_counter() - began:.0f} s")
-        runs = {"(a) demo SAE": run_child(args, "demo")}
-        for n in (1000, 2000):
-            runs[f"(b) gpt2 shape, {n}"] = run_child(args, "gpt2", n)
+        runs = {
+            "(a) demo SAE": run_child(args, "demo"),
+            "(b) gpt2 shape": run_child(args, "gpt2", 2000),
+        }
     print(f"{'':<28}" + "".join(f"{name:>22}" for name in runs))
     rows = [
         ("features", "features", "{:.0f}"),
