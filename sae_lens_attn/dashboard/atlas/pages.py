@@ -11,6 +11,7 @@ our panels, filled in from the feature's shard when it has loaded.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,8 +64,11 @@ def write_feature_page(
 ) -> None:
     """`feature.html`: sae_dashboard's page (skeleton from `sae_vis_data`, data deferred),
     our panels' scripts and the loader of the shard that holds the feature in the URL."""
-    first_key = str(next(iter(sae_vis_data.feature_data_dict)))
-    sae_page = sae_dashboard_page(sae_vis_data, decode, first_key, deferred=True)
+    first, first_data = next(iter(sae_vis_data.feature_data_dict.items()))
+    one_feature = copy.copy(sae_vis_data)  # the skeleton is the same for every feature
+    one_feature.feature_data_dict = {first: first_data}
+    first_key = str(first)
+    sae_page = sae_dashboard_page(one_feature, decode, first_key, deferred=True)
     loader = FEATURE_SCRIPT.replace("__SHARD_SIZE__", str(int(shard_size)))
     page = assemble_page(
         FEATURE_NAV + sae_page,
