@@ -19,12 +19,10 @@ from sae_lens_attn.commands._common import (
     check_device,
     check_features,
     check_output_folder,
-    comma_list,
     load_model,
     load_sae,
-    parse_index_list,
-    positive_int,
 )
+from sae_lens_attn.commands._values import comma_list, parse_index_list, positive_int
 from sae_lens_attn.commands.dashboard import add_prompt_arguments, prompt_tokens, read_families
 from sae_lens_attn.errors import InvalidInputError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sae_lens_attn.commands._common import non_negative_int
+from sae_lens_attn.commands._values import non_negative_int
 from sae_lens_attn.errors import InvalidInputError
 
 HOST = "127.0.0.1"
