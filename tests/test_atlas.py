@@ -257,3 +257,11 @@ def test_cli_writes_an_atlas_that_serve_serves(embedded_sae, tmp_path, capsys):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_serve_refuses_a_folder_that_is_not_a_finished_atlas(tmp_path, capsys):
+    from sae_lens_attn import cli
+
+    assert cli.main(["serve", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path}: not a finished atlas")
