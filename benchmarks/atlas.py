@@ -190,6 +190,9 @@ def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dic
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise SystemExit(f"atlas of {config} failed:\n{done.stderr[-3000:]}")
+    print(
+        f"{config}: {done.stdout.strip().splitlines()[-1]}", file=sys.stderr
+    )  # kept if main fails
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -237,15 +240,19 @@ def main() -> None:
     )
     for label, *_ in STAGES:
         print(f"  {label:<26}" + "".join(f"{run['stages'][label]:>22.1f}" for run in runs.values()))
-    demo, small, large = runs.values()
+    demo, gpt2 = runs.values()
     per_s = demo["features"] / demo["atlas_seconds"]
-    growth = (large["peak_rss_mb"] - small["peak_rss_mb"]) / (
-        (large["features"] - small["features"]) / 1000
+    print(
+        "(b) peak RSS after each shard (features written: MB): "
+        + ", ".join(f"{n}: {mb:.0f}" for n, mb in gpt2["peaks"])
     )
+    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= 1000)
+    n_end, mb_end = gpt2["peaks"][-1]
+    growth = (mb_end - mb_mid) / ((n_end - n_mid) / 1000)
     print(
         f"(a): {demo['features']} live features in {demo['atlas_seconds']:.1f} s after loading "
-        f"= {per_s:.2f} features/s; (b): peak RSS {small['peak_rss_mb']:.0f} -> "
-        f"{large['peak_rss_mb']:.0f} MB from {small['features']} to {large['features']} features"
+        f"= {per_s:.2f} features/s ({demo['features'] / demo['cpu_seconds']:.1f} per CPU second); "
+        f"(b): peak RSS {mb_mid:.0f} MB at {n_mid} features, {mb_end:.0f} MB at {n_end}"
     )
     print(
         f"atlas_features_per_s={per_s:.2f} atlas_peak_rss_mb={demo['peak_rss_mb']:.0f} "
