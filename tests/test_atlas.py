@@ -44,8 +44,16 @@ CLICK_THIRD_ROW = (
 
 
 def families() -> list[FamilyRow]:
-    rows = [FamilyRow("taxonomy", f, ("induction", "other", "<b>x</b>")[f % 3], 0.5,
-                      {"summary": "s", "head": "L1H0"}) for f in range(16)]
+    rows = [
+        FamilyRow(
+            "taxonomy",
+            f,
+            ("induction", "other", "<b>x</b>")[f % 3],
+            0.5,
+            {"summary": "s", "head": "L1H0"},
+        )
+        for f in range(16)
+    ]
     return rows + [FamilyRow("logit_lens", 0, "prediction", 4.2, {"summary": "heavy right tail"})]
 
 
@@ -77,13 +85,15 @@ def site(parts):
 def index_data(site_folder: Path) -> dict:
     text = (site_folder / "data" / "index.js").read_text()
     assert text.startswith("slaAtlasIndex(") and text.endswith(");\n")
-    return json.loads(text[len("slaAtlasIndex("):-3])
+    return json.loads(text[len("slaAtlasIndex(") : -3])
 
 
 def test_every_live_feature_is_a_row_and_dead_ones_are_left_out(site, parts):
     model, sae, tokens = parts
     rows = index_data(site.site)["rows"]
-    live = atlas_build.live_features(model, sae, HeadLayout.from_sae(sae, model), tokens, list(range(16)))
+    live = atlas_build.live_features(
+        model, sae, HeadLayout.from_sae(sae, model), tokens, list(range(16))
+    )
     assert [row["feature"] for row in rows] == live and DEAD not in live and len(live) >= 12
     assert site.n_features == len(live) and site.left_out == 16 - len(live)
     assert {row["class"] for row in rows} == {"induction", "other", "<b>x</b>"}
@@ -96,8 +106,11 @@ def test_every_live_feature_is_a_row_and_dead_ones_are_left_out(site, parts):
 
 
 def test_index_opens_from_file_with_rows_plots_and_markup_as_text(site, chromium, tmp_path):
-    dom = parse_dom(run_chromium(chromium, site.index, tmp_path / "profile",
-                                 screenshot=ARTIFACTS / "atlas-index.png"))
+    dom = parse_dom(
+        run_chromium(
+            chromium, site.index, tmp_path / "profile", screenshot=ARTIFACTS / "atlas-index.png"
+        )
+    )
     body = dom.find_all("body")[0]
     assert body.attrs["data-atlas-rows"] == str(site.n_features)
     table_rows = dom.find_all("tbody")[0].find_all("tr")
@@ -108,8 +121,9 @@ def test_index_opens_from_file_with_rows_plots_and_markup_as_text(site, chromium
     assert SCRIPT_TOKEN in tokens and not dom.find_all("img") and not dom.find_all("b")
     classes = {tr.find_all("td")[1].text() for tr in table_rows}
     assert "<b>x</b>" in classes  # a class name that looks like markup, shown as text
-    heatmap_labels = "".join(n.text() for n in dom.find_all("div", id="plot-class-head")[0].iter()
-                             if n.tag == "text")
+    heatmap_labels = "".join(
+        n.text() for n in dom.find_all("div", id="plot-class-head")[0].iter() if n.tag == "text"
+    )
     assert "<b>x</b>" in heatmap_labels
 
 
@@ -117,8 +131,11 @@ def test_clicking_a_row_opens_the_feature_page_with_every_panel(site, chromium, 
     page = site.site / "index-click.html"  # beside index.html, so relative paths resolve
     page.write_text(site.index.read_text().replace("</body>", CLICK_THIRD_ROW + "</body>"))
     try:
-        dom = parse_dom(run_chromium(chromium, page, tmp_path / "profile",
-                                     screenshot=ARTIFACTS / "atlas-feature.png"))
+        dom = parse_dom(
+            run_chromium(
+                chromium, page, tmp_path / "profile", screenshot=ARTIFACTS / "atlas-feature.png"
+            )
+        )
     finally:
         page.unlink()
     third = index_data(site.site)["rows"][2]["feature"]
@@ -138,8 +155,13 @@ def test_clicking_a_row_opens_the_feature_page_with_every_panel(site, chromium, 
 
 def test_feature_page_shows_markup_tokens_as_text(site, chromium, tmp_path):
     url_page = site.site / "feature.html"
-    args = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-            url_page.resolve().as_uri() + "#0"]
+    args = [
+        chromium,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        url_page.resolve().as_uri() + "#0",
+    ]
     dom = parse_dom(subprocess.run(args, capture_output=True, text=True, timeout=60).stdout)
     assert dom.find_all("body")[0].attrs.get("data-atlas-feature") == "0"
     cells = [td.text() for td in dom.find_all("td")]
@@ -147,7 +169,10 @@ def test_feature_page_shows_markup_tokens_as_text(site, chromium, tmp_path):
     scripts = dom.find_all("script")  # d3, plotly, sae_dashboard's, ours, the shard: no other
     assert not dom.find_all("img") and len(scripts) == 5
     assert sorted(s.attrs["src"] for s in scripts if "src" in s.attrs) == [
-        "d3.v6.min.js", "data/features-00000.js", "plotly.min.js"]
+        "d3.v6.min.js",
+        "data/features-00000.js",
+        "plotly.min.js",
+    ]
 
 
 def test_generation_streams_one_shard_at_a_time(parts, tmp_path, monkeypatch):
@@ -160,7 +185,9 @@ def test_generation_streams_one_shard_at_a_time(parts, tmp_path, monkeypatch):
 
     def recording(model, sae, layout, tokens, features, config):
         staging = staging_folder(tmp_path / "site")
-        calls.append((list(features), sorted(p.name for p in (staging / "data").glob("rows-*.json"))))
+        calls.append(
+            (list(features), sorted(p.name for p in (staging / "data").glob("rows-*.json")))
+        )
         return original(model, sae, layout, tokens, features, config)
 
     monkeypatch.setattr(sae_vis, "run_sae_vis", recording)
@@ -184,7 +211,9 @@ def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatc
         build(parts, out)
     assert not out.exists() and len(list((staging_folder(out) / "data").glob("rows-*"))) == 2
 
-    monkeypatch.setattr(atlas_build, "_write_shard", lambda *a: (computed.append(a[1]), original(*a)))
+    monkeypatch.setattr(
+        atlas_build, "_write_shard", lambda *a: (computed.append(a[1]), original(*a))
+    )
     files = build(parts, out, resume=True)
     assert files.resumed and len(computed) == len(set(computed))  # nothing computed twice
     assert index_data(out) == index_data(site.site)
@@ -193,13 +222,24 @@ def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatc
 
 
 def test_resume_with_other_settings_is_refused(parts, tmp_path, monkeypatch):
-    monkeypatch.setattr(atlas_build, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(
+        atlas_build, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
     with pytest.raises(KeyboardInterrupt):
         build(parts, tmp_path / "site")
     model, sae, tokens = parts
-    with pytest.raises(InvalidInputError, match=r"--resume: the unfinished atlas .* \(tokens differ\)"):
-        build_atlas(model, sae, tokens[:10], tmp_path / "site", families=families(), config=CONFIG,
-                    resume=True)
+    with pytest.raises(
+        InvalidInputError, match=r"--resume: the unfinished atlas .* \(tokens differ\)"
+    ):
+        build_atlas(
+            model,
+            sae,
+            tokens[:10],
+            tmp_path / "site",
+            families=families(),
+            config=CONFIG,
+            resume=True,
+        )
 
 
 def test_a_folder_that_is_not_an_atlas_is_refused_and_untouched(parts, tmp_path):
@@ -227,8 +267,11 @@ def embedded_sae(tmp_path_factory):
     from sae_lens.saes.sae import SAEMetadata
 
     folder = tmp_path_factory.mktemp("embedded_sae") / "sae"
-    sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=12,
-                                        metadata=SAEMetadata(hook_name="blocks.1.attn.hook_z")))
+    sae = StandardSAE(
+        StandardSAEConfig(
+            d_in=128, d_sae=12, metadata=SAEMetadata(hook_name="blocks.1.attn.hook_z")
+        )
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)
@@ -241,13 +284,34 @@ def test_cli_writes_an_atlas_that_serve_serves(embedded_sae, tmp_path, capsys):
     from sae_lens_attn import cli
 
     site_folder = tmp_path / "site"
-    assert cli.main(["atlas", "--sae", str(embedded_sae), "--out", str(site_folder), "--n-prompts", "16",
-                     "--context-size", "32", "--detectors", "none", "--threads", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "atlas",
+                "--sae",
+                str(embedded_sae),
+                "--out",
+                str(site_folder),
+                "--n-prompts",
+                "16",
+                "--context-size",
+                "32",
+                "--detectors",
+                "none",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert f"wrote {site_folder}" in capsys.readouterr().out
     data = index_data(site_folder)
     assert data["rows"] and "No detectors ran" in data["classes_note"]
-    server = subprocess.Popen([sys.executable, "-m", "sae_lens_attn", "serve", str(site_folder), "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sae_lens_attn", "serve", str(site_folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = server.stdout.readline()
         url = line.split(" at ")[1].split()[0]
