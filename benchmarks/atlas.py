@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 D_SAE, D_VOCAB = 24576, 50257
+ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
 # (label, module, attribute) of the stages timed: each is wrapped with a timer in the child
 STAGES = (
     ("liveness pass", "sae_lens_attn.dashboard.atlas.build", "live_features"),
@@ -151,7 +152,8 @@ def child(args: argparse.Namespace) -> None:
         features = range(args.n_features)
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
-        files = build_atlas(model, sae, tokens, Path(tmp) / "site", features=features)
+        panels = [p for p in ALL_PANELS if p != "circuit"] if args.no_circuit else None
+        files = build_atlas(model, sae, tokens, Path(tmp) / "site", features=features, panels=panels)
         size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
     print(
@@ -166,6 +168,7 @@ def child(args: argparse.Namespace) -> None:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "site_mb": size / 1e6,
                 "load_average": os.getloadavg()[0],
+                "peaks": peaks,
             }
         )
     )
@@ -203,6 +206,9 @@ def main() -> None:
         "--demo-sae", default=None, help="a saved 1024-feature demo SAE (default: train one)"
     )
     parser.add_argument("--gpt2-layers", type=int, default=2)
+    parser.add_argument(
+        "--no-circuit", action="store_true", help="leave the circuit panel out (child runs only)"
+    )
     parser.add_argument("--child", choices=("demo", "gpt2"), help=argparse.SUPPRESS)
     parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
