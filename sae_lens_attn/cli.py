@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from sae_lens_attn import __version__, commands
 from sae_lens_attn._upstream import silence_known_upstream_warnings
-from sae_lens_attn.errors import InvalidInputError
+from sae_lens_attn.errors import InvalidInputError, PlainRuntimeError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -78,11 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         command_parser = module.add_parser(subparsers)
-        command_parser.formatter_class = HelpFormatter  # one help style for every command
         command_parser.set_defaults(run=module.run)
-        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                    help=DEBUG_HELP)
+        for each in command_parsers(command_parser):  # nested ones too: `export neuronpedia`
+            each.formatter_class = HelpFormatter  # one help style for every command
+            each.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help=DEBUG_HELP)
     return parser
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and the parsers of its own subcommands, at any depth."""
+    nested = [
+        sub
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values()
+    ]
+    return [parser, *(found for sub in nested for found in command_parsers(sub))]
 
 
 def apply_runtime_policy(args: argparse.Namespace) -> None:
@@ -125,7 +137,7 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     message = " ".join(str(error).split()) or "no message"
-    if is_input_error(error):
+    if is_input_error(error) or isinstance(error, PlainRuntimeError):
         return message
     if not isinstance(error, (ValueError, OSError, RuntimeError)):
         message = f"{type(error).__name__}: {message}"

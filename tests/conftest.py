@@ -61,3 +61,43 @@ def saved_sae_dir(tmp_path_factory):
     metadata = SAEMetadata(hook_name="blocks.1.attn.hook_z")
     StandardSAE(StandardSAEConfig(d_in=64, d_sae=16, metadata=metadata)).save_model(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny matmuls gain nothing from threads, and on a shared CPU two contending OpenMP
+    threads made test_block_diagonal_training about 5x slower (47 s against 9 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_with_tokenizer(tmp_path_factory):
+    """`make_tiny_model(d_vocab=300, n_ctx=64)` with a BPE tokenizer trained on 20 texts of
+    the embedded corpus, so commands can tokenize the corpus for it."""
+    import itertools
+
+    from sae_lens_attn.models.corpus import iter_corpus_texts
+    from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
+
+    texts = list(itertools.islice(iter_corpus_texts("train"), 20))
+    folder = save_tokenizer(train_bpe_tokenizer(texts, 300), tmp_path_factory.mktemp("tok"), 64)
+    model = make_tiny_model(d_vocab=300, n_ctx=64)
+    model.tokenizer = load_tokenizer(folder)
+    return model
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if `detect`, `dashboard`, `circuit` or `atlas` loads a model: validation
+    must come first."""
+    from sae_lens_attn.commands import atlas, circuit, dashboard, detect
+
+    def refuse(name):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    for module in (detect, dashboard, circuit, atlas):
+        monkeypatch.setattr(module, "load_model", refuse)

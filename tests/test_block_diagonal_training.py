@@ -26,6 +26,8 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens_attn import BlockDiagonalSAE, BlockDiagonalTrainingSAE, BlockDiagonalTrainingSAEConfig
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HOOK = "blocks.1.attn.hook_z"
 CONTEXT = 16
 BATCH_TOKENS = 64  # = one LLM batch of 4 prompts: checkpoints fall on batch boundaries
@@ -87,16 +89,6 @@ def held_out_z(model) -> torch.Tensor:
     tokens = torch.randint(0, 101, (32, CONTEXT), generator=torch.Generator().manual_seed(2))
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
     return cache[HOOK].flatten(0, 1).flatten(-2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared CPU two contending OpenMP
-    threads made these tests about 5x slower (47 s against 9 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(model, dataset, cfg, initial_sae=None):

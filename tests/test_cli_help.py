@@ -9,9 +9,18 @@ from sae_lens_attn.cli import HelpFormatter, build_parser, main
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    """Every command's parser by its words, nested ones too (`export neuronpedia`)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found[f"{prefix} {name}".strip()] = sub
+                    walk(sub, f"{prefix} {name}")
+
+    walk(build_parser(), "")
+    return found
 
 
 def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -29,7 +38,7 @@ COMMANDS = sorted(_subparsers())
 def test_every_option_has_help_and_shows_its_default(command, capsys):
     parser = _subparsers()[command]
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_info.value.code == 0
     printed = _squash(capsys.readouterr().out)
     formatter = parser._get_formatter()

@@ -28,7 +28,7 @@ def test_quick_demo_writes_a_report_an_index_and_a_summary(demo_dir):
     index = (demo_dir / "index.html").read_text()
     summary = json.loads((demo_dir / "summary.json").read_text())
     assert [sae["architecture"] for sae in summary["saes"]] == ["block_diagonal", "standard"]
-    for heading in ("Per-head L0", "Feature families", "is next by induction", "CE loss recovered"):
+    for heading in ("Per-head L0", "Per-head evals", "Feature families", "is next by induction", "CE loss recovered"):
         assert heading in report and heading in index
     assert "block_diagonal/dashboard/dashboard.html" in report
     assert 'href="block_diagonal/dashboard/dashboard.html"' in index
@@ -89,6 +89,11 @@ def test_quick_demo_per_head_l0_adds_up_to_the_reported_l0(demo_dir):
     report = (demo_dir / "report.md").read_text()
     for entry in summary["saes"]:
         assert sum(entry["per_head_l0"].values()) == pytest.approx(entry["l0"], rel=1e-4)
+        head_evals = entry["head_evals"]  # on SAELens's eval prompts: the heads add up to its L0
+        assert list(head_evals) == [f"L1H{h}" for h in range(4)]
+        assert sum(h["l0"] for h in head_evals.values()) == pytest.approx(entry["metrics"]["l0"], rel=1e-4)
+        families = json.loads((demo_dir / entry["architecture"] / "families" / "families.json").read_text())
+        assert families["head_evals"] == head_evals
         assert f"| {entry['architecture']} | {entry['d_sae']} | {entry['l0']:.1f} |" in report
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shutil
@@ -15,19 +14,6 @@ from sae_lens_attn.commands import detect
 from sae_lens_attn.detectors.results import load_family_rows
 from sae_lens_attn.plugins import get_plugin_manager
 from sae_lens_attn.sources.head_layout import HeadLayout
-from tests.conftest import make_tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_with_tokenizer(tmp_path_factory):
-    from sae_lens_attn.models.corpus import iter_corpus_texts
-    from sae_lens_attn.models.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
-
-    texts = list(itertools.islice(iter_corpus_texts("train"), 20))
-    folder = save_tokenizer(train_bpe_tokenizer(texts, 300), tmp_path_factory.mktemp("tok"), 64)
-    model = make_tiny_model(d_vocab=300, n_ctx=64)
-    model.tokenizer = load_tokenizer(folder)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def saved_sae(tmp_path_factory, model_with_tokenizer):
 def test_built_in_detectors_are_plugins_of_kind_detector():
     names = {loaded.entry.name for loaded in get_plugin_manager().entries("detector")}
     assert {"induction", "logit_lens", "enrichment", "current_token", "previous_token", "duplicate_token",
-            "local_context", "high_level_context", "taxonomy"} <= names
+            "local_context", "high_level_context", "code_region", "taxonomy"} <= names
     detector = get_plugin_manager().get("detector", "logit_lens")
     assert detector.name == "logit_lens" and callable(detector.detect)
 
@@ -70,18 +56,23 @@ def test_detect_writes_families_and_figures_for_every_feature(tmp_path, monkeypa
         heads[row.evidence["head"]][row.family] += 1
     assert document["heads"] == heads and set(heads) <= {"L1H3", "L1H1"}
     assert "heads_fractional" in document  # a dense SAE
+    assert list(document["head_evals"]) == ["L1H3", "L1H1"]  # per-head evals, in the SAE's head order
+    assert sum(h["features"] for h in document["head_evals"].values()) == 16
+    regions = [row for row in rows if row.detector == "code_region" and row.live]
+    assert regions and all("region_auc" in row.evidence for row in regions)  # the corpus rows were labelled
     for stem in ("logit_lens_skew_kurtosis", "enrichment_families", "heads"):
         assert (out / f"{stem}.html").stat().st_size > 100_000  # plotly.js is embedded
     enrichment = [row for row in rows if row.detector == "enrichment"]
     assert any("NLTK" in note for note in enrichment[0].evidence.get("notes", []))
     printed = capsys.readouterr().out
     assert "wrote" in printed and "families.csv" in printed and "taxonomy per head" in printed
+    assert "CE rec." in printed  # the per-head evals' columns in the per-head table
 
 
 def test_detect_rejects_unknown_detectors_and_bad_regex(saved_sae, tmp_path, capsys):
     assert main(["detect", "--sae", str(saved_sae), "--detectors", "nope", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        "error: --detectors: unknown detector 'nope': available: current_token, duplicate_token, enrichment, "
+        "error: --detectors: unknown detector 'nope': available: code_region, current_token, duplicate_token, enrichment, "
         "high_level_context, induction, local_context, logit_lens, previous_token, taxonomy\n")
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "--sae", str(saved_sae), "--regex", "nopattern", "--out", str(tmp_path)])

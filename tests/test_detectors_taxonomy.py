@@ -130,6 +130,25 @@ DEAD = {9}
 # (the induction detector rejects it), but its DFA sits at the induction target
 SIGNATURE_ONLY_INDUCTION = {11: (3, {t: 1.0 for t in FILLERS}, -0.5)}
 TWO_HEAD_IMPOSTOR = 10  # dense only: duplicate of 9 plus current 9, so it fires on first occurrences
+ALL_PLANTED = {**PLANTED, **IMPOSTORS, **SIGNATURE_ONLY_INDUCTION}
+# The taxonomy classifies by signature first, so it differs from the detectors where the
+# signature says something else: the local-context feature (4) fires equally at distances
+# 1-4 from its trigger, so its maximum (the first of equal activations) is at distance 1
+# and its DFA sits at -1; the uniform head (5, 8) spreads its DFA with no category holding
+# half of it; the "any filler" (7) and "every filler" (11) features read their head's
+# category with no consistent token.
+TAXONOMY_CLASSES = {  # feature -> (class, sub-label)
+    0: ("previous_token", "previous token: token 7"),
+    1: ("current_token", "current token: token 8"),
+    2: ("duplicate_token", "duplicate token: token 9"),
+    3: ("induction", "induction: token 10"),
+    4: ("previous_token", "previous token: any"),
+    5: ("other", "other"),
+    6: ("other", "other"),
+    7: ("previous_token", "previous token: any"),
+    8: ("other", "other"),
+    11: ("induction", "induction: any"),
+}
 
 
 def _writes(reads: dict[int, float], feature: int) -> int:
@@ -241,20 +260,18 @@ def test_every_detector_and_the_taxonomy_find_exactly_the_planted_features(setup
             family, [r.evidence.get("summary") for r in detector_rows if r.live])
     taxonomy = TaxonomyDetector().detect(model, sae, layout, tokens=tokens, family_rows=rows)
     by_feature = {row.feature: row for row in taxonomy}
-    for feature, (head, _, _, family) in PLANTED.items():
+    for feature, (family, sub_label) in TAXONOMY_CLASSES.items():
         row = by_feature[where[feature]]
-        assert row.family == family and row.evidence["head"] == f"L1H{head}", row.evidence["summary"]
-        assert 0.5 <= row.score <= 1.0
-    for feature in IMPOSTORS:
-        row = by_feature[where[feature]]
-        expected = (None, False) if feature in DEAD else ("other", True)
-        assert (row.family, row.live) == expected, row.evidence["summary"]
-    (feature,) = SIGNATURE_ONLY_INDUCTION
-    row = by_feature[where[feature]]
-    assert (row.family, row.evidence["induction_by_signature_only"]) == ("induction", True), row.evidence["summary"]
-    assert where[feature] not in _found(rows, "induction")  # the detector's own verdict stays
-    if architecture == "dense":
-        assert by_feature[TWO_HEAD_IMPOSTOR].family == "other"
+        assert (row.family, row.evidence["sub_label"]) == (family, sub_label), row.evidence["summary"]
+        assert row.evidence["head"] == f"L1H{ALL_PLANTED[feature][0]}"
+        claimed = [PLANTED[feature][3]] if feature in PLANTED else []  # the detectors' own verdicts
+        assert row.evidence["claimed_by"] == claimed, row.evidence["summary"]
+    assert (by_feature[where[9]].family, by_feature[where[9]].live) == (None, False)
+    assert "fires on its bias" in by_feature[where[6]].evidence["summary"]
+    assert "largest 27% at far" in by_feature[where[5]].evidence["summary"]
+    assert where[11] not in _found(rows, "induction")  # the detector's own verdict stays
+    if architecture == "dense":  # duplicate-token by signature; the detector rejects it (first occurrences)
+        assert by_feature[TWO_HEAD_IMPOSTOR].family == "duplicate_token"
         assert by_feature[TWO_HEAD_IMPOSTOR].evidence["claimed_by"] == []
 
 
@@ -266,24 +283,25 @@ def test_the_heads_table_counts_planted_features_in_their_heads(setup, architect
     sae = plant_dense(layout) if architecture == "dense" else plant_block_diagonal(layout)[0]
     rows = TaxonomyDetector().detect(model, sae, layout, tokens=tokens, pairs_per_sequence=4)
     table = heads_table(rows)
-    expected = {
-        "L1H0": {"previous_token": 1, "other": 2},  # + always-on and wrong-token impostors
+    expected = {  # TAXONOMY_CLASSES, counted in each feature's head
+        "L1H0": {"previous_token": 2, "other": 1},
         "L1H1": {"current_token": 1},
-        "L1H2": {"duplicate_token": 1},
-        "L1H3": {"induction": 2},  # + the signature-only induction feature
-        "L1H4": {"local_context": 1},
-        "L1H5": {"high_level_context": 1, "other": 1},
+        "L1H2": {"duplicate_token": 2 if architecture == "dense" else 1},  # + the two-head impostor
+        "L1H3": {"induction": 2},
+        "L1H4": {"previous_token": 1},
+        "L1H5": {"other": 2},
     }
-    if architecture == "dense":
-        expected["L1H2"]["other"] = 1  # the two-head impostor's decoder is in head 2
     assert table["counts"] == expected
+    specific = {"L1H0": {"previous_token": 1}, "L1H1": {"current_token": 1},
+                "L1H2": {"duplicate_token": expected["L1H2"]["duplicate_token"]}, "L1H3": {"induction": 1}}
+    assert table["token_specific"] == specific
     assert table["polysemanticity"]["families_per_head"] == {h: len(c) for h, c in expected.items()}
     assert ("fractional" in table) == (architecture == "dense")
     if architecture == "dense":
         assert table["fractional"] == {h: {c: float(n) for c, n in by.items()} for h, by in expected.items()}
     _, json_path = save_family_rows(rows, tmp_path)
     document = json.loads(json_path.read_text())
-    assert document["heads"] == expected
+    assert document["heads"] == expected and document["heads_token_specific"] == specific
     assert document["head_polysemanticity"]["share_polysemantic"] == pytest.approx(
         sum(len(c) >= 2 for c in expected.values()) / 6)
 
@@ -331,7 +349,7 @@ def test_head_subset_sae_reads_only_its_heads(setup):
         sae.W_dec[0, 0] = sae.W_dec[1, D_HEAD] = 1.0
         sae.b_enc[:] = -0.5
     rows = TaxonomyDetector().detect(model, sae, layout, tokens=tokens, pairs_per_sequence=4)
-    assert [(r.family, r.evidence["head"]) for r in rows] == [("local_context", "L1H4"), ("current_token", "L1H1")]
+    assert [(r.family, r.evidence["head"]) for r in rows] == [("previous_token", "L1H4"), ("current_token", "L1H1")]
 
 
 def test_family_panel_shows_the_class_evidence_and_an_escaped_sparkline(setup):

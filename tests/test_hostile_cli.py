@@ -16,10 +16,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from sae_lens_attn import cli
-from sae_lens_attn.commands import atlas as atlas_command
-from sae_lens_attn.commands import circuit as circuit_command
 from sae_lens_attn.commands import dashboard as dashboard_command
-from sae_lens_attn.commands import detect as detect_command
 
 HOOK = "blocks.1.attn.hook_z"
 
@@ -31,15 +28,6 @@ def truncated_sae(saved_sae_dir, tmp_path_factory):
     weights = folder / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     return folder
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a command loads a model: validation must come first."""
-    def refuse(name):
-        raise AssertionError("the model was loaded before the input was validated")
-    for module in (detect_command, dashboard_command, circuit_command, atlas_command):
-        monkeypatch.setattr(module, "load_model", refuse)
 
 
 def one_error_line(capsys) -> str:

@@ -14,6 +14,7 @@ from sae_lens_attn.sources.tokens import as_token_dataset
 from sae_lens_attn.training import HookZSAESpec, train_hook_z_sae, train_hook_z_saes
 from sae_lens_attn.training.multi_runner import HookZMultiSAETrainingRunner, multi_runner_config
 from sae_lens_attn.training.runner import check_finite_weights
+from sae_lens_attn.training.trainer import TrainingDiverged
 
 RUN = dict(training_tokens=2048, train_batch_size_tokens=128, store_batch_size_prompts=4)
 
@@ -140,7 +141,8 @@ def test_runner_refuses_configs_that_do_not_match_the_sources(tiny_model, train_
 
 def test_diverged_training_saves_no_sae(tiny_model, train_tokens, tmp_path):
     specs = [HookZSAESpec(0, architecture="standard", expansion_factor=2), HookZSAESpec(1, expansion_factor=2)]
-    with pytest.raises(ValueError, match=r"SAE 'L0_standard': training diverged: .*W_enc.* hold NaN or inf"):
+    with pytest.raises(TrainingDiverged, match=r"^SAE 'L[01]_\w+': training diverged in step \d+: loss .*; "
+                                               "no SAE of this run was saved"):
         train_hook_z_saes(tiny_model, specs, dataset=train_tokens, output_path=tmp_path, **{**RUN, "lr": 1e20})
     assert list(tmp_path.iterdir()) == []
     sae = SAE.from_dict(StandardTrainingSAEConfig(d_in=4, d_sae=8).to_dict())

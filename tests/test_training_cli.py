@@ -1,6 +1,7 @@
 """`sae-lens-attn train` end to end, on a tiny model standing in for the embedded one."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -47,8 +48,14 @@ def test_train_command_saves_a_block_diagonal_sae_on_chosen_heads(tiny_embedded,
     assert len(sae.cfg.metadata["per_head_scale_folded"]) == 2
     printed = capsys.readouterr().out
     assert f"saved block_diagonal SAE on blocks.1.attn.hook_z heads [3, 0] (d_in 32, d_sae 64) to {out}" in printed
-    assert "SAELens evals" not in printed  # not for a head subset
-    assert tiny_embedded == ["train"]
+    assert "SAELens evals on" not in printed  # not for a head subset
+    assert "per-head evals on the same prompts (only that head spliced)" in printed  # but per head, yes
+    head_evals = json.loads((out / "head_evals.json").read_text())
+    assert list(head_evals) == ["L1H3", "L1H0"]
+    assert sum(h["features"] for h in head_evals.values()) == 64
+    [entry] = json.loads((out / "saes.json").read_text())
+    assert entry["metrics"]["L1H3/l0"] == pytest.approx(head_evals["L1H3"]["l0"])
+    assert tiny_embedded == ["train", "test"]
 
 
 def test_train_command_evaluates_an_all_heads_sae_on_held_out_rows(tiny_embedded, tmp_path, capsys):
@@ -84,6 +91,12 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
             entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
         assert entry["heads"] == [0, 1, 2, 3]
         assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+        layer = entry["layer"]
+        assert {f"L{layer}H{h}/{m}" for h in range(4) for m in ("explained_variance", "ce_loss_recovered", "l0",
+                                                                  "dead_share")} <= set(entry["metrics"])
+        per_head_l0 = sum(entry["metrics"][f"L{layer}H{h}/l0"] for h in range(4))
+        assert per_head_l0 == pytest.approx(entry["metrics"]["l0"], rel=1e-4)  # heads add up to SAELens's L0
+        assert (out / entry["path"] / "head_evals.json").is_file()
     printed = capsys.readouterr().out
     assert printed.count("SAELens evals on 1 x 8 held-out prompts") == 4
     assert f"listed 4 SAEs in {out / 'saes.json'}" in printed
@@ -233,3 +246,39 @@ def test_options_that_do_not_fit_the_model_exit_2_before_the_corpus_is_tokenized
     [error_line] = capsys.readouterr().err.splitlines()
     assert error_line.startswith("error: ") and message in error_line
     assert tiny_embedded == []
+
+
+def test_a_diverging_run_stops_in_that_step_and_keeps_the_last_good_checkpoint(tiny_embedded, tmp_path):
+    """A real run at a huge learning rate: the loss overflows after some steps."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "sae"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--layer", "1", "--architecture", "standard", "--lr", "1e4", "--checkpoint-every", "2",
+              "--out", str(out), *REDUCED])
+    message = str(stopped.value.code)
+    found = re.fullmatch(
+        r"error: training diverged in step (\d+): loss (\S+) \(mse_loss not finite\); (.*); last finite loss "
+        r"(\S+) in step (\d+); the last good checkpoint is (\S+) \(resume from it with a lower --lr\); the SAE "
+        r"was not saved: train again with a lower learning rate or sparsity coefficient", message)
+    assert found, message
+    step, loss, _, last_loss, last_step, checkpoint = found.groups()
+    assert float(loss) in (float("inf"), float("-inf")) or loss == "nan"
+    assert int(last_step) == int(step) - 1 and abs(float(last_loss)) < float("inf")
+    steps = sorted(int(p.name.removeprefix("step_")) for p in (tmp_path / "sae-checkpoints").glob("*/step_*"))
+    assert steps and max(steps) < int(step)  # nothing of the diverged step was saved
+    assert checkpoint.endswith(f"step_{max(steps)}")
+    for folder in (tmp_path / "sae-checkpoints").glob("*/step_*"):
+        assert all(torch.isfinite(t).all() for t in load_file(folder / "sae_weights.safetensors").values())
+    assert not (out / "cfg.json").exists()
+
+
+def test_a_diverging_sae_of_a_multi_sae_run_is_named(tiny_embedded, tmp_path):
+    out = tmp_path / "saes"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--layers", "0,1", "--architecture", "standard", "--lr", "1e4", "--out", str(out), *REDUCED])
+    message = str(stopped.value.code)
+    assert re.match(r"error: SAE 'L[01]_standard': training diverged in step \d+: loss ", message), message
+    assert message.endswith("; no checkpoint was saved before it; no SAE of this run was saved: train again with a "
+                            "lower learning rate or sparsity coefficient")
+    assert not (out / "saes.json").exists()

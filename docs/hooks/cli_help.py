@@ -1,4 +1,5 @@
-"""MkDocs hook: replace `<!-- cli-help COMMAND -->` in a page with that command's `--help`.
+"""MkDocs hook: replace `<!-- cli-help COMMAND [SUBCOMMAND] -->` in a page with that
+command's `--help`.
 
 The command-line reference is then printed by the parser itself at build time, so it
 cannot drift from the code. `<!-- cli-help -->` (no command) gives the top-level help.
@@ -10,7 +11,7 @@ import argparse
 import os
 import re
 
-_MARKER = re.compile(r"<!-- cli-help ?([a-z_-]*) -->")
+_MARKER = re.compile(r"<!-- cli-help ?([a-z_ -]*?) -->")
 
 
 def _help_text(command: str) -> str:
@@ -18,12 +19,13 @@ def _help_text(command: str) -> str:
 
     os.environ["COLUMNS"] = "80"  # argparse wraps to the terminal width: fit the page column
     parser = build_parser()
-    if not command:
-        return parser.format_help()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if command not in subparsers.choices:
-        raise ValueError(f"cli-help marker names unknown command {command!r}; known: {sorted(subparsers.choices)}")
-    return subparsers.choices[command].format_help()
+    for word in command.split():  # "export neuronpedia": a command's own subcommand
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if word not in subparsers.choices:
+            raise ValueError(f"cli-help marker names unknown command {command!r}; known: "
+                             f"{sorted(subparsers.choices)}")
+        parser = subparsers.choices[word]
+    return parser.format_help()
 
 
 def on_page_markdown(markdown: str, **kwargs: object) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +18,11 @@ from sae_lens_attn.commands._values import positive_int
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    import torch
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
+
+    from sae_lens_attn.sources.pretrained_sae import PretrainedSAEName
 
 EMBEDDED_MODEL = "embedded"
 
@@ -26,25 +31,36 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL,
-        help=f"'{EMBEDDED_MODEL}' (the small model shipped with the package, default) or a "
-        "TransformerLens model name such as gpt2-small or gelu-2l (needs the model hub)",
+        help=f"'{EMBEDDED_MODEL}' (the small model shipped with the package, default), a "
+        "TransformerLens model name such as gpt2-small or gelu-2l (from the model hub or its "
+        "cache), or a local Hugging Face model folder (save_pretrained; docs/published-saes.md)",
     )
 
 
 def add_sae_argument(parser: argparse.ArgumentParser) -> None:
-    """`--sae FOLDER` and `--sae-name NAME`. FOLDER is a saved SAE (SAELens's `save_model`,
-    or one SAE of a `train` run, `OUT/NAME`) or a `train` output folder; there `--sae-name`
-    picks one SAE of its `saes.json` (not needed when it lists one). `args.sae` is the
-    SAE's folder once both are parsed, in either order."""
+    """`--sae SAE` and `--sae-name NAME`. SAE is a saved SAE folder (SAELens's `save_model`,
+    or one SAE of a `train` run, `OUT/NAME`), a `train` output folder (there `--sae-name`
+    picks one SAE of its `saes.json`, not needed when it lists one) or, when no such folder
+    exists, a SAELens pretrained SAE as `RELEASE/SAE_ID` (`sources.pretrained_sae`).
+    `args.sae` is the SAE's folder (or the name) once both are parsed, in either order.
+    `--allow-nonfinite` goes with them: pass `args.allow_nonfinite` to `load_sae`."""
     parser.add_argument(
         "--sae", required=True, action=_SAEFolderAction,
-        help="an SAE folder (saved by SAELens, or OUT/NAME of a train run) or a train output "
-        "folder with saes.json (pick one of its SAEs with --sae-name)",
+        help="an SAE folder (saved by SAELens, or OUT/NAME of a train run), a train output "
+        "folder with saes.json (pick one of its SAEs with --sae-name), or a SAELens "
+        "pretrained SAE as RELEASE/SAE_ID, e.g. gpt2-small-hook-z-kk/blocks.5.hook_z "
+        "(from the model hub or its cache; docs/published-saes.md)",
     )
     parser.add_argument(
         "--sae-name", default=None, action=_SAEFolderAction,
         help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
         "not needed when it lists one SAE (default: none)",
+    )
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true",
+        help="go on when the SAE's weights hold NaN or inf: the affected features are skipped "
+        "(never live, no class, no page) and listed in the output; without it such an SAE is "
+        "refused (docs/reliability.md)",
     )
 
 
@@ -135,21 +151,104 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
     return folder
 
 
-def load_sae(path: Path, device: str = "cpu") -> SAE:
-    """An SAE saved with SAELens's `save_model`, or one SAE of a `train` output folder
-    (`resolve_sae_folder`), its folder checked first (see `sae_lens_attn.sources.saved_sae`):
-    a damaged one is an `InvalidInputError`."""
+def sae_reference(value: str | Path, option: str = "--sae") -> Path | PretrainedSAEName:
+    """What `--sae value` names: an SAE folder (`resolve_sae_folder`) when `value` exists
+    or is written like a path (`/`, `.`, `~` first), else a SAELens pretrained SAE
+    `RELEASE/SAE_ID` (checked against SAELens's registry: an `InvalidInputError` listing
+    the closest releases or ids when it is not there)."""
+    from sae_lens_attn.models.hf_folder import looks_like_path
+    from sae_lens_attn.sources.pretrained_sae import parse_pretrained_name
+
+    if looks_like_path(str(value)):
+        return resolve_sae_folder(Path(value))
+    return parse_pretrained_name(str(value), option)
+
+
+def load_sae(
+    path: str | Path,
+    device: str = "cpu",
+    hook_z: bool = True,
+    option: str = "--sae",
+    allow_nonfinite: bool = False,
+) -> SAE:
+    """The one SAE loader of every command: an SAE saved with SAELens's `save_model`, one
+    SAE of a `train` output folder (`resolve_sae_folder`), its folder checked first (see
+    `sae_lens_attn.sources.saved_sae`: a damaged one is an `InvalidInputError`), or a
+    SAELens pretrained SAE `RELEASE/SAE_ID` (`sources.pretrained_sae.load_pretrained_sae`:
+    registry and hook checked before the weights load). With `hook_z` (default) an SAE
+    whose `hook_name` is not `blocks.L.attn.hook_z` is refused before any model loads.
+    Either way the weights are checked once loaded (`sources.weight_check`): NaN/inf is a
+    `NonFiniteWeightsError` unless `allow_nonfinite` (`--allow-nonfinite`), no usable
+    feature a `NoLiveFeaturesError` (exit 1)."""
+    from sae_lens_attn.sources.pretrained_sae import check_hook_z, load_pretrained_sae
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
-    return load_saved_sae(resolve_sae_folder(path), device=device)
+    reference = sae_reference(path, option)
+    if not isinstance(reference, Path):
+        return load_pretrained_sae(
+            reference, device=device, hook_z=hook_z, option=option, allow_nonfinite=allow_nonfinite
+        )
+    sae = load_saved_sae(reference, device=device, allow_nonfinite=allow_nonfinite)
+    hook_name = sae.cfg.metadata.hook_name
+    if hook_z and (hook_name or not sae.cfg.metadata.get("head_layout")):
+        check_hook_z(hook_name, f"{option} {path}")
+    return sae
 
 
-def check_sae_folders(*paths: Path) -> None:
-    """Check saved SAE folders (config, weights header, shapes) without loading them."""
+def report_skipped(sae: SAE) -> tuple[int, ...]:
+    """Print how many features `--allow-nonfinite` skipped (nothing when none); returns them."""
+    from sae_lens_attn.sources.weight_check import format_indices, skipped_features
+
+    skipped = skipped_features(sae)
+    if skipped:
+        print(f"skipped {len(skipped)} of {sae.cfg.d_sae} features with NaN/inf weights "
+              f"(--allow-nonfinite): {format_indices(skipped)}")
+    return skipped
+
+
+def check_features_fire(model: HookedTransformer, sae: SAE, features: Sequence[int] | None,
+                        tokens: torch.Tensor | None, what: str) -> None:
+    """Warn how many of `features` (None: all) never fire on `tokens [n, pos]` (`what`
+    names them, e.g. "the 64 evaluation sequences"); `NoLiveFeaturesError` when none
+    does. Features already dead by their weights are left to the load-time warning."""
+    if tokens is None:
+        return
+    import torch
+
+    from sae_lens_attn.detectors.induction import live_features
+    from sae_lens_attn.errors import NoLiveFeaturesError
+    from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.weight_check import SAEWeightWarning, format_indices
+
+    index = torch.arange(sae.cfg.d_sae) if features is None else torch.as_tensor(list(features))
+    layout = HeadLayout.from_sae(sae, model)
+    usable = live_features(model, sae, layout, index)
+    fired = live_features(model, sae, layout, index, tokens)
+    silent = index[usable & ~fired].tolist()
+    n_tokens = tokens.numel()
+    if not bool(fired.any()):
+        raise NoLiveFeaturesError(
+            f"no feature is live: none of the {len(index)} features analysed fires on {what} "
+            f"({n_tokens} tokens), so every result would be empty; nothing written"
+        )
+    if silent:
+        warnings.warn(f"{len(silent)} of {len(index)} features never fire on {what} ({n_tokens} "
+                      f"tokens; {format_indices(silent)}): they count as dead, not live",
+                      SAEWeightWarning, stacklevel=2)
+
+
+def check_sae_folders(*paths: str | Path, hook_z: bool = True, option: str = "--sae") -> None:
+    """Check SAEs without loading their weights: saved folders (config, weights header,
+    shapes), pretrained names (registry, config, hook_z unless `hook_z` is False)."""
+    from sae_lens_attn.sources.pretrained_sae import check_pretrained_sae
     from sae_lens_attn.sources.saved_sae import check_saved_sae
 
     for path in paths:
-        check_saved_sae(resolve_sae_folder(path))
+        reference = sae_reference(path, option)
+        if isinstance(reference, Path):
+            check_saved_sae(reference)
+        else:
+            check_pretrained_sae(reference, option, hook_z)
 
 
 def check_features(features: list[int] | None, d_sae: int, option: str = "--features") -> None:
@@ -161,24 +260,31 @@ def check_features(features: list[int] | None, d_sae: int, option: str = "--feat
 
 
 def check_model_name(name: str) -> None:
-    """`embedded` or a name TransformerLens knows (alias or official); else the closest
-    names, instead of TransformerLens's list of every model."""
+    """`embedded`, a name TransformerLens knows (alias or official) or a local Hugging Face
+    model folder (`check_hf_model_folder`); else the closest names, instead of
+    TransformerLens's list of every model."""
     if name == EMBEDDED_MODEL:
         return
     import difflib
 
     from transformer_lens import loading_from_pretrained as loading
 
+    from sae_lens_attn.models.hf_folder import check_hf_model_folder, looks_like_path
+
     try:
         loading.get_official_model_name(name)
     except ValueError:
+        if looks_like_path(name):
+            check_hf_model_folder(name)
+            return
         aliases = [alias for names in loading.MODEL_ALIASES.values() for alias in names]
         known = [*loading.OFFICIAL_MODEL_NAMES, *aliases]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "for example gpt2-small, gelu-2l"
         raise InvalidInputError(
-            f"--model {name!r}: not a TransformerLens model name; use '{EMBEDDED_MODEL}' (the "
-            f"model shipped with the package) or a TransformerLens name ({hint})"
+            f"--model {name!r}: not a TransformerLens model name nor a model folder; use "
+            f"'{EMBEDDED_MODEL}' (the model shipped with the package), a TransformerLens name "
+            f"({hint}) or a Hugging Face model folder"
         ) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from sae_lens_attn.commands._values import (
     positive_int,
 )
-from sae_lens_attn.errors import InvalidInputError
+from sae_lens_attn.errors import InvalidInputError, PlainRuntimeError
 
 T = TypeVar("T")
 INTERRUPTED_EXIT_CODE = 130
@@ -91,7 +91,7 @@ def run_training(train: Callable[[], T]) -> T:
         else:
             say(str(stop))
         raise SystemExit(INTERRUPTED_EXIT_CODE) from None
-    except ValueError as error:
+    except (ValueError, PlainRuntimeError) as error:  # bad input, or a diverged run
         raise SystemExit(f"error: {where}{error}") from None
     except RuntimeError as error:  # torch.distributed's errors (DistBackendError) included
         if not where:

@@ -25,6 +25,7 @@ from sae_lens_attn.commands._common import (
     check_sae_folders,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     non_negative_int,
@@ -55,8 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         type=Path,
         action="append",
         default=[],
-        help="SAE folder on an earlier hook (MLP out, attn out, hook_z, residual): its "
-        "features and error replace the components that hook carries (repeatable)",
+        help="SAE folder, or SAELens pretrained RELEASE/SAE_ID, on an earlier hook (MLP out, "
+        "attn out, hook_z, residual): its features and error replace the components that "
+        "hook carries (repeatable)",
     )
     parser.add_argument(
         "--destination", type=non_negative_int,
@@ -118,12 +120,19 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.sources.model_inputs import check_token_rows
 
     check_output_folder(args.out)
-    check_sae_folders(args.sae, *args.upstream_sae)
-    sae = load_sae(args.sae)
+    check_sae_folders(args.sae)
+    check_sae_folders(*args.upstream_sae, hook_z=False, option="--upstream-sae")
+    sae = load_sae(args.sae, allow_nonfinite=args.allow_nonfinite)
     if args.feature >= sae.cfg.d_sae:
         raise InvalidInputError(f"--feature {args.feature}: out of range; this SAE has features "
                                 f"0..{sae.cfg.d_sae - 1}")
-    upstream = [load_sae(path) for path in args.upstream_sae]
+    if args.feature in report_skipped(sae):
+        raise InvalidInputError(f"--feature {args.feature}: has NaN/inf weights and is skipped "
+                                "(--allow-nonfinite); choose another feature")
+    upstream = [
+        load_sae(path, hook_z=False, option="--upstream-sae", allow_nonfinite=args.allow_nonfinite)
+        for path in args.upstream_sae
+    ]
     steps = tqdm(total=4, desc="circuit", unit="step")
     try:
         model = load_model(args.model)

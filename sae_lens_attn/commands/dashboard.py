@@ -17,9 +17,11 @@ from sae_lens_attn.commands._common import (
     add_sae_argument,
     check_device,
     check_features,
+    check_features_fire,
     check_output_folder,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     comma_list,
@@ -112,11 +114,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     families = read_families(args.families) if args.families else None
     panels = load_panels(args.panels)
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae, device=args.device, allow_nonfinite=args.allow_nonfinite)
     check_features(args.features, sae.cfg.d_sae)
     model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     HeadLayout.from_sae(sae, model)  # layout against the model, before the corpus
     tokens = prompt_tokens(args, model)
+    report_skipped(sae)
+    check_features_fire(model, sae, args.features, tokens, f"the {args.n_prompts} prompts")
     files = render_dashboard(
         model,
         sae,
@@ -129,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     if files.skipped:
-        print(f"note: skipped dead features {', '.join(map(str, files.skipped))} (zero or "
-              "non-finite decoder row)")
+        print(f"note: skipped dead features {', '.join(map(str, files.skipped))} (zero decoder row)")
+    if files.skipped_nonfinite:
+        print(f"note: skipped features with NaN/inf weights {', '.join(map(str, files.skipped_nonfinite))} "
+              "(--allow-nonfinite)")
     size_mb = files.html.stat().st_size / 1e6
     print(f"wrote {files.html} ({size_mb:.1f} MB) and {files.json}")
     return 0

@@ -3,7 +3,9 @@
 Writes `families.csv` and `families.json` (one row per feature and detector) and each
 detector's figures (`<name>.html`, and `<name>.png` where kaleido can render) into `--out`.
 With the `taxonomy` detector (default), `families.json` also holds the per-head table
-(`heads`), `heads.html` draws it and the table is printed.
+(`heads`), `heads.html` draws it and the table is printed. With evaluation tokens, the
+per-head evals (explained variance, CE loss recovered with only that head spliced, L0,
+dead share; `attribution.head_evals`) are printed with it and saved as `head_evals`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from sae_lens_attn.commands._common import (
     add_sae_argument,
     check_device,
     check_features,
+    check_features_fire,
     check_output_folder,
     load_model,
     load_sae,
+    report_skipped,
 )
 from sae_lens_attn.commands._values import (
     non_negative_int,
@@ -34,7 +38,7 @@ from sae_lens_attn.commands._values import (
 
 DEFAULT_DETECTORS = (
     "induction,logit_lens,enrichment,current_token,previous_token,duplicate_token,local_context,"
-    "high_level_context,taxonomy"
+    "high_level_context,code_region,taxonomy"
 )
 
 
@@ -90,6 +94,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="a source-signature detector option, e.g. min_dfa_share=0.6 (repeatable; see "
         "docs/taxonomy.md for every name and its default)",
     )
+    parser.add_argument("--no-head-evals", action="store_true",
+                        help="skip the per-head evals (2 model passes per head over the evaluation tokens)")
     parser.add_argument("--no-png", action="store_true", help="write figures as HTML only")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts and p-values")
@@ -116,11 +122,13 @@ def parse_regex(items: list[str]) -> dict[str, str]:
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
-    """['name=value', ...] -> {name: value} for the source-signature detectors' options."""
+    """['name=value', ...] -> {name: value} for the source-signature and code-region
+    detectors' options."""
+    from sae_lens_attn.detectors.code_region import RegionThresholds
     from sae_lens_attn.detectors.signature import SignatureOptions
     from sae_lens_attn.detectors.source_detectors import SignatureThresholds
 
-    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions())}
+    valid = {**vars(SignatureThresholds()), **vars(SignatureOptions()), **vars(RegionThresholds())}
     chosen: dict[str, float] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -134,6 +142,7 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     try:  # range checks live with the options themselves
         SignatureThresholds.from_options(chosen)
         SignatureOptions.from_options(chosen)
+        RegionThresholds.from_options(chosen)
     except ValueError as error:
         raise ValueError(f"--threshold: {error}") from None
     return chosen
@@ -181,6 +190,20 @@ def families_table(rows: list[Any], detectors: list[str]) -> list[tuple[str, ...
     return table
 
 
+def analysed_features(features: list[int] | None, d_sae: int, skipped: tuple[int, ...]) -> list[int] | None:
+    """`--features` (None: all) without the features skipped for NaN/inf weights; an
+    `InvalidInputError` when that leaves none of the chosen ones."""
+    from sae_lens_attn.errors import InvalidInputError
+
+    if not skipped:
+        return features
+    left = [f for f in (range(d_sae) if features is None else features) if f not in set(skipped)]
+    if not left:
+        raise InvalidInputError(f"--features: every chosen feature has NaN/inf weights and is skipped "
+                                f"(--allow-nonfinite); choose others than {list(skipped)[:10]}")
+    return left
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -190,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.errors import InvalidInputError
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
+    from sae_lens_attn.sources.weight_check import skipped_features
 
     regex = parse_regex(args.regex)
     try:
@@ -209,14 +233,19 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
 
     torch.manual_seed(args.seed)
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae, device=args.device, allow_nonfinite=args.allow_nonfinite)
     check_features(args.features, sae.cfg.d_sae)
+    skipped = skipped_features(sae)
+    features = analysed_features(args.features, sae.cfg.d_sae, skipped)
     model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     layout = HeadLayout.from_sae(sae, model)
     print(f"SAE {args.sae}: {sae.cfg.d_sae} features on {layout.hook_name} heads {list(layout.heads)}")
+    report_skipped(sae)
+    tokens = evaluation_tokens(model, args.eval_sequences, args.context_size)
+    check_features_fire(model, sae, features, tokens, f"the {args.eval_sequences} evaluation sequences")
     options = {
-        "features": args.features,
-        "tokens": evaluation_tokens(model, args.eval_sequences, args.context_size),
+        "features": features,
+        "tokens": tokens,
         "n_prompts": args.n_prompts,
         "regex": regex,
         "method": args.pvalues,
@@ -237,7 +266,12 @@ def run(args: argparse.Namespace) -> int:
         for note in sorted(notes):
             print(f"note ({name}): {note}")
 
-    written = list(save_family_rows(rows, args.out))
+    head_evals = None
+    if options["tokens"] is not None and not args.no_head_evals:
+        from sae_lens_attn.attribution.head_evals import evaluate_heads
+
+        head_evals = evaluate_heads(model, sae, layout, options["tokens"]).to_dict()
+    written = list(save_family_rows(rows, args.out, skipped_nonfinite=skipped, head_evals=head_evals))
     png = not args.no_png
     for stem, figure in figures.items():
         files = save_figure(figure, args.out, stem, png=png)
@@ -247,10 +281,16 @@ def run(args: argparse.Namespace) -> int:
                        ("detector", "family", "features", "share of live", "live")))
     heads = heads_table(rows)
     if heads:
-        head_rows, header = format_heads_table(heads)
+        head_rows, header = format_heads_table(heads, head_evals)
         poly = heads["polysemanticity"]
         print(f"\ntaxonomy per head (a feature counts for the head with most of its decoder norm; "
-              f"{poly['share_polysemantic']:.0%} of heads polysemantic)")
+              f"in brackets: token-specific; {poly['share_polysemantic']:.0%} of heads polysemantic)"
+              + ("; per-head evals: EV, CE loss recovered with only that head spliced, L0, dead" if head_evals else ""))
         print(format_table(head_rows, header))
+    elif head_evals:
+        from sae_lens_attn.attribution.head_evals import head_evals_rows
+
+        print("\nper-head evals (EV, CE loss recovered with only that head spliced, L0, dead share)")
+        print(format_table(*head_evals_rows(head_evals)))
     print("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -283,23 +283,56 @@ def train_saes(
 
 
 def evaluate(
-    args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any
+    args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
+    folder: Path,
 ) -> dict[str, float]:
-    """SAELens's evals on the `held_out` prompts (printed), or a message saying why none ran."""
+    """SAELens's evals and the per-head evals on the `held_out` prompts (printed), or a
+    message saying why none ran."""
     from sae_lens_attn.training.evaluation import evaluate_hook_z_sae, subset_message
 
     if args.eval_batches == 0:
         return {}
-    if not layout.uses_all_heads:
-        print(f"evals skipped for {name}: {subset_message(layout)}")
-        return {}
-    metrics = evaluate_hook_z_sae(
-        sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+    metrics: dict[str, float] = {}
+    if layout.uses_all_heads:
+        metrics = evaluate_hook_z_sae(
+            sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+        )
+        print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
+        for metric in PRINTED_METRICS:
+            print(f"  {metric:<22}  {metrics[metric]:.4f}")
+    else:
+        print(f"evals skipped for {name}: {subset_message(layout)}; per-head evals below")
+    return {**metrics, **evaluate_per_head(args, model, name, sae, layout, held_out, folder)}
+
+
+def evaluate_per_head(
+    args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
+    folder: Path,
+) -> dict[str, float]:
+    """Per-head evals (`attribution.head_evals`) on the held-out rows: printed, written to
+    the SAE's `head_evals.json`, returned flat (`L1H0/explained_variance`, ...)."""
+    import json
+
+    import torch
+
+    from sae_lens_attn._atomic import atomic_write_text
+    from sae_lens_attn.attribution.head_evals import (
+        HEAD_EVALS_FILENAME,
+        evaluate_heads,
+        head_evals_rows,
     )
-    print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
-    for metric in PRINTED_METRICS:
-        print(f"  {metric:<22}  {metrics[metric]:.4f}")
-    return metrics
+    from sae_lens_attn.commands.plugins import format_table
+
+    if isinstance(held_out, str):
+        print(f"per-head evals skipped for {name}: they need the held-out rows as tokens (--dataset {held_out})")
+        return {}
+    column = "input_ids" if "input_ids" in held_out.column_names else "tokens"
+    tokens = torch.tensor(held_out[column][: args.eval_batches * EVAL_BATCH_PROMPTS])
+    evals = evaluate_heads(model, sae, layout, tokens, batch_size=EVAL_BATCH_PROMPTS)
+    print(f"per-head evals on the same prompts (only that head spliced): {name}")
+    print(format_table(*head_evals_rows(evals.to_dict())))
+    atomic_write_text(folder / HEAD_EVALS_FILENAME, json.dumps(evals.to_dict(), indent=1, allow_nan=False) + "\n")
+    return evals.metrics()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,8 +350,7 @@ def run(args: argparse.Namespace) -> int:
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
     if rank() != 0:
         return 0  # rank 0 saved the SAE; it alone evaluates and lists it
-    evaluated = args.eval_batches > 0 and any(layout.uses_all_heads for _, layout, _ in trained.values())
-    held_out = eval_dataset(args) if evaluated else None
+    held_out = eval_dataset(args) if args.eval_batches > 0 else None
     entries = []
     for name, (sae, layout, folder) in trained.items():
         print(
@@ -326,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
         print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
-        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out)}
+        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out, folder)}
         path = folder.relative_to(args.out).as_posix()
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
     listing = write_sae_list(args.out, entries)

@@ -110,6 +110,25 @@ def example_dfa(
     return {feature: [ex for ex in found if ex is not None] for feature, found in results.items()}
 
 
+def sites_dfa(
+    model: HookedTransformer,
+    sae_vis_data: SaeVisData,
+    layout: HeadLayout,
+    tokens: torch.Tensor,
+    sites: dict[int, list[ExampleSite]],
+) -> dict[int, list[TopExample]]:
+    """`example_dfa` of `sites` through the SAE sae_dashboard ran on (`sae_vis_data.encoder`),
+    its DFA over the heads of `layout` (the SAE's own), also when sae_dashboard ran on a
+    copy widened to all heads of the layer."""
+    if sae_vis_data.encoder.cfg.d_in == layout.d_in:
+        return example_dfa(model, sae_vis_data.encoder, layout, tokens, sites)
+    wide = HeadLayout.for_model(model, layout.layer)
+    return {
+        feature: [replace(ex, dfa=ex.dfa[:, list(layout.heads)]) for ex in found]
+        for feature, found in example_dfa(model, sae_vis_data.encoder, wide, tokens, sites).items()
+    }
+
+
 @torch.no_grad()
 def logit_lens_summaries(
     model: HookedTransformer, sae: SAE, layout: HeadLayout, features: Sequence[int], k: int
@@ -148,16 +167,7 @@ def feature_reports(
     """One `FeatureReport` per feature of `sae_vis_data`, in its order."""
     features = list(sae_vis_data.feature_data_dict)
     sites = shown_top_examples(sae_vis_data, n_examples)
-    if sae_vis_data.encoder.cfg.d_in == layout.d_in:
-        examples = example_dfa(model, sae_vis_data.encoder, layout, tokens, sites)
-    else:  # sae_dashboard ran on a copy widened to all heads: keep the SAE's own heads
-        wide = HeadLayout.for_model(model, layout.layer)
-        examples = {
-            feature: [replace(ex, dfa=ex.dfa[:, list(layout.heads)]) for ex in found]
-            for feature, found in example_dfa(
-                model, sae_vis_data.encoder, wide, tokens, sites
-            ).items()
-        }
+    examples = sites_dfa(model, sae_vis_data, layout, tokens, sites)
     decoder = sae_head_attribution(sae, layout.n_heads, features, side="decoder").cpu()
     encoder = sae_head_attribution(sae, layout.n_heads, features, side="encoder").cpu()
     lens = logit_lens_summaries(model, sae, layout, features, n_logit_tokens)

@@ -1,7 +1,7 @@
 """Panel: the feature's source-signature class and each detector's verdict (`FamilyRow`s).
 
-With a `taxonomy` row the panel opens with the class, its confidence and one-line
-evidence, and a sparkline of the mean DFA share at offsets -1, 0, earlier same token,
+With a `taxonomy` row the panel opens with the class, its sub-label (token-specific or
+"any"), its confidence and one-line evidence, and a sparkline of the mean DFA share at offsets -1, 0, earlier same token,
 induction target, near window and far (`detectors.signature`); below, every other
 detector's verdict and score.
 """
@@ -55,7 +55,7 @@ def _signature_block(row: FamilyRow) -> str:
     return (
         '<div class="sla-signature">'
         f'<p><b>signature class:</b> <span class="sla-member">{esc(row.family or "other")}</span> '
-        f"(confidence {esc(confidence_text)}; head {esc(evidence.get('head', '?'))})</p>"
+        f"&mdash; {esc(evidence.get('sub_label', row.family or 'other'))} (confidence {esc(confidence_text)}; head {esc(evidence.get('head', '?'))})</p>"
         f"<p>{esc(evidence.get('summary', ''))}</p>"
         f"{dfa_sparkline(evidence.get('dfa_share', {}))}"
         f'<p class="sla-note">{esc(legend)}</p></div>'

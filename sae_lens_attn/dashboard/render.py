@@ -41,6 +41,7 @@ class DashboardFiles:
     html: Path
     json: Path
     skipped: tuple[int, ...] = ()  # dead features (zero or non-finite decoder row), not shown
+    skipped_nonfinite: tuple[int, ...] = ()  # NaN/inf weights, skipped (`--allow-nonfinite`)
 
 
 def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[Any]:
@@ -106,6 +107,7 @@ def render_dashboard(
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.model_inputs import check_token_rows
+    from sae_lens_attn.sources.weight_check import skipped_features
 
     features = list(dict.fromkeys(int(f) for f in features))
     if not features:
@@ -113,12 +115,14 @@ def render_dashboard(
     bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
     if bad:
         raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
+    nonfinite = set(skipped_features(sae))
+    nonfinite_shown = tuple(f for f in features if f in nonfinite)
     dead = dead_rows(sae.W_dec.detach()[features]).tolist()
-    skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead)
-    features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead]
+    skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead and f not in nonfinite)
+    features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead and f not in nonfinite]
     if not features:
-        raise InvalidInputError(f"features {list(skipped)}: all dead (zero or non-finite decoder "
-                                "rows), nothing to show; pick live features")
+        raise InvalidInputError(f"features {list(skipped + nonfinite_shown)}: all dead (zero decoder rows) "
+                                "or skipped for NaN/inf weights, nothing to show; pick live features")
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
     check_token_rows(tokens, model, "dashboard prompts")
@@ -165,14 +169,15 @@ def render_dashboard(
     first_key = str(features[0])
     page = assemble_page(
         sae_dashboard_page(sae_vis_data, context.decode, first_key),
-        [SCALE_NOTE, *sections],
+        [SCALE_NOTE, *_skipped_notes(skipped, nonfinite_shown), *sections],
         [panel.script for panel in panel_objects if getattr(panel, "script", "")],
         first_key,
         title=f"{layout.hook_name} SAE features {features[0]}..{features[-1]}",
     )
-    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME, skipped)
+    files = DashboardFiles(out_dir / HTML_NAME, out_dir / JSON_NAME, skipped, nonfinite_shown)
     document = {
         "skipped_dead_features": list(skipped),
+        "skipped_nonfinite_features": list(nonfinite_shown),
         "hook_name": layout.hook_name,
         "head_layout": layout.to_dict(),
         "heads": list(context.head_labels),
@@ -188,3 +193,14 @@ def render_dashboard(
     steps.update(1)
     steps.close()
     return files
+
+
+def _skipped_notes(dead: Sequence[int], nonfinite: Sequence[int]) -> list[str]:
+    """Page notes listing the requested features that have no page, and why."""
+    notes = []
+    for features, why in ((dead, "dead (zero decoder row)"),
+                          (nonfinite, "skipped: NaN or inf in their weights (--allow-nonfinite)")):
+        if features:
+            notes.append(f'<p class="sla-note sla-skipped">Features {", ".join(map(str, features))}: '
+                         f"{why}; no page.</p>")
+    return notes

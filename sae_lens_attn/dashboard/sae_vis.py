@@ -22,6 +22,7 @@ import torch
 from sae_lens.saes.topk_sae import TopK
 
 if TYPE_CHECKING:
+    from sae_dashboard.layout import SaeVisLayoutConfig
     from sae_dashboard.sae_vis_data import SaeVisData
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
@@ -161,10 +162,14 @@ def run_sae_vis(
     tokens: torch.Tensor,
     features: list[int],
     config: DashboardConfig,
+    vis_layout: SaeVisLayoutConfig | None = None,
+    ignore_tokens: set[int] | None = None,
 ) -> SaeVisData:
     """sae_dashboard's `SaeVisRunner` on a dense full-width copy of `sae`; `sae` itself
     is left untouched. The returned data's `encoder` is that copy (decoder norms not
-    folded: its activations are those of `sae`)."""
+    folded: its activations are those of `sae`). `vis_layout`: sae_dashboard's layout
+    (default `sae_vis_layout(config)`); `ignore_tokens`: token ids never picked as
+    examples (sae_dashboard's `ignore_tokens`, default none)."""
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 
@@ -174,9 +179,10 @@ def run_sae_vis(
         features=features,
         minibatch_size_tokens=config.minibatch_size_tokens,
         minibatch_size_features=config.minibatch_size_features,
-        feature_centric_layout=sae_vis_layout(config),
+        feature_centric_layout=vis_layout or sae_vis_layout(config),
         device=config.device,
         verbose=False,
+        ignore_tokens=ignore_tokens or set(),
     )
     data = SaeVisRunner(vis_config).run(encoder=dense, model=model, tokens=tokens)
     tidy_ticks(data)

@@ -167,6 +167,7 @@ def demo_one_sae(
     step: Callable[[str], None],
 ) -> SAEResult:
     """Evaluate, detect and render one trained SAE into `out / architecture`."""
+    from sae_lens_attn.attribution.head_evals import evaluate_heads
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
     from sae_lens_attn.detectors.results import family_summary, save_family_rows
     from sae_lens_attn.training.evaluation import evaluate_hook_z_sae
@@ -174,17 +175,19 @@ def demo_one_sae(
     sae, layout = trained
     folder = out / architecture
     seconds: dict[str, float] = {}
-    step(f"{architecture}: SAELens evals, dead share, per-head L0")
+    step(f"{architecture}: SAELens evals, per-head evals, dead share, per-head L0")
     with _timed(seconds, "evaluate"):
         n_eval = settings.eval_batches * settings.eval_batch_prompts
         metrics = evaluate_hook_z_sae(sae, model, eval_tokens[:n_eval],
                                       n_batches=settings.eval_batches,
                                       batch_size_prompts=settings.eval_batch_prompts)
+        head_evals = evaluate_heads(model, sae, layout, eval_tokens[:n_eval],
+                                    batch_size=settings.eval_batch_prompts).to_dict()
         activity = feature_activity(model, sae, layout, eval_tokens)
     step(f"{architecture}: detectors")
     with _timed(seconds, "detect"):
         rows, errors = run_detectors(model, sae, layout, eval_tokens, settings)
-        _, families_json = save_family_rows(rows, folder / "families")
+        _, families_json = save_family_rows(rows, folder / "families", head_evals=head_evals)
         induction = induction_members(rows)
     dashboard, shown = None, []
     step(f"{architecture}: dashboards")
@@ -214,6 +217,7 @@ def demo_one_sae(
         dashboard=dashboard,
         dashboard_features=shown,
         seconds=seconds,
+        head_evals=head_evals,
     )
 
 

@@ -89,6 +89,20 @@ def per_head_table(result: DemoResult) -> Table:
     )
 
 
+def head_evals_table(result: DemoResult) -> Table:
+    from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+
+    rows = [(sae.architecture, head, *head_eval_cells(values), str(values["features"]))
+            for sae in result.saes for head, values in sae.head_evals.items()]
+    return Table(
+        "Per-head evals", ("architecture", "head", *EVAL_COLUMNS, "features"), rows,
+        "Per head: explained variance (EV) of its slice of hook_z; CE loss recovered (CE rec.) when "
+        "only that head's output is replaced by its reconstruction, against zero-ablating that head "
+        "alone; L0 and dead share of the features that belong to it (its block; for dense SAEs the "
+        "head holding most of the feature's decoder norm); on the same prompts as SAELens's evals.",
+    )
+
+
 def families_table(result: DemoResult) -> Table:
     rows = []
     for sae in result.saes:
@@ -143,27 +157,30 @@ def load_head_tables(result: DemoResult, out: Path) -> dict[str, dict]:
         document = json.loads((Path(out) / sae.families_json).read_text(encoding="utf-8"))
         if "heads" in document:
             tables[sae.architecture] = {key: document[key] for key in
-                                        ("heads", "heads_fractional", "head_polysemanticity") if key in document}
+                                        ("heads", "heads_token_specific", "heads_fractional",
+                                         "head_polysemanticity") if key in document}
     return tables
 
 
 def taxonomy_table(head_tables: dict[str, dict]) -> Table:
     from sae_lens_attn.detectors.classes import CLASSES
+    from sae_lens_attn.detectors.heads_table import count_cell
 
     rows = []
     for architecture, table in head_tables.items():
         poly = table["head_polysemanticity"]["families_per_head"]
         for head, by_class in table["heads"].items():
-            rows.append((architecture, head, *(str(by_class.get(cls, 0)) for cls in CLASSES),
-                         str(poly.get(head, 0))))
+            specific = table.get("heads_token_specific", {}).get(head, {})
+            rows.append((architecture, head, *(count_cell(by_class.get(cls, 0), specific.get(cls, 0))
+                                               for cls in CLASSES), str(poly.get(head, 0))))
     return Table("Source-signature taxonomy per head", ("architecture", "head", *CLASSES,
                                                         "classes >= 10%"), rows,
                  "Each live feature gets one class (docs/taxonomy.md) and counts for the head holding "
-                 "most of its decoder norm.")
+                 "most of its decoder norm; in brackets: how many have a token-specific sub-label.")
 
 
 def report_tables(result: DemoResult, head_tables: dict[str, dict] | None = None) -> list[Table]:
-    tables = [metrics_table(result), per_head_table(result), families_table(result),
+    tables = [metrics_table(result), per_head_table(result), head_evals_table(result), families_table(result),
               induction_table(result)]
     if head_tables:
         tables.append(taxonomy_table(head_tables))
@@ -224,7 +241,8 @@ def taxonomy_figures(head_tables: dict[str, dict]) -> list[go.Figure]:
     for architecture, table in head_tables.items():
         poly = table["head_polysemanticity"]
         figures.append(heads_figure(
-            {"counts": table["heads"], "polysemanticity": poly},
+            {"counts": table["heads"], "token_specific": table.get("heads_token_specific", {}),
+             "polysemanticity": poly},
             title=f"{architecture}: taxonomy per head ({poly['share_polysemantic']:.0%} of heads polysemantic)",
         ))
     return figures
@@ -269,6 +287,7 @@ def summary(result: DemoResult, head_tables: dict[str, dict] | None = None) -> d
                 "live_features": sae.live_count,
                 "per_head_l0": dict(zip(sae.head_labels, sae.activity.per_head_l0.tolist(),
                                         strict=True)),
+                "head_evals": sae.head_evals,
                 "family_summary": sae.family_summary,
                 "detector_errors": sae.detector_errors,
                 "induction_features": sae.induction_features,

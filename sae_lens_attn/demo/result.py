@@ -29,6 +29,7 @@ class SAEResult:
     dashboard: Path | None
     dashboard_features: list[int]
     seconds: dict[str, float] = field(default_factory=dict)
+    head_evals: dict[str, dict[str, float]] = field(default_factory=dict)  # `HeadEvals.to_dict()`
 
     @property
     def live_count(self) -> int:

@@ -42,6 +42,12 @@ def _source(name: str):
     return load
 
 
+def _code_region():
+    from sae_lens_attn.detectors.code_region import CodeRegionDetector
+
+    return CodeRegionDetector()
+
+
 def _taxonomy():
     from sae_lens_attn.detectors.taxonomy import TaxonomyDetector
 
@@ -63,6 +69,8 @@ def sae_lens_attn_detectors() -> list[PluginEntry]:
                     _source("local_context")),
         PluginEntry("high_level_context", "high-level context features: fire across a document, diffuse DFA",
                     _source("high_level_context")),
+        PluginEntry("code_region", "code-region features: docstring, comment, string, decorator, class body, "
+                    "beyond the local tokens (controls: token-only predictor, shuffled regions)", _code_region),
         PluginEntry("taxonomy", "one source-signature class per live feature, with the per-head table (runs last)",
                     _taxonomy),
     ]

@@ -3,8 +3,11 @@
 `families.csv` has the columns `detector, feature, family, score, evidence` (evidence as a
 JSON object). `families.json` holds `{"summary": ..., "rows": [...]}`, the summary being
 `family_summary(rows)`; with taxonomy rows also `heads` (`{"L1H0": {class: count}}`),
-`heads_fractional` (dense SAEs) and `head_polysemanticity` (`detectors.heads_table`).
-Both read back with `load_family_rows`.
+`heads_token_specific` (the same, counting token-specific sub-labels), `heads_fractional`
+(dense SAEs) and `head_polysemanticity` (`detectors.heads_table`), and
+with per-head evals `head_evals` (`{"L1H0": {"explained_variance", "ce_loss_recovered",
+"l0", "dead_share", ...}}`, `attribution.head_evals`). Both read back with
+`load_family_rows`.
 """
 
 from __future__ import annotations
@@ -59,21 +62,32 @@ def family_summary(rows: Iterable[FamilyRow]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def save_family_rows(rows: Sequence[FamilyRow], out_dir: str | Path) -> tuple[Path, Path]:
+def save_family_rows(
+    rows: Sequence[FamilyRow],
+    out_dir: str | Path,
+    skipped_nonfinite: Sequence[int] = (),
+    head_evals: dict[str, dict[str, float]] | None = None,
+) -> tuple[Path, Path]:
     """Write `families.csv` and `families.json` into `out_dir` (created if needed), each
-    atomically, CSV cells neutralised against spreadsheet formulas."""
+    atomically, CSV cells neutralised against spreadsheet formulas. `skipped_nonfinite`:
+    features left out for NaN/inf weights, listed in `families.json`; `head_evals`
+    (`HeadEvals.to_dict()`) goes into `families.json` as it is."""
     out_dir = Path(out_dir)
     records = [row.to_dict() for row in rows]
     csv_path, json_path = out_dir / CSV_NAME, out_dir / JSON_NAME
     from sae_lens_attn.detectors.heads_table import heads_table
 
-    summary: dict[str, Any] = {"summary": family_summary(rows)}
+    summary: dict[str, Any] = {"summary": family_summary(rows),
+                               "skipped_nonfinite_features": [int(f) for f in skipped_nonfinite]}
     table = heads_table(rows)
     if table:
         summary["heads"] = table["counts"]
+        summary["heads_token_specific"] = table["token_specific"]
         if "fractional" in table:
             summary["heads_fractional"] = table["fractional"]
         summary["head_polysemanticity"] = table["polysemanticity"]
+    if head_evals:
+        summary["head_evals"] = head_evals
     document = json.dumps({**summary, "rows": records}, indent=1, allow_nan=False)
     csv_rows = [
         {

@@ -78,7 +78,8 @@ def load_embedded_model(folder: Path = EMBEDDED_DIR, device: str = "cpu") -> Hoo
 
 
 def load_model(name: str, device: str = "cpu") -> HookedTransformer:
-    """`"embedded"` -> the shipped model; any other name -> `HookedTransformer.from_pretrained`.
+    """`"embedded"` -> the shipped model; a local Hugging Face model folder ->
+    `load_hf_model_folder`; any other name -> `HookedTransformer.from_pretrained`.
 
     A hub model needs the Hugging Face hub (or its local cache); without it this raises
     `HubUnavailableError` (a `RuntimeError`) naming the embedded default.
@@ -86,6 +87,12 @@ def load_model(name: str, device: str = "cpu") -> HookedTransformer:
     if name == EMBEDDED_NAME:
         return load_embedded_model(device=device)
     from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    from sae_lens_attn.models.hf_folder import load_hf_model_folder, looks_like_path
+
+    if name.lower() not in make_model_alias_map() and looks_like_path(name):
+        return load_hf_model_folder(name, device=device)
 
     try:
         return HookedTransformer.from_pretrained(name, device=device)

@@ -1,5 +1,5 @@
 """Activation sources: what produces SAE inputs from a model (hook_z, its head layout,
-activation stores and caches, token rows, saved SAE folders); training lives in `training/`.
+activation stores and caches, token rows, saved SAE folders, SAELens pretrained SAEs); training lives in `training/`.
 
 Names other than `HeadLayout` are imported lazily (PEP 562): the plugin module
 `sae_lens_attn.sources.plugin` lives in this package and must stay cheap to import.
@@ -19,6 +19,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "MultiHookZActivationsStore": "sae_lens_attn.sources.multi_store",
     "check_saved_sae": "sae_lens_attn.sources.saved_sae",
     "load_saved_sae": "sae_lens_attn.sources.saved_sae",
+    "load_pretrained_sae": "sae_lens_attn.sources.pretrained_sae",
 }
 
 # names that moved to `sae_lens_attn.training` (0.2): they still work here, with a warning

@@ -7,7 +7,8 @@ header only (no tensor data): it finds an empty, truncated or garbled weights fi
 JSON, an unknown or missing architecture, missing or mistyped fields, and weights whose
 names or shapes do not match the config. Each failure is an `InvalidInputError` (a
 `ValueError`; `MissingInputError`, also a `FileNotFoundError`, for missing files) whose
-message says what is wrong and what is valid.
+message says what is wrong and what is valid. `load_saved_sae` then loads the SAE and
+checks its weights in memory (`sae_lens_attn.sources.weight_check`).
 """
 
 from __future__ import annotations
@@ -65,15 +66,21 @@ def check_saved_sae(path: str | Path) -> dict[str, tuple[int, ...]]:
     return expected
 
 
-def load_saved_sae(path: str | Path, device: str = "cpu") -> SAE:
-    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path)`; an SAE with hook_z
-    reshaping gets its input shape checked (`_upstream.guard_hook_z_input`)."""
+def load_saved_sae(path: str | Path, device: str = "cpu", allow_nonfinite: bool = False) -> SAE:
+    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path)`, its weights then
+    checked once in memory (`weight_check.check_loaded_sae`: NaN or inf is a
+    `NonFiniteWeightsError` unless `allow_nonfinite`, zero rows a warning, no usable
+    feature a `NoLiveFeaturesError`); an SAE with hook_z reshaping gets its input shape
+    checked (`_upstream.guard_hook_z_input`)."""
     from sae_lens import SAE
 
     from sae_lens_attn._upstream import guard_hook_z_input
+    from sae_lens_attn.sources.weight_check import check_loaded_sae
 
     check_saved_sae(path)
-    return guard_hook_z_input(SAE.load_from_disk(path, device=device))
+    sae = SAE.load_from_disk(path, device=device)
+    check_loaded_sae(sae, f"SAE folder {path}", allow_nonfinite=allow_nonfinite)
+    return guard_hook_z_input(sae)
 
 
 def _read_cfg(cfg_path: Path, what: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ changes, per SAE:
   per-head scale is estimated before training, as a single run estimates it;
 - the evaluator scales raw hook_z like each SAE's training batches and skips SAEs on
   head subsets (SAELens's evals splice into all heads);
+- each SAE's trainer stops the run at its first NaN or inf loss or weight, naming the SAE
+  and the step (`DivergenceCheckedTrainer`);
 - after `MultiSAETrainer.fit`, every SAE is finished like a single run's
   (`finish_hook_z_sae`: finite weights, folded scale, head layout, hook_z reshaping);
 - each SAE is saved to its own folder (staged, then published whole) and `saes.json`
@@ -51,6 +53,7 @@ from sae_lens_attn.training.outputs import (
     write_sae_list,
 )
 from sae_lens_attn.training.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
+from sae_lens_attn.training.trainer import DivergenceCheckedTrainer
 
 
 @dataclass
@@ -145,6 +148,8 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
     @override
     def _run_with_interruption_handling(self, trainer: MultiSAETrainer) -> dict[str, TrainingSAE[Any]]:
         progress_every_step(trainer)
+        for name, sae_trainer in trainer.trainers.items():  # stop at the first NaN/inf, naming the SAE
+            DivergenceCheckedTrainer.watch(sae_trainer, f"SAE {name!r}: ", "no SAE of this run was saved")
         saes = super()._run_with_interruption_handling(trainer)
         for name, sae in saes.items():
             try:

@@ -9,7 +9,9 @@ optimizer, the schedulers and the counters describe the same completed step):
   and saves whatever state that step left);
 - every `save_checkpoint` (SAELens's `n_checkpoints` too) gathers the ranks' files and
   rank 0 writes them into a temporary folder renamed into place;
-- after each `step`, the `Parallelism` combines what the ranks measured.
+- after each `step`, the `Parallelism` combines what the ranks measured, then a NaN or
+  inf loss or weight stops training with `TrainingDiverged` (naming the step, the
+  tensors, the last finite loss and the last checkpoint) before anything is saved.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_directory
+from sae_lens_attn.errors import PlainRuntimeError
 from sae_lens_attn.training.checkpoints import (
     Manifest,
     capture_data_state,
@@ -50,7 +53,63 @@ class TrainingInterrupted(InterruptedException):
         super().__init__(f"interrupted after step {step}: {where}")
 
 
-class HookZSAETrainer(SAETrainer[Any, Any]):
+class TrainingDiverged(PlainRuntimeError):
+    """Training produced a NaN or inf loss or weight in step `step` (1-based); nothing of
+    that step was saved. The message names the step, the non-finite loss terms, gradients
+    and weights, the last finite loss and the last checkpoint (which holds finite weights)."""
+
+    def __init__(self, trainer: DivergenceCheckedTrainer, output: TrainStepOutput) -> None:
+        from sae_lens_attn.sources.weight_check import inspect_weights
+
+        sae, checkpoint, last = trainer.sae, trainer.last_checkpoint, trainer._last_finite_loss
+        self.step, self.loss = trainer.n_training_steps + 1, float(output.loss.detach())
+        self.report, self.checkpoint = inspect_weights(sae.state_dict(), sae.cfg.d_sae), checkpoint
+        terms = [name for name, value in output.losses.items() if not torch.isfinite(torch.as_tensor(value)).all()]
+        grads = [name for name, p in sae.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        parts = [f"loss {self.loss:.6g}" + (f" ({', '.join(terms)} not finite)" if terms else "")]
+        if grads:
+            parts.append(f"gradients of {', '.join(grads)} hold NaN or inf")
+        parts.append(self.report.describe_nonfinite() if self.report.damaged else "the weights are still finite")
+        parts.append(f"last finite loss {last[1]:.6g} in step {last[0]}" if last else "no step had a finite loss")
+        parts.append(f"the last good checkpoint is {checkpoint} (resume from it with a lower --lr)" if checkpoint
+                     else f"no checkpoint was saved before it{trainer.checkpoint_hint}")
+        super().__init__(
+            f"{trainer.sae_label}training diverged in step {self.step}: {'; '.join(parts)}; {trainer.not_saved}: "
+            "train again with a lower learning rate or sparsity coefficient"
+        )
+
+
+class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
+    """SAELens's `SAETrainer` that checks the loss and every weight after each `step` and
+    raises `TrainingDiverged` at the first NaN or inf, before anything saves that step's
+    state. `watch` turns a trainer SAELens built into one, in place."""
+
+    sae_label = ""  # "SAE 'name': " where a run trains several
+    not_saved = "the SAE was not saved"
+    checkpoint_hint = ""
+    last_checkpoint: Path | None = None
+    _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
+
+    @classmethod
+    def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
+        trainer.__class__ = cls
+        trainer.sae_label = label
+        if not_saved is not None:
+            trainer.not_saved = not_saved
+        return trainer
+
+    @override
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        output = super().step(batch)
+        loss = output.loss.detach()
+        finite = [torch.isfinite(loss).all(), *(torch.isfinite(p.detach()).all() for p in self.sae.parameters())]
+        if not bool(torch.stack(finite).all()):
+            raise TrainingDiverged(self, output)
+        self._last_finite_loss = (self.n_training_steps + 1, float(loss))
+        return output
+
+
+class HookZSAETrainer(DivergenceCheckedTrainer):
     """See the module docstring. Made from the trainer SAELens's runner built, by
     `adopt` (the runner constructs `SAETrainer` by name inside `run`)."""
 
@@ -58,7 +117,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     checkpoint_every: int | None
     _last_checkpoint_step: int
     _scaler_agreed: bool
-    last_checkpoint: Path | None
+    checkpoint_hint = " (--checkpoint-every N keeps one)"
 
     @classmethod
     def adopt(
@@ -80,7 +139,7 @@ class HookZSAETrainer(SAETrainer[Any, Any]):
     @override
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         act_freq_before = self.act_freq_scores.clone()
-        output = super().step(batch)
+        output = super().step(batch)  # stops here if this step diverged
         self.parallel.after_step(self, act_freq_before)
         return output
 
