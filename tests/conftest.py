@@ -92,12 +92,12 @@ def model_with_tokenizer(tmp_path_factory):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Fail the test if `detect`, `dashboard` or `circuit` loads a model: validation must
-    come first."""
-    from sae_lens_attn.commands import circuit, dashboard, detect
+    """Fail the test if `detect`, `dashboard`, `circuit` or `atlas` loads a model: validation
+    must come first."""
+    from sae_lens_attn.commands import atlas, circuit, dashboard, detect
 
     def refuse(name):
         raise AssertionError("the model was loaded before the input was validated")
 
-    for module in (detect, dashboard, circuit):
+    for module in (detect, dashboard, circuit, atlas):
         monkeypatch.setattr(module, "load_model", refuse)

@@ -50,6 +50,8 @@ def one_error_line(capsys) -> str:
         (["dashboard", "--dfa-examples", "-1"], "argument --dfa-examples: -1 is too small"),
         (["dashboard", "--context-size", "1"], "argument --context-size: 1 is too small: expected an integer >= 2"),
         (["dashboard", "--panels", "a,,b"], "bad list 'a,,b'"),
+        (["atlas", "--shard-size", "0"], "argument --shard-size: 0 is too small"),
+        (["atlas", "--features", "3-1"], "bad range '3-1'"),
         (["circuit", "--feature", "0", "--prompt", "x", "--top-tokens", "-1"], "argument --top-tokens: -1 is too small"),
         (["circuit", "--feature", "0", "--prompt", "x", "--n-sources", "0"], "argument --n-sources: 0 is too small"),
         (["circuit", "--feature", "-1", "--prompt", "x"], "argument --feature: -1 is too small"),
@@ -82,6 +84,11 @@ def test_bad_options_are_one_line_usage_errors(argv, message, saved_sae_dir, tmp
         (["dashboard", "--sae", "{sae}", "--families", "{garbage}"], "not a families file written by `sae-lens-attn detect`"),
         (["dashboard", "--sae", "{sae}", "--panels", "nope"], "unknown dashboard_panel 'nope': available:"),
         (["circuit", "--sae", "{sae}", "--feature", "16", "--prompt", "x"], "--feature 16: out of range; this SAE has features 0..15"),
+        (["atlas", "--sae", "{sae}", "--out", "{notes}"], "--out {notes}: exists and is not an atlas"),
+        (["atlas", "--sae", "{sae}", "--out", "{file}"], "is an existing file; expected a folder"),
+        (["atlas", "--sae", "{sae}", "--features", "16"], "--features: feature 16 is out of range"),
+        (["atlas", "--sae", "{sae}", "--detectors", "nope"], "--detectors: unknown detector 'nope'"),
+        (["atlas", "--sae", "{truncated}"], "sae_weights.safetensors is damaged or truncated"),
         (["circuit", "--sae", "{sae}", "--upstream-sae", "{truncated}", "--feature", "0", "--prompt", "x"], "damaged or truncated"),
     ],
 )
@@ -89,14 +96,17 @@ def test_bad_inputs_fail_before_the_model_loads(argv, message, saved_sae_dir, tr
                                                 no_model, capsys):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "garbage.json").write_text('{"rows": [{"no": "fields"}]}')
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
     paths = {"sae": saved_sae_dir, "truncated": truncated_sae, "missing": tmp_path / "missing",
-             "file": tmp_path / "a_file", "garbage": tmp_path / "garbage.json"}
+             "file": tmp_path / "a_file", "garbage": tmp_path / "garbage.json", "notes": tmp_path / "notes"}
     argv = [arg.format(**paths) for arg in argv]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     assert cli.main(argv) == 2
     assert message.format(**paths) in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["keep.txt"]
 
 
 def test_unknown_model_names_close_matches_without_the_whole_list(saved_sae_dir, tmp_path, capsys):

@@ -52,11 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="families.json written by the detectors: shown in the family and logit-lens "
         "panels (default: none, those panels say no detector ran)",
     )
-    parser.add_argument("--n-prompts", type=positive_int, default=512, help="corpus rows to search")
-    parser.add_argument("--context-size", type=int_at_least(2), default=64, help="tokens per row")
-    parser.add_argument(
-        "--split", default="test", choices=["train", "test"], help="corpus split"
-    )
+    add_prompt_arguments(parser)
     parser.add_argument(
         "--panels", type=comma_list(str),
         help="comma-separated panel names (default: every installed panel; see "
@@ -87,10 +83,31 @@ def read_families(path: Path) -> list:
                                 f"`sae-lens-attn detect` ({type(err).__name__}: {err})") from None
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--n-prompts`, `--context-size`, `--split`: the corpus rows searched for activations."""
+    parser.add_argument("--n-prompts", type=positive_int, default=512, help="corpus rows to search")
+    parser.add_argument("--context-size", type=int_at_least(2), default=64, help="tokens per row")
+    parser.add_argument(
+        "--split", default="test", choices=["train", "test"], help="corpus split"
+    )
+
+
+def prompt_tokens(args: argparse.Namespace, model):
+    """`[n_prompts, context_size]` rows of the embedded corpus in `model`'s tokenizer, the
+    model and the sizes checked first."""
+    from sae_lens_attn.models.dataset import corpus_tokens
+
+    if model.tokenizer is None:
+        raise InvalidInputError(f"--model {args.model!r}: has no tokenizer to build prompts with")
+    if args.context_size > model.cfg.n_ctx:
+        raise InvalidInputError(f"--context-size {args.context_size}: longer than the model's "
+                                f"context (n_ctx={model.cfg.n_ctx}); use 2..{model.cfg.n_ctx}")
+    return corpus_tokens(model.tokenizer, args.context_size, args.n_prompts, split=args.split)
+
+
 def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.dashboard import DashboardConfig, render_dashboard
     from sae_lens_attn.dashboard.render import load_panels
-    from sae_lens_attn.models.dataset import corpus_tokens
     from sae_lens_attn.sources.head_layout import HeadLayout
 
     check_device(args.device)
@@ -101,12 +118,7 @@ def run(args: argparse.Namespace) -> int:
     check_features(args.features, sae.cfg.d_sae)
     model = load_model(args.model).to(args.device, print_details=False)  # loaders say nothing either
     HeadLayout.from_sae(sae, model)  # layout against the model, before the corpus
-    if model.tokenizer is None:
-        raise InvalidInputError(f"--model {args.model!r}: has no tokenizer to build prompts with")
-    if args.context_size > model.cfg.n_ctx:
-        raise InvalidInputError(f"--context-size {args.context_size}: longer than the model's "
-                                f"context (n_ctx={model.cfg.n_ctx}); use 2..{model.cfg.n_ctx}")
-    tokens = corpus_tokens(model.tokenizer, args.context_size, args.n_prompts, split=args.split)
+    tokens = prompt_tokens(args, model)
     report_skipped(sae)
     check_features_fire(model, sae, args.features, tokens, f"the {args.n_prompts} prompts")
     files = render_dashboard(

@@ -98,6 +98,7 @@ class CircuitPanel(DashboardPanel):
         from sae_lens_attn.attribution.circuit.context import circuit_context
         from sae_lens_attn.attribution.circuit.feature import circuit_from_context
 
+        self.circuits = {}  # only these reports' circuits: a long run renders many batches
         by_prompt: dict[int, list[FeatureReport]] = defaultdict(list)
         for report in reports:
             if report.examples:

@@ -15,22 +15,22 @@ class HeadAttributionPanel(DashboardPanel):
     title = "Head attribution"
 
     def render(self, report: FeatureReport, context: DashboardContext) -> PanelOutput:
-        import plotly.graph_objects as go
-
         labels = list(context.head_labels)
-        figure = go.Figure(
-            [
-                go.Bar(name="decoder (writes)", x=labels, y=report.decoder_heads),
-                go.Bar(name="encoder (reads)", x=labels, y=report.encoder_heads),
-            ]
-        )
-        figure.update_layout(
-            barmode="group",
-            height=260,
-            margin={"l": 40, "r": 10, "t": 10, "b": 40},
-            yaxis={"title": "share of norm", "range": [0, 1]},
-            legend={"orientation": "h", "y": 1.15},
-        )
+        # a plain figure dict: building a `go.Figure` validates and copies plotly's template,
+        # ~50 ms per feature, which an atlas of thousands of features pays in full
+        figure = {
+            "data": [
+                {"type": "bar", "name": "decoder (writes)", "x": labels, "y": report.decoder_heads},
+                {"type": "bar", "name": "encoder (reads)", "x": labels, "y": report.encoder_heads},
+            ],
+            "layout": {
+                "barmode": "group",
+                "height": 260,
+                "margin": {"l": 40, "r": 10, "t": 10, "b": 40},
+                "yaxis": {"title": {"text": "share of norm"}, "range": [0, 1]},
+                "legend": {"orientation": "h", "y": 1.15},
+            },
+        }
         top = max(range(len(labels)), key=lambda h: report.decoder_heads[h])
         summary = (
             f"{labels[top]} holds {report.decoder_heads[top]:.0%} of the decoder norm "

@@ -29,8 +29,12 @@ if TYPE_CHECKING:
     from sae_dashboard.sae_vis_data import SaeVisData
 
 VENDOR_DIR = Path(__file__).parent / "vendor"
+D3_FILE, PLOTLY_FILE = "d3.v6.min.js", "plotly.min.js"
 D3_CDN_TAG = '<script src="https://d3js.org/d3.v6.min.js"></script>'
 PLOTLY_CDN_TAG = '<script src="https://cdn.plot.ly/plotly-latest.min.js"></script>'
+# how sae_dashboard's page starts itself, and the start function of a deferred page
+SAE_DASHBOARD_START = 'document.addEventListener("DOMContentLoaded", function(event) {'
+DEFERRED_START = "window.slaStartSaeVis = (function(event) {"
 # sae_dashboard's tokenScript.js: places where a token string is parsed as HTML
 TOKEN_HTML_SINKS = {
     "<code>${tok}</code>": ("<code>${slaEscape(tok)}</code>", 3),
@@ -79,23 +83,23 @@ function slaEscape(text) {
     const entities = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'};
     return String(text).replace(/[&<>"']/g, c => entities[c]);
 }
+function slaDrawFigures(section) {
+    section.querySelectorAll('.sla-plotly:not([data-drawn])').forEach(div => {
+        const figure = JSON.parse(div.dataset.figure);
+        div.dataset.drawn = '1';
+        Plotly.newPlot(div, figure.data, figure.layout || {}, {displayModeBar: false, responsive: true});
+    });
+}
 (function () {
     const START_KEY = __START_KEY__;
     function currentKey() {
         const selects = document.querySelectorAll('#dropdown-container select');
         return selects.length ? Array.from(selects, s => s.value).join('|') : START_KEY;
     }
-    function drawFigures(section) {
-        section.querySelectorAll('.sla-plotly:not([data-drawn])').forEach(div => {
-            const figure = JSON.parse(div.dataset.figure);
-            div.dataset.drawn = '1';
-            Plotly.newPlot(div, figure.data, figure.layout || {}, {displayModeBar: false, responsive: true});
-        });
-    }
     function show(key) {
         document.querySelectorAll('.sla-feature').forEach(section => {
             section.hidden = section.dataset.featureKey !== key;
-            if (!section.hidden) drawFigures(section);
+            if (!section.hidden) slaDrawFigures(section);
         });
     }
     document.addEventListener('change', event => {
@@ -125,15 +129,13 @@ def _replace_exactly(page: str, old: str, new: str, count: int) -> str:
     return page.replace(old, new)
 
 
-def sae_dashboard_page(sae_vis_data: SaeVisData, decode: Callable[[int], str], first_key: str) -> str:
-    """sae_dashboard's feature-centric page for all features, offline and token-safe.
-
-    Builds the page as sae_dashboard's `save_feature_centric_vis` does (one HTML object per
-    feature, the first feature's HTML skeleton, `AGGDATA` + `DASHBOARD_DATA`), but with our
-    `decode` so tokens are shown as text, then post-processes it (see the module doc).
-    """
-    from plotly.offline import get_plotlyjs
-    from sae_dashboard.html_fns import HTML
+def sae_dashboard_js_data(
+    sae_vis_data: SaeVisData, decode: Callable[[int], str]
+) -> tuple[dict, dict[str, dict]]:
+    """`(html_data, {feature key: js_data})`: what sae_dashboard's
+    `save_feature_centric_vis` puts on its page, per feature (one HTML object each, as
+    `FeatureData._get_html_data_feature_centric` builds it with our `decode`), and the
+    HTML skeleton, which is the same for every feature of one layout."""
 
     def decode_fn(token_ids: int | list[int]) -> str | list[str]:
         if isinstance(token_ids, int):
@@ -141,15 +143,40 @@ def sae_dashboard_page(sae_vis_data: SaeVisData, decode: Callable[[int], str], f
         return [decode(int(token)) for token in token_ids]
 
     layout = sae_vis_data.cfg.feature_centric_layout
-    page_obj = HTML()
+    html_data: dict = {}
+    js_data: dict[str, dict] = {}
     for feature, feature_data in sae_vis_data.feature_data_dict.items():
         html_obj = feature_data._get_html_data_feature_centric(layout, decode_fn)
-        page_obj.js_data[str(feature)] = html_obj.js_data
-        if str(feature) == first_key:
-            page_obj.html_data = html_obj.html_data
+        js_data[str(feature)] = html_obj.js_data
+        html_data = html_data or html_obj.html_data
+    return html_data, js_data
+
+
+def sae_dashboard_page(
+    sae_vis_data: SaeVisData,
+    decode: Callable[[int], str],
+    first_key: str,
+    *,
+    deferred: bool = False,
+) -> str:
+    """sae_dashboard's feature-centric page for all features, offline and token-safe.
+
+    Builds the page as sae_dashboard's `save_feature_centric_vis` does (the HTML skeleton,
+    `AGGDATA` + `DASHBOARD_DATA` from `sae_dashboard_js_data`), then post-processes it
+    (see the module doc). `deferred`: the page holds no data and does not start itself;
+    a script sets `window.slaSaeVisData` (`{AGGDATA, DASHBOARD_DATA}`) and calls
+    `slaStartSaeVis()` (the atlas's feature page, whose data loads on demand); d3 and
+    plotly.js load from files beside the page (`copy_page_libraries`), not inlined.
+    """
+    from plotly.offline import get_plotlyjs
+    from sae_dashboard.html_fns import HTML
+
+    layout = sae_vis_data.cfg.feature_centric_layout
+    page_obj = HTML()
+    page_obj.html_data, dashboard_data = sae_dashboard_js_data(sae_vis_data, decode)
     page_obj.js_data = {
         "AGGDATA": sae_vis_data.feature_stats.aggdata,
-        "DASHBOARD_DATA": page_obj.js_data,
+        "DASHBOARD_DATA": dashboard_data,
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sae_dashboard.html"
@@ -157,13 +184,32 @@ def sae_dashboard_page(sae_vis_data: SaeVisData, decode: Callable[[int], str], f
         page = path.read_text(encoding="utf-8")
 
     raw_data = json.dumps(page_obj.js_data)
-    page = _replace_exactly(page, raw_data, _script_safe(raw_data), 1)
-    d3 = (VENDOR_DIR / "d3.v6.min.js").read_text(encoding="utf-8")
-    page = _replace_exactly(page, D3_CDN_TAG, f"<script>{d3}</script>", 1)
-    page = _replace_exactly(page, PLOTLY_CDN_TAG, f"<script>{get_plotlyjs()}</script>", 1)
+    if deferred:
+        page = _replace_exactly(page, raw_data, "window.slaSaeVisData", 1)
+        page = _replace_exactly(page, SAE_DASHBOARD_START, DEFERRED_START, 1)
+    else:
+        page = _replace_exactly(page, raw_data, _script_safe(raw_data), 1)
+    if deferred:  # d3 and plotly.js as files beside the page (`copy_page_libraries`)
+        page = _replace_exactly(page, D3_CDN_TAG, f'<script src="{D3_FILE}"></script>', 1)
+        page = _replace_exactly(page, PLOTLY_CDN_TAG, f'<script src="{PLOTLY_FILE}"></script>', 1)
+    else:
+        d3 = (VENDOR_DIR / D3_FILE).read_text(encoding="utf-8")
+        page = _replace_exactly(page, D3_CDN_TAG, f"<script>{d3}</script>", 1)
+        page = _replace_exactly(page, PLOTLY_CDN_TAG, f"<script>{get_plotlyjs()}</script>", 1)
     for old, (new, count) in TOKEN_HTML_SINKS.items():
         page = _replace_exactly(page, old, new, count)
     return page
+
+
+def copy_page_libraries(folder: Path) -> None:
+    """d3 (vendored) and plotly.js (from the `plotly` package) into `folder`, each
+    atomically: what a `deferred` page and the atlas's index load, offline."""
+    from plotly.offline import get_plotlyjs
+
+    from sae_lens_attn._atomic import atomic_write_bytes, atomic_write_text
+
+    atomic_write_bytes(folder / D3_FILE, (VENDOR_DIR / D3_FILE).read_bytes())
+    atomic_write_text(folder / PLOTLY_FILE, get_plotlyjs())
 
 
 def feature_section(key: str, heading: str, panels: Sequence[tuple[str, str, str, bool]]) -> str:

@@ -65,7 +65,7 @@ def load_panels(panels: Sequence[str | DashboardPanel] | None = None) -> list[An
     ]
 
 
-def _render_panel(panel: Any, report: FeatureReport, context: DashboardContext):
+def render_panel(panel: Any, report: FeatureReport, context: DashboardContext):
     """`(name, title, html, wide)` and data of one panel; a failing panel is reported in
     its box and warned about, the rest of the page is still written."""
     try:
@@ -157,7 +157,7 @@ def render_dashboard(
     for report in reports:
         boxes, record = [], {"feature_index": report.feature}
         for panel in panel_objects:
-            box, data = _render_panel(panel, report, context)
+            box, data = render_panel(panel, report, context)
             if box is not None:
                 boxes.append(box)
             record[panel.name] = data

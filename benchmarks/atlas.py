@@ -1,0 +1,270 @@
+"""The atlas of a whole SAE: features per second, peak memory, and how memory grows.
+
+(a) The demo-size SAE on the embedded model: a standard SAE with 1024 features on
+`blocks.1.attn.hook_z` (expansion 8), trained here with the package's own
+`train_hook_z_saes` (200k tokens, ~20 s) unless `--demo-sae PATH` names a saved one; its
+atlas over all live features with the CLI's defaults (512 test-split prompts of 64 tokens,
+detectors logit_lens + taxonomy, every panel).
+(b) A gpt2-small-shaped random model (12 heads x 64, d_model 768, vocabulary 50257,
+`--gpt2-layers` layers) with a random dense SAE of 24576 features on blocks.0: the atlas
+of its first 2000 features on 128 random prompts of 64 tokens. The peak RSS is read after
+every shard; its growth from the shard that reaches 1000 features to the last one is the
+memory per 1000 more features (it would be ~0 for a run whose memory holds one shard).
+
+Every atlas runs in a fresh child process (`--child`) with a wall-clock timer around each
+stage: the table shows where the time goes (model load, liveness pass, detectors, sae_dashboard's runner,
+our reports, panels, writing). Wall and CPU seconds (user + system, all threads) are both
+shown: the machine may be shared, and the load average is printed beside each run.
+
+    python benchmarks/atlas.py [--threads 2] [--demo-sae PATH] [--gpt2-layers 2]
+
+Last line: `atlas_features_per_s=<a> atlas_peak_rss_mb=<a> atlas_rss_growth_mb_per_1k=<b>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+D_SAE, D_VOCAB = 24576, 50257
+ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
+# (label, module, attribute) of the stages timed: each is wrapped with a timer in the child
+STAGES = (
+    ("liveness pass", "sae_lens_attn.dashboard.atlas.build", "live_features"),
+    ("detectors", "sae_lens_attn.dashboard.atlas.build", "run_detectors"),
+    ("sae_dashboard runner", "sae_lens_attn.dashboard.sae_vis", "run_sae_vis"),
+    ("DFA, heads, logit lens", "sae_lens_attn.dashboard.data", "feature_reports"),
+    ("circuit panel prepare", "sae_lens_attn.dashboard.circuit_panel", "CircuitPanel.prepare"),
+    ("panels render", "sae_lens_attn.dashboard.render", "render_panel"),
+    ("sae_dashboard JS data", "sae_lens_attn.dashboard.page", "sae_dashboard_js_data"),
+    ("writing data files", "sae_lens_attn.dashboard.atlas.build", "write_data_script"),
+)
+
+
+def time_stages() -> dict[str, float]:
+    """Wrap every function of `STAGES` with a wall-clock timer; `{label: seconds}` fills
+    in as they run (the functions are looked up by their callers at call time)."""
+    import functools
+    import importlib
+
+    seconds = dict.fromkeys((label for label, *_ in STAGES), 0.0)
+    for label, module_name, attribute in STAGES:
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        function = getattr(owner, name)
+
+        @functools.wraps(function)
+        def timed(*args, __function=function, __label=label, **kwargs):
+            began = time.perf_counter()
+            try:
+                return __function(*args, **kwargs)
+            finally:
+                seconds[__label] += time.perf_counter() - began
+
+        setattr(owner, name, timed)
+    return seconds
+
+
+def train_demo_sae(folder: Path) -> Path:
+    from sae_lens_attn.models import load_model
+    from sae_lens_attn.models.dataset import corpus_tokens
+    from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
+
+    model = load_model("embedded")
+    tokens = corpus_tokens(model.tokenizer, 128, 2048, "train")
+    spec = HookZSAESpec(
+        1, architecture="standard", sae_kwargs={"l1_coefficient": 2.0}, name="standard"
+    )
+    train_hook_z_saes(
+        model, [spec], dataset=tokens, training_tokens=200_000, lr=1e-3, seed=0, output_path=folder
+    )
+    return folder / "standard"
+
+
+def gpt2_shape(n_layers: int):
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sae_lens_attn.sources.head_layout import HeadLayout
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        n_ctx=1024,
+        d_vocab=D_VOCAB,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        device="cpu",
+        seed=0,
+    )
+    model = HookedTransformer(cfg).eval().requires_grad_(False)
+    layout = HeadLayout.for_model(model, 0)
+    sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=D_SAE)).requires_grad_(False)
+    layout.store_in(sae)
+    tokens = torch.randint(0, D_VOCAB, (128, 64), generator=torch.Generator().manual_seed(0))
+    return model, sae, layout, tokens
+
+
+def child(args: argparse.Namespace) -> None:
+    """One atlas, its stages timed and the peak RSS read after every shard; prints one
+    JSON line."""
+    import resource
+
+    from sae_lens_attn.runtime import configure_runtime, configure_torch
+
+    configure_torch(configure_runtime(args.threads))  # as the CLI does, before torch starts
+    from sae_lens_attn.dashboard.atlas import build, build_atlas
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    stages = time_stages()
+    peaks: list[tuple[int, float]] = []  # (features written so far, peak RSS MB)
+    write_shard = build._write_shard
+
+    def recording(staging, shard, features, *rest):
+        write_shard(staging, shard, features, *rest)
+        done = len(features) + (peaks[-1][0] if peaks else 0)
+        peaks.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+    build._write_shard = recording
+    if args.child == "demo":
+        from sae_lens_attn.commands._common import load_sae
+        from sae_lens_attn.models import load_model
+        from sae_lens_attn.models.dataset import corpus_tokens
+
+        model, sae = load_model("embedded"), load_sae(Path(args.demo_sae))
+        tokens = corpus_tokens(model.tokenizer, 64, 512, "test")
+        features = None
+    else:
+        model, sae, _, tokens = gpt2_shape(args.gpt2_layers)
+        features = range(args.n_features)
+    loaded = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        panels = [p for p in ALL_PANELS if p != "circuit"] if args.no_circuit else None
+        files = build_atlas(model, sae, tokens, Path(tmp) / "site", features=features, panels=panels)
+        size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
+    seconds = time.perf_counter() - start
+    print(
+        json.dumps(
+            {
+                "features": files.n_features,
+                "seconds": seconds,
+                "atlas_seconds": seconds - loaded,
+                "cpu_seconds": time.process_time() - cpu_start,
+                "load_seconds": loaded,
+                "stages": stages,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "site_mb": size / 1e6,
+                "load_average": os.getloadavg()[0],
+                "peaks": peaks,
+            }
+        )
+    )
+
+
+def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        config,
+        "--threads",
+        str(args.threads),
+        "--gpt2-layers",
+        str(args.gpt2_layers),
+        "--n-features",
+        str(n_features),
+        "--demo-sae",
+        str(args.demo_sae or ""),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode:
+        raise SystemExit(f"atlas of {config} failed:\n{done.stderr[-3000:]}")
+    print(
+        f"{config}: {done.stdout.strip().splitlines()[-1]}", file=sys.stderr
+    )  # kept if main fails
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--demo-sae", default=None, help="a saved 1024-feature demo SAE (default: train one)"
+    )
+    parser.add_argument("--gpt2-layers", type=int, default=2)
+    parser.add_argument(
+        "--no-circuit", action="store_true", help="leave the circuit panel out (child runs only)"
+    )
+    parser.add_argument("--child", choices=("demo", "gpt2"), help=argparse.SUPPRESS)
+    parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    print(
+        f"atlas benchmark: CPU, {args.threads} thread(s), load average before "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; the machine is shared)"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.demo_sae:
+            began = time.perf_counter()
+            args.demo_sae = str(train_demo_sae(Path(tmp) / "demo"))
+            print(f"trained the demo-size SAE in {time.perf_counter() - began:.0f} s")
+        runs = {
+            "(a) demo SAE": run_child(args, "demo"),
+            "(b) gpt2 shape": run_child(args, "gpt2", 2000),
+        }
+    print(f"{'':<28}" + "".join(f"{name:>22}" for name in runs))
+    rows = [
+        ("features", "features", "{:.0f}"),
+        ("wall s (all)", "seconds", "{:.1f}"),
+        ("  model/SAE load s", "load_seconds", "{:.1f}"),
+        ("CPU s (all)", "cpu_seconds", "{:.1f}"),
+        ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+        ("site MB", "site_mb", "{:.0f}"),
+        ("load avg (1 min, at end)", "load_average", "{:.1f}"),
+    ]
+    for label, key, fmt in rows:
+        print(f"{label:<28}" + "".join(f"{fmt.format(run[key]):>22}" for run in runs.values()))
+    print(
+        "where the atlas's time goes (wall s per stage; the rest: reading the model and SAE, "
+        "publishing, Python)"
+    )
+    for label, *_ in STAGES:
+        print(f"  {label:<26}" + "".join(f"{run['stages'][label]:>22.1f}" for run in runs.values()))
+    demo, gpt2 = runs.values()
+    per_s = demo["features"] / demo["atlas_seconds"]
+    print(
+        "(b) peak RSS after each shard (features written: MB): "
+        + ", ".join(f"{n}: {mb:.0f}" for n, mb in gpt2["peaks"])
+    )
+    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= 1000)
+    n_end, mb_end = gpt2["peaks"][-1]
+    growth = (mb_end - mb_mid) / ((n_end - n_mid) / 1000)
+    print(
+        f"(a): {demo['features']} live features in {demo['atlas_seconds']:.1f} s after loading "
+        f"= {per_s:.2f} features/s ({demo['features'] / demo['cpu_seconds']:.1f} per CPU second); "
+        f"(b): peak RSS {mb_mid:.0f} MB at {n_mid} features, {mb_end:.0f} MB at {n_end}"
+    )
+    print(
+        f"atlas_features_per_s={per_s:.2f} atlas_peak_rss_mb={demo['peak_rss_mb']:.0f} "
+        f"atlas_rss_growth_mb_per_1k={growth:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
