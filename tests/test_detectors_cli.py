@@ -37,13 +37,15 @@ def test_built_in_detectors_are_plugins_of_kind_detector():
 def test_detect_writes_families_and_figures_for_every_feature(tmp_path, monkeypatch, capsys, model_with_tokenizer, saved_sae):
     monkeypatch.setattr(detect, "load_model", lambda name: model_with_tokenizer)
     out = tmp_path / "out"
+    assert "code_region" not in detect.DEFAULT_DETECTORS.split(",")  # opt-in: see detect.py
+    names = [*detect.DEFAULT_DETECTORS.split(","), "code_region"]
     code = main(
         ["detect", "--sae", str(saved_sae), "--out", str(out), "--eval-sequences", "2",
-         "--context-size", "32", "--regex", "has_e=.*e", "--n-prompts", "2", "--no-png"]
+         "--context-size", "32", "--regex", "has_e=.*e", "--n-prompts", "2", "--no-png",
+         "--detectors", ",".join(names)]
     )
     assert code == 0
     rows = load_family_rows(out)
-    names = detect.DEFAULT_DETECTORS.split(",")
     assert sorted({(row.detector, row.feature) for row in rows}) == sorted(
         (name, f) for name in names for f in range(16)
     )
