@@ -181,19 +181,22 @@ def test_generation_streams_one_shard_at_a_time(parts, tmp_path, monkeypatch):
     from sae_lens_attn.dashboard import sae_vis
 
     calls = []
+    copies = set()
     original = sae_vis.run_sae_vis
 
-    def recording(model, sae, layout, tokens, features, config):
+    def recording(model, sae, layout, tokens, features, config, dense):
         staging = staging_folder(tmp_path / "site")
         calls.append(
             (list(features), sorted(p.name for p in (staging / "data").glob("rows-*.json")))
         )
-        return original(model, sae, layout, tokens, features, config)
+        copies.add(id(dense))  # one dashboard copy of the SAE for the whole run
+        return original(model, sae, layout, tokens, features, config, dense=dense)
 
     monkeypatch.setattr(sae_vis, "run_sae_vis", recording)
     build(parts, tmp_path / "site", panels=["families"])
     assert [max(f) // 4 == min(f) // 4 and len(f) <= 4 for f, _ in calls] == [True] * len(calls)
     assert [len(done) for _, done in calls] == list(range(len(calls)))
+    assert len(calls) > 1 and len(copies) == 1
 
 
 def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatch):

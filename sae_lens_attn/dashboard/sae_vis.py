@@ -164,16 +164,19 @@ def run_sae_vis(
     config: DashboardConfig,
     vis_layout: SaeVisLayoutConfig | None = None,
     ignore_tokens: set[int] | None = None,
+    dense: SAE | None = None,
 ) -> SaeVisData:
     """sae_dashboard's `SaeVisRunner` on a dense full-width copy of `sae`; `sae` itself
     is left untouched. The returned data's `encoder` is that copy (decoder norms not
     folded: its activations are those of `sae`). `vis_layout`: sae_dashboard's layout
     (default `sae_vis_layout(config)`); `ignore_tokens`: token ids never picked as
-    examples (sae_dashboard's `ignore_tokens`, default none)."""
+    examples (sae_dashboard's `ignore_tokens`, default none); `dense`: a
+    `dashboard_copy(sae, layout)` made once by a caller that runs many feature batches
+    (default: a new copy for this call)."""
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 
-    dense = dashboard_copy(sae, layout)
+    dense = dense if dense is not None else dashboard_copy(sae, layout)
     vis_config = SaeVisConfig(
         hook_point=layout.hook_name,
         features=features,

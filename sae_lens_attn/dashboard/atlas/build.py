@@ -107,6 +107,7 @@ def build_atlas(
 
     from sae_lens_attn.dashboard.panels import DashboardContext
     from sae_lens_attn.dashboard.render import load_panels
+    from sae_lens_attn.dashboard.sae_vis import dashboard_copy
     from sae_lens_attn.models.token_display import token_display_fn
     from sae_lens_attn.runtime import release_freed_memory
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -153,6 +154,9 @@ def build_atlas(
     bar = tqdm(total=len(live), desc="atlas", unit="feature", disable=not progress, smoothing=0.1)
     data_dir = staging / DATA_DIR
     data_dir.mkdir(exist_ok=True)
+    # one dense copy for sae_dashboard for the whole run: a new one per shard left the heap
+    # fragmented, and the peak grew with the number of shards
+    dense = dashboard_copy(sae, layout)
     for shard, shard_features in shards.items():
         if not (data_dir / rows_name(shard)).is_file() or not (staging / FEATURE_NAME).is_file():
             _write_shard(
@@ -164,6 +168,7 @@ def build_atlas(
                 by_feature,
                 neighbours,
                 config,
+                dense,
             )
             release_freed_memory()
         bar.update(len(shard_features))
@@ -329,15 +334,17 @@ def _write_shard(
     by_feature: dict[int, list[FamilyRow]],
     neighbours: dict[int, tuple[int | None, int | None]],
     config: AtlasConfig,
+    dense: SAE,
 ) -> None:
-    """Compute and write one shard: its data script, then its index rows."""
+    """Compute and write one shard: its data script, then its index rows. `dense`: the
+    run's `dashboard_copy` of the SAE, which sae_dashboard reads."""
     from sae_lens_attn.dashboard.data import feature_reports
     from sae_lens_attn.dashboard.page import feature_section, sae_dashboard_js_data
     from sae_lens_attn.dashboard.render import render_panel
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
 
     model, sae, layout, tokens = context.model, context.sae, context.layout, context.tokens
-    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config.dashboard)
+    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config.dashboard, dense=dense)
     families = [row for f in features for row in by_feature.get(f, ())]
     reports = feature_reports(
         model,
