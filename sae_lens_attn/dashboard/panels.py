@@ -127,6 +127,31 @@ class DashboardContext:
     detectors_ran: bool = False
     config: DashboardConfig = field(default_factory=lambda: _default_config())
 
+    @classmethod
+    def for_model(
+        cls,
+        model: HookedTransformer,
+        sae: SAE,
+        layout: HeadLayout,
+        tokens: torch.Tensor,
+        detectors_ran: bool,
+        config: DashboardConfig,
+    ) -> DashboardContext:
+        """The context a page of `model`'s SAE gets: tokens shown through the model's
+        tokenizer (`token_display_fn`), heads labelled by the layout."""
+        from sae_lens_attn.models.token_display import token_display_fn
+
+        return cls(
+            model=model,
+            sae=sae,
+            layout=layout,
+            tokens=tokens,
+            decode=token_display_fn(model.tokenizer),
+            head_labels=layout.head_labels,
+            detectors_ran=detectors_ran,
+            config=config,
+        )
+
 
 def _default_config() -> DashboardConfig:
     from sae_lens_attn.dashboard.config import DashboardConfig

@@ -15,7 +15,6 @@ from sae_lens_attn._atomic import atomic_write_bytes
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, esc
 from sae_lens_attn.errors import InvalidInputError
-from sae_lens_attn.models.token_display import token_display_fn
 
 if TYPE_CHECKING:
     import torch
@@ -138,16 +137,7 @@ def render_dashboard(
         config.logit_lens_tokens, families,
     )
     steps.update(1)
-    context = DashboardContext(
-        model=model,
-        sae=sae,
-        layout=layout,
-        tokens=tokens,
-        decode=token_display_fn(model.tokenizer),
-        head_labels=layout.head_labels,
-        detectors_ran=families is not None,
-        config=config,
-    )
+    context = DashboardContext.for_model(model, sae, layout, tokens, families is not None, config)
     panel_objects = load_panels(panels)
     for panel in panel_objects:
         panel.prepare(context, reports)

@@ -108,7 +108,6 @@ def build_atlas(
     from sae_lens_attn.dashboard.panels import DashboardContext
     from sae_lens_attn.dashboard.render import load_panels
     from sae_lens_attn.dashboard.sae_vis import dashboard_copy
-    from sae_lens_attn.models.token_display import token_display_fn
     from sae_lens_attn.runtime import release_freed_memory
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.model_inputs import check_token_rows
@@ -134,16 +133,7 @@ def build_atlas(
     for row in rows or ():
         by_feature[row.feature].append(row)
     write_static_files(staging)
-    context = DashboardContext(
-        model=model,
-        sae=sae,
-        layout=layout,
-        tokens=tokens,
-        decode=token_display_fn(model.tokenizer),
-        head_labels=layout.head_labels,
-        detectors_ran=rows is not None,
-        config=config.dashboard,
-    )
+    context = DashboardContext.for_model(model, sae, layout, tokens, rows is not None, config.dashboard)
     shards: dict[int, list[int]] = defaultdict(list)
     for feature in live:
         shards[feature // config.shard_size].append(feature)
