@@ -19,6 +19,8 @@ shown: the machine may be shared, and the load average is printed beside each ru
     python benchmarks/atlas.py [--threads 2] [--demo-sae PATH] [--gpt2-layers 2]
 
 Last line: `atlas_features_per_s=<a> atlas_peak_rss_mb=<a> atlas_rss_growth_mb_per_1k=<b>`.
+`--smoke`: (a) trained on 8192 tokens, its first 16 features on 16 prompts; (b) one layer,
+256 features on 8 prompts (growth from the shard reaching 128 features).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bench import machine_summary, parse_with_smoke
+
+LAST_LINE_KEYS = ("atlas_features_per_s", "atlas_peak_rss_mb", "atlas_rss_growth_mb_per_1k")
 D_SAE, D_VOCAB = 24576, 50257
 ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
 # (label, module, attribute) of the stages timed: each is wrapped with a timer in the child
@@ -73,7 +78,7 @@ def time_stages() -> dict[str, float]:
     return seconds
 
 
-def train_demo_sae(folder: Path) -> Path:
+def train_demo_sae(folder: Path, training_tokens: int) -> Path:
     from sae_lens_attn.models import load_model
     from sae_lens_attn.models.dataset import corpus_tokens
     from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
@@ -84,12 +89,12 @@ def train_demo_sae(folder: Path) -> Path:
         1, architecture="standard", sae_kwargs={"l1_coefficient": 2.0}, name="standard"
     )
     train_hook_z_saes(
-        model, [spec], dataset=tokens, training_tokens=200_000, lr=1e-3, seed=0, output_path=folder
+        model, [spec], dataset=tokens, training_tokens=training_tokens, lr=1e-3, seed=0, output_path=folder
     )
     return folder / "standard"
 
 
-def gpt2_shape(n_layers: int):
+def gpt2_shape(n_layers: int, n_prompts: int):
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -114,7 +119,7 @@ def gpt2_shape(n_layers: int):
     layout = HeadLayout.for_model(model, 0)
     sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=D_SAE)).requires_grad_(False)
     layout.store_in(sae)
-    tokens = torch.randint(0, D_VOCAB, (128, 64), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, D_VOCAB, (n_prompts, 64), generator=torch.Generator().manual_seed(0))
     return model, sae, layout, tokens
 
 
@@ -145,10 +150,10 @@ def child(args: argparse.Namespace) -> None:
         from sae_lens_attn.models.dataset import corpus_tokens
 
         model, sae = load_model("embedded"), load_sae(Path(args.demo_sae))
-        tokens = corpus_tokens(model.tokenizer, 64, 512, "test")
-        features = None
+        tokens = corpus_tokens(model.tokenizer, 64, args.prompts, "test")
+        features = range(args.n_features) if args.n_features else None
     else:
-        model, sae, _, tokens = gpt2_shape(args.gpt2_layers)
+        model, sae, _, tokens = gpt2_shape(args.gpt2_layers, args.prompts)
         features = range(args.n_features)
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +179,7 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dict:
+def run_child(args: argparse.Namespace, config: str, n_features: int, prompts: int) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -186,6 +191,8 @@ def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dic
         str(args.gpt2_layers),
         "--n-features",
         str(n_features),
+        "--prompts",
+        str(prompts),
         "--demo-sae",
         str(args.demo_sae or ""),
     ]
@@ -211,22 +218,30 @@ def main() -> None:
     )
     parser.add_argument("--child", choices=("demo", "gpt2"), help=argparse.SUPPRESS)
     parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--prompts", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--demo-tokens", type=int, default=200_000, help="(a)'s training tokens")
+    parser.add_argument("--demo-features", type=int, default=0, help="(a): the first N features (0: all)")
+    parser.add_argument("--demo-prompts", type=int, default=512, help="(a)'s prompts")
+    parser.add_argument("--gpt2-features", type=int, default=2000, help="(b)'s features")
+    parser.add_argument("--gpt2-prompts", type=int, default=128, help="(b)'s prompts")
+    args = parse_with_smoke(parser, demo_tokens=8192, demo_features=16, demo_prompts=16, gpt2_layers=1,
+                            gpt2_features=256, gpt2_prompts=8)
     if args.child:
         child(args)
         return
     print(
         f"atlas benchmark: CPU, {args.threads} thread(s), load average before "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; the machine is shared)"
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; the machine is shared); "
+        f"{machine_summary()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.demo_sae:
             began = time.perf_counter()
-            args.demo_sae = str(train_demo_sae(Path(tmp) / "demo"))
+            args.demo_sae = str(train_demo_sae(Path(tmp) / "demo", args.demo_tokens))
             print(f"trained the demo-size SAE in {time.perf_counter() - began:.0f} s")
         runs = {
-            "(a) demo SAE": run_child(args, "demo"),
-            "(b) gpt2 shape": run_child(args, "gpt2", 2000),
+            "(a) demo SAE": run_child(args, "demo", args.demo_features, args.demo_prompts),
+            "(b) gpt2 shape": run_child(args, "gpt2", args.gpt2_features, args.gpt2_prompts),
         }
     print(f"{'':<28}" + "".join(f"{name:>22}" for name in runs))
     rows = [
@@ -252,7 +267,7 @@ def main() -> None:
         "(b) peak RSS after each shard (features written: MB): "
         + ", ".join(f"{n}: {mb:.0f}" for n, mb in gpt2["peaks"])
     )
-    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= 1000)
+    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= args.gpt2_features / 2)
     n_end, mb_end = gpt2["peaks"][-1]
     growth = (mb_end - mb_mid) / ((n_end - n_mid) / 1000)
     print(

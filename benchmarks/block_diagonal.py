@@ -26,7 +26,8 @@ tensors with transparent huge pages: fewer page faults on `[batch, d_sae]` tenso
 
 The header states device, threads, load average before and after; the last line is
 `train_step_speedup=<relu> topk_train_step_speedup=<topk vs SAELens's faster mode>` for
-the first shape measured (gpt2-small by default).
+the first shape measured (gpt2-small by default). `--smoke`: gelu-2l's shape, batch 64,
+one round of one step each, SAELens's dense topk only.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from _bench import (
     child_environment,
     environment_summary,
     load_average,
+    parse_with_smoke,
     require_device,
 )
 
@@ -54,6 +56,7 @@ EXPANSION = 32
 RELU = ("standard", "block_diagonal")
 TOPK = ("topk", "topk_sparse", "block_diagonal_topk")
 ARCHITECTURES = RELU + TOPK
+LAST_LINE_KEYS = ("train_step_speedup", "topk_train_step_speedup")
 
 
 def _rss_kib() -> int:
@@ -216,7 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=SHAPES, help=argparse.SUPPRESS)
     parser.add_argument("--architecture", choices=ARCHITECTURES, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, batch=64, rounds=1, repeats=1, warmup=1, shapes=["gelu-2l"],
+                            saes=["standard", "block_diagonal", "topk", "block_diagonal_topk"])
     unknown = [shape for shape in args.shapes if shape not in SHAPES]
     if unknown:
         parser.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
