@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = ("atlas_features_per_s", "atlas_peak_rss_mb", "atlas_rss_growth_mb_per_1k")
 D_SAE, D_VOCAB = 24576, 50257
@@ -197,7 +196,7 @@ def run_child(args: argparse.Namespace, config: str, n_features: int, prompts: i
         str(args.demo_sae or ""),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    done = run_python(command, env)
     if done.returncode:
         raise SystemExit(f"atlas of {config} failed:\n{done.stderr[-3000:]}")
     print(

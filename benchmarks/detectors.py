@@ -34,11 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = ("detectors_s",)
 D_SAE, D_VOCAB = 24576, 50257
@@ -232,7 +231,7 @@ def run_taxonomy(args: argparse.Namespace) -> None:
             "--n-prompts",
             str(args.n_prompts),
         ] + (["--demo-sae", args.demo_sae] if args.demo_sae else [])
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = run_python(command)
         if done.returncode:
             raise SystemExit(f"taxonomy on {config} failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -324,7 +323,7 @@ def main() -> None:
             "--n-features",
             str(args.n_features),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = run_python(command)
         if done.returncode:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 N_PROMPTS, SEQ, N_HEADS, D_HEAD, D_SAE, N_FEATURES, LAYER = 16, 128, 12, 64, 24576, 1000, 5
 METHODS = ("sae_dashboard", "ours_by_source", "ours_by_source_and_head")
@@ -153,13 +152,7 @@ def spawn(method: str, args: argparse.Namespace, check: str | None) -> dict:
     ]
     if check:
         command += ["--check", check]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DFA_BENCH_OUT": args.reference},
-        check=False,
-    )
+    done = run_python(command, {**os.environ, "DFA_BENCH_OUT": args.reference})
     if done.returncode:
         raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

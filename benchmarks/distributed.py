@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = ("data_bytes_per_step", "heads_gradient_bytes_per_step", "heads_bytes_per_step")
 PER_STEP = ("gradients", "gradient norm", "statistics")
@@ -120,7 +119,7 @@ def launch(args: argparse.Namespace, parallel: str | None) -> dict[str, object]:
             parallel,
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = run_python(command, env)
     if result.returncode != 0:
         raise SystemExit(f"error: {parallel or 'single'} run failed:\n{result.stderr[-3000:]}")
     line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith("RESULT "))

@@ -17,11 +17,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 BLOCK_DIAGONAL_BENCHMARK = Path(__file__).with_name("block_diagonal.py")
 ARCHITECTURES = ("standard", "block_diagonal")
@@ -52,7 +51,7 @@ def train_step_ms(architecture: str, huge_pages: bool, args: argparse.Namespace)
         "--warmup",
         str(args.warmup),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = run_python(command, env)
     if result.returncode != 0:
         raise RuntimeError(f"{architecture} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])["train_ms"]

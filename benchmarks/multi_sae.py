@@ -41,13 +41,12 @@ import argparse
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 from sae_lens_attn.commands._values import comma_list, non_negative_int, positive_int
 
@@ -109,7 +108,7 @@ def command_level(args: argparse.Namespace) -> dict[str, Callable[[], None]]:
                 "--out",
                 out,
             ]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            done = run_python(command)
             if done.returncode:
                 raise SystemExit(f"error: {' '.join(command)} failed:\n{done.stderr[-3000:]}")
 

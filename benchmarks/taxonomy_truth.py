@@ -33,14 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = (
     "classified_share",
@@ -54,9 +53,7 @@ TAXONOMY = "taxonomy"
 
 def cli(*arguments: str) -> None:
     """Run `sae-lens-attn ...` in a fresh process; stop with its output on failure."""
-    done = subprocess.run(
-        [sys.executable, "-m", "sae_lens_attn", *arguments], capture_output=True, text=True
-    )
+    done = run_python([sys.executable, "-m", "sae_lens_attn", *arguments])
     if done.returncode:
         raise SystemExit(
             f"sae-lens-attn {' '.join(arguments)} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"

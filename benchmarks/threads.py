@@ -24,11 +24,10 @@ import argparse
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = ("loaded_speedup", "quiet_ratio")
 D_SAE = 1024
@@ -105,7 +104,7 @@ def run_setting(threads: str, policy: str, iterations: int) -> dict[str, float]:
     if policy != "unset":
         env["OMP_WAIT_POLICY"] = policy
     command = [sys.executable, __file__, "--child", "--iterations", str(iterations)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = run_python(command, env)
     if result.returncode != 0:
         raise RuntimeError(f"setting {threads}:{policy} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -4,19 +4,21 @@ line is `key=value` pairs with exactly the keys the script declares in `LAST_LIN
 
 The scripts are found by globbing `benchmarks/*.py` (helpers start with `_`), so a new
 script is covered the day it lands, and one without `--smoke` or `LAST_LINE_KEYS` fails
-here. The smoke runs start together in a small pool of subprocesses (each one imports
-torch and sae_lens, seconds of CPU before any work) and every test reads its own result.
+here. One subprocess (`benchmarks/_smoke.py`, with this environment) imports torch and
+sae_lens once and runs every selected script in a fork of itself, two at a time: a fresh
+interpreter per script would spend seconds of CPU on imports alone, before any work.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ BENCHMARKS = sorted(
     path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
 )
 KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
-TIMEOUT_S = 300  # per script, on a loaded 2-core machine; a smoke run takes seconds of CPU
+TIMEOUT_S = 1200  # all smoke runs together, on a loaded 2-core machine
 
 
 def declared_keys(path: Path) -> tuple[tuple[str, ...] | None, str]:
@@ -48,36 +50,40 @@ def smoke_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_smoke(path: Path) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            [sys.executable, str(path), "--smoke"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=smoke_environment(),
-            timeout=TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as error:
-        return subprocess.CompletedProcess(
-            error.cmd,
-            -1,
-            str(error.stdout or ""),
-            f"timed out after {TIMEOUT_S} s\n{error.stderr or ''}",
-        )
-
-
 @pytest.fixture(scope="module")
-def smoke_runs(request: pytest.FixtureRequest):
-    """`{script name: Future[CompletedProcess]}` of the scripts this session selected, all
-    queued at once and run two at a time."""
+def smoke_runs(request: pytest.FixtureRequest) -> dict[str, dict]:
+    """`{script name: {"returncode", "stdout", "stderr", "cpu_s"}}` of the scripts this
+    session selected, from one `benchmarks/_smoke.py` run."""
     selected = [
-        item.callspec.params["path"]
+        str(item.callspec.params["path"])
         for item in request.session.items
         if item.originalname == "test_the_benchmark_runs_in_smoke_mode"
     ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {path.name: pool.submit(run_smoke, path) for path in selected}
+    if not selected:
+        return {}
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "_smoke.py"), "--jobs", "2", *selected],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=smoke_environment(),
+        start_new_session=True,  # its forks are killed with it on a timeout
+    )
+    try:
+        stdout, stderr = runner.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(runner.pid, signal.SIGKILL)
+        stdout, stderr = runner.communicate()
+        stderr = f"the smoke runs took more than {TIMEOUT_S} s\n{stderr}"
+    results = {}
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        result = json.loads(line)
+        results[Path(result.pop("script")).name] = result
+    missing = {"returncode": None, "stdout": "", "stderr": stderr[-3000:], "cpu_s": 0.0}
+    return {Path(path).name: results.get(Path(path).name, missing) for path in selected}
 
 
 def test_the_benchmarks_are_found():
@@ -87,16 +93,16 @@ def test_the_benchmarks_are_found():
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=[path.stem for path in BENCHMARKS])
-def test_the_benchmark_runs_in_smoke_mode(path: Path, smoke_runs: dict[str, Future]):
+def test_the_benchmark_runs_in_smoke_mode(path: Path, smoke_runs: dict[str, dict]):
     keys, docstring = declared_keys(path)
     assert keys, f"{path.name}: declare LAST_LINE_KEYS = (...), the keys of its last key=value line"
     undocumented = [key for key in keys if key not in docstring]
     assert not undocumented, f"{path.name}: its docstring does not name {undocumented}"
 
-    done = smoke_runs[path.name].result()
-    output = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    assert done.returncode == 0, f"{path.name} --smoke exited {done.returncode}:\n{output}"
-    lines = done.stdout.strip().splitlines()
+    done = smoke_runs[path.name]
+    output = f"{done['stdout'][-3000:]}\n{done['stderr'][-3000:]}"
+    assert done["returncode"] == 0, f"{path.name} --smoke exited {done['returncode']}:\n{output}"
+    lines = done["stdout"].strip().splitlines()
     assert lines, f"{path.name} --smoke printed nothing:\n{output}"
     pairs = [KEY_VALUE.match(item) for item in lines[-1].split()]
     assert all(pairs), f"{path.name}: the last line is not key=value pairs: {lines[-1]!r}"
