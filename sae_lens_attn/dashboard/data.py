@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
+from sae_lens_attn.attribution.dfa import dfa_hook_names, site_dfa
 from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.attribution.logit_lens import (
     feature_output_directions,
@@ -110,29 +110,31 @@ def example_dfa(
     for chunk, rows, pattern, v in _attention_chunks(
         model, layout.layer, tokens, prompts, batch_size, activations
     ):
-        pattern, v = pattern.to(device), v.to(device)
-        jobs: dict[int, list[tuple[int, int]]] = defaultdict(list)  # feature -> (row, i)
-        for prompt in chunk:
-            for feature, i in by_prompt[prompt]:
-                jobs[feature].append((rows[prompt], i))
-        for feature, items in jobs.items():
-            local = torch.tensor([row for row, _ in items], device=device)
-            dest = torch.tensor([sites[feature][i][1] for _, i in items], device=device)
-            rows_at_dest = pattern[local, :, dest].unsqueeze(2)  # [E, H, 1, k]: dest rows only
-            dfa = feature_dfa(
-                sae, rows_at_dest, v[local], [feature], torch.zeros_like(dest), layout
+        items = [(feature, i) for prompt in chunk for feature, i in by_prompt[prompt]]
+        where = [sites[feature][i] for feature, i in items]
+        if not items:
+            continue
+        dfa = site_dfa(
+            sae,
+            pattern.to(device),
+            v.to(device),
+            torch.tensor([rows[prompt] for prompt, _, _ in where]),
+            torch.tensor([feature for feature, _ in items]),
+            torch.tensor([position for _, position, _ in where]),
+            layout,
+        )
+        terms, biases = dfa.by_source_head.cpu(), dfa.bias.tolist()
+        for e, ((feature, i), (prompt, position, activation)) in enumerate(
+            zip(items, where, strict=True)
+        ):
+            results[feature][i] = TopExample(
+                prompt_index=prompt,
+                dest=position,
+                activation=activation,
+                token_ids=tuple(tokens[prompt, : position + 1].tolist()),
+                dfa=terms[e, : position + 1],
+                dfa_bias=biases[e],
             )
-            bias = float(dfa.b_dec_term[0] + dfa.b_enc_term[0])
-            for e, (_, i) in enumerate(items):
-                prompt, position, activation = sites[feature][i]
-                results[feature][i] = TopExample(
-                    prompt_index=prompt,
-                    dest=position,
-                    activation=activation,
-                    token_ids=tuple(tokens[prompt, : position + 1].tolist()),
-                    dfa=dfa.by_source_head[e, 0, : position + 1].cpu(),
-                    dfa_bias=bias,
-                )
     return {feature: [ex for ex in found if ex is not None] for feature, found in results.items()}
 
 
