@@ -173,7 +173,10 @@ def activation_sites(sae_vis_data: SaeVisData) -> dict[int, list[ExampleSite]]:
 
 
 def _rounded(values: Sequence[float]) -> list[float]:
-    return [round(float(v), 3) for v in values]
+    """To 3 decimals with NumPy, as the converter rounds its own values (`round_list`)."""
+    import numpy as np
+
+    return np.round(np.asarray(values, dtype=np.float64), 3).tolist()
 
 
 def add_dfa_fields(activation: dict[str, Any], dfa: torch.Tensor, bias: float) -> None:
