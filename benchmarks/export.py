@@ -88,7 +88,9 @@ def export_before(model, sae, layout, tokens, features, settings, out: Path) -> 
     try:
         for number, start in enumerate(range(0, len(features), settings.batch_size)):
             batch = features[start : start + settings.batch_size]
-            documents.append(batch_document(model, sae, layout, tokens, batch, settings, None, vocab))
+            documents.append(
+                batch_document(model, sae, layout, tokens, batch, settings, None, vocab)
+            )
             (out / f"batch-{number}.json").write_text(json.dumps(documents[-1], allow_nan=False))
     finally:
         sae_vis.run_sae_vis = one_pass
