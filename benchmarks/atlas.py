@@ -42,6 +42,7 @@ ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
 STAGES = (
     ("liveness pass", "sae_lens_attn.dashboard.atlas.build", "live_features"),
     ("detectors", "sae_lens_attn.dashboard.atlas.build", "run_detectors"),
+    ("one model pass (hook_z)", "sae_lens_attn.dashboard.one_pass", "PromptActivations.collect"),
     ("sae_dashboard runner", "sae_lens_attn.dashboard.sae_vis", "run_sae_vis"),
     ("DFA, heads, logit lens", "sae_lens_attn.dashboard.data", "feature_reports"),
     ("circuit panel prepare", "sae_lens_attn.dashboard.circuit_panel", "CircuitPanel.prepare"),
@@ -157,7 +158,9 @@ def child(args: argparse.Namespace) -> None:
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         panels = [p for p in ALL_PANELS if p != "circuit"] if args.no_circuit else None
-        files = build_atlas(model, sae, tokens, Path(tmp) / "site", features=features, panels=panels)
+        files = build_atlas(
+            model, sae, tokens, Path(tmp) / "site", features=features, panels=panels
+        )
         size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
     print(
