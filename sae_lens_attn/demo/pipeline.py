@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from sae_lens_attn.demo.activity import feature_activity
+from sae_lens_attn.detectors.activity import feature_activity
 from sae_lens_attn.demo.result import DemoResult, SAEResult
 from sae_lens_attn.demo.settings import ARCHITECTURES, DemoSettings
 

@@ -213,7 +213,7 @@ def live_features(
     """The `selected` features, ascending, with a finite nonzero decoder row that fire on
     `tokens` at least once."""
     from sae_lens_attn.attribution.logit_lens import dead_rows
-    from sae_lens_attn.demo.activity import feature_activity
+    from sae_lens_attn.detectors.activity import feature_activity
 
     fires = feature_activity(model, sae, layout, tokens).live
     dead = dead_rows(sae.W_dec.detach().cpu())
