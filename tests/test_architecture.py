@@ -91,11 +91,15 @@ def test_the_picture_has_an_arrow_per_room_edge():
         assert f"<title>{source} imports {target}</title>" in svg
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "sae_lens_attn").rglob("*/__init__.py")))
+@pytest.mark.parametrize(
+    "folder", sorted(p.parent.name for p in (ROOT / "sae_lens_attn").rglob("*/__init__.py"))
+)
 def test_every_room_says_what_it_is_for(folder):
     init = next((ROOT / "sae_lens_attn").rglob(f"{folder}/__init__.py"))
     docstring = ast.get_docstring(ast.parse(init.read_text()))
-    assert docstring and len(docstring.split()) >= 8, f"{init} needs a docstring saying what it is for"
+    assert docstring and len(docstring.split()) >= 8, (
+        f"{init} needs a docstring saying what it is for"
+    )
 
 
 def test_sources_holds_only_activation_sources():

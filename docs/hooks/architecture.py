@@ -179,7 +179,9 @@ def diagram_svg(edges: list[tuple[str, str]]) -> str:
         (x1, y1), (x2, y2) = centres[source], centres[target]
         same_row = abs(y1 - y2) < 1
         if same_row:
-            x1, x2 = (x1 + box_w / 2, x2 - box_w / 2) if x2 > x1 else (x1 - box_w / 2, x2 + box_w / 2)
+            x1, x2 = (
+                (x1 + box_w / 2, x2 - box_w / 2) if x2 > x1 else (x1 - box_w / 2, x2 + box_w / 2)
+            )
         else:
             # leave and enter each box towards the other end, so arrows fan out
             spread = max(-0.45 * box_w, min(0.45 * box_w, (x2 - x1) * 0.4))

@@ -180,7 +180,7 @@ def load_sae(
     Either way the weights are checked once loaded (`sources.weight_check`): NaN/inf is a
     `NonFiniteWeightsError` unless `allow_nonfinite` (`--allow-nonfinite`), no usable
     feature a `NoLiveFeaturesError` (exit 1)."""
-    from sae_lens_attn.sources.pretrained_sae import check_hook_z, load_pretrained_sae
+    from sae_lens_attn.sources.pretrained_sae import load_pretrained_sae
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
     reference = sae_reference(path, option)
@@ -188,11 +188,9 @@ def load_sae(
         return load_pretrained_sae(
             reference, device=device, hook_z=hook_z, option=option, allow_nonfinite=allow_nonfinite
         )
-    sae = load_saved_sae(reference, device=device, allow_nonfinite=allow_nonfinite)
-    hook_name = sae.cfg.metadata.hook_name
-    if hook_z and (hook_name or not sae.cfg.metadata.get("head_layout")):
-        check_hook_z(hook_name, f"{option} {path}")
-    return sae
+    return load_saved_sae(
+        reference, device, allow_nonfinite, hook_z=hook_z, label=f"{option} {path}"
+    )
 
 
 def report_skipped(sae: SAE) -> tuple[int, ...]:
@@ -246,7 +244,7 @@ def check_sae_folders(*paths: str | Path, hook_z: bool = True, option: str = "--
     for path in paths:
         reference = sae_reference(path, option)
         if isinstance(reference, Path):
-            check_saved_sae(reference)
+            check_saved_sae(reference, hook_z, f"{option} {path}")
         else:
             check_pretrained_sae(reference, option, hook_z)
 
