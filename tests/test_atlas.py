@@ -181,22 +181,25 @@ def test_generation_streams_one_shard_at_a_time(parts, tmp_path, monkeypatch):
     from sae_lens_attn.dashboard import sae_vis
 
     calls = []
-    copies = set()
+    copies, passes = set(), set()
     original = sae_vis.run_sae_vis
 
-    def recording(model, sae, layout, tokens, features, config, dense):
+    def recording(model, sae, layout, tokens, features, config, dense, activations):
         staging = staging_folder(tmp_path / "site")
         calls.append(
             (list(features), sorted(p.name for p in (staging / "data").glob("rows-*.json")))
         )
         copies.add(id(dense))  # one dashboard copy of the SAE for the whole run
-        return original(model, sae, layout, tokens, features, config, dense=dense)
+        passes.add(id(activations))  # and one model pass over the prompts
+        return original(
+            model, sae, layout, tokens, features, config, dense=dense, activations=activations
+        )
 
     monkeypatch.setattr(sae_vis, "run_sae_vis", recording)
     build(parts, tmp_path / "site", panels=["families"])
     assert [max(f) // 4 == min(f) // 4 and len(f) <= 4 for f, _ in calls] == [True] * len(calls)
     assert [len(done) for _, done in calls] == list(range(len(calls)))
-    assert len(calls) > 1 and len(copies) == 1
+    assert len(calls) > 1 and len(copies) == 1 and len(passes) == 1
 
 
 def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatch):

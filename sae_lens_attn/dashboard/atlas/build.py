@@ -3,8 +3,9 @@
 Steps: which features are live (a nonzero, finite decoder row, and firing at least once
 on the prompts: `feature_activity`, one model pass); detector rows (the taxonomy class and
 families: run here, or given); then one shard per `shard_size` feature indices, each
-computed as the dashboard computes its features (sae_dashboard's runner on the shard's
-features in one call, our `feature_reports` and every panel, batched per shard) and
+computed as the dashboard computes its features (sae_dashboard's data for the shard's
+features from the run's one model pass over the prompts, `one_pass`; our
+`feature_reports` and every panel, batched per shard) and
 written at once, so memory holds one shard, not the atlas. A shard's index rows are
 written last; a shard with rows is done and is skipped by `--resume`. Finally the
 index data is written and the staging folder is published (`site.publish`).
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, FeatureReport
     from sae_lens_attn.detectors.results import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -105,6 +107,7 @@ def build_atlas(
     """
     from tqdm.auto import tqdm
 
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.dashboard.panels import DashboardContext
     from sae_lens_attn.dashboard.render import load_panels
     from sae_lens_attn.dashboard.sae_vis import dashboard_copy
@@ -133,7 +136,9 @@ def build_atlas(
     for row in rows or ():
         by_feature[row.feature].append(row)
     write_static_files(staging)
-    context = DashboardContext.for_model(model, sae, layout, tokens, rows is not None, config.dashboard)
+    context = DashboardContext.for_model(
+        model, sae, layout, tokens, rows is not None, config.dashboard
+    )
     shards: dict[int, list[int]] = defaultdict(list)
     for feature in live:
         shards[feature // config.shard_size].append(feature)
@@ -147,6 +152,10 @@ def build_atlas(
     # one dense copy for sae_dashboard for the whole run: a new one per shard left the heap
     # fragmented, and the peak grew with the number of shards
     dense = dashboard_copy(sae, layout)
+    # one model pass over the prompts for every shard's examples, histograms and DFA
+    activations = PromptActivations.collect(
+        model, layout.layer, tokens, config.dashboard.minibatch_size_tokens
+    )
     for shard, shard_features in shards.items():
         if not (data_dir / rows_name(shard)).is_file() or not (staging / FEATURE_NAME).is_file():
             _write_shard(
@@ -159,6 +168,7 @@ def build_atlas(
                 neighbours,
                 config,
                 dense,
+                activations,
             )
             release_freed_memory()
         bar.update(len(shard_features))
@@ -325,16 +335,20 @@ def _write_shard(
     neighbours: dict[int, tuple[int | None, int | None]],
     config: AtlasConfig,
     dense: SAE,
+    activations: PromptActivations,
 ) -> None:
     """Compute and write one shard: its data script, then its index rows. `dense`: the
-    run's `dashboard_copy` of the SAE, which sae_dashboard reads."""
+    run's `dashboard_copy` of the SAE, which sae_dashboard's data reads; `activations`:
+    the run's one model pass over the prompts."""
     from sae_lens_attn.dashboard.data import feature_reports
     from sae_lens_attn.dashboard.page import feature_section, sae_dashboard_js_data
     from sae_lens_attn.dashboard.render import render_panel
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
 
     model, sae, layout, tokens = context.model, context.sae, context.layout, context.tokens
-    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config.dashboard, dense=dense)
+    sae_vis_data = run_sae_vis(
+        model, sae, layout, tokens, features, config.dashboard, dense=dense, activations=activations
+    )
     families = [row for f in features for row in by_feature.get(f, ())]
     reports = feature_reports(
         model,
@@ -345,6 +359,7 @@ def _write_shard(
         config.dashboard.dfa_examples,
         config.dashboard.logit_lens_tokens,
         families if context.detectors_ran else None,
+        activations,
     )
     for panel in panels:
         panel.prepare(context, reports)
