@@ -4,6 +4,8 @@ tokens that look like markup."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import shutil
 import subprocess
@@ -103,6 +105,18 @@ def test_every_live_feature_is_a_row_and_dead_ones_are_left_out(site, parts):
     assert shards == [f"features-{k:05d}.js" for k in sorted({f // 4 for f in live})]
     assert json.loads((site.site / MARKER).read_text())["complete"] is True
     assert not staging_folder(site.site).exists()
+
+
+def test_a_shard_holds_each_feature_as_compressed_json(site):
+    text = (site.site / "data" / "features-00000.js").read_text()
+    assert text.startswith("slaAtlasShard(") and text.endswith(");\n")
+    shard = json.loads(text[len("slaAtlasShard(") : -3])
+    for feature, packed in shard.items():
+        raw = gzip.decompress(base64.b64decode(packed))
+        entry = json.loads(raw)
+        assert set(entry) == {"sae_vis", "panels", "prev", "next"}
+        assert f'data-feature-key="{feature}"' in entry["panels"]
+        assert len(packed) < len(raw) / 2  # the page's HTML and numbers compress well
 
 
 def test_index_opens_from_file_with_rows_plots_and_markup_as_text(site, chromium, tmp_path):

@@ -30,6 +30,7 @@ from sae_lens_attn.dashboard.atlas.pages import (
     FEATURE_NAME,
     INDEX_DATA,
     INDEX_NAME,
+    packed_json,
     rows_name,
     shard_name,
     write_data_script,
@@ -401,12 +402,14 @@ def _write_shard(
             box for panel in panels if (box := render_panel(panel, report, context)[0]) is not None
         ]
         previous, following = neighbours[report.feature]
-        entries[str(report.feature)] = {
-            "sae_vis": sae_vis_js[str(report.feature)],
-            "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
-            "prev": previous,
-            "next": following,
-        }
+        entries[str(report.feature)] = packed_json(
+            {
+                "sae_vis": sae_vis_js[str(report.feature)],
+                "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
+                "prev": previous,
+                "next": following,
+            }
+        )
         index_rows.append(
             index_row(report, context, stats.max[i], stats.frac_nonzero[i], config.top_tokens)
         )
