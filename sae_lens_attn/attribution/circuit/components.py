@@ -93,6 +93,11 @@ def raw_layer_input_components(
     `pos_embed`, `bias`. `cache` must have no batch dimension (`single_prompt_cache`)."""
     if cache.has_batch_dim:
         raise ValueError("expected a single-prompt cache; use single_prompt_cache(cache, batch)")
+    return _decomposition(cache, layer)
+
+
+def _decomposition(cache: ActivationCache, layer: int) -> tuple[torch.Tensor, list[str]]:
+    """`get_full_resid_decomposition` of a cache with or without a batch dimension."""
     cache_head_results(cache)
     stack, labels = cache.get_full_resid_decomposition(
         layer, expand_neurons=False, apply_ln=False, return_labels=True
@@ -140,8 +145,9 @@ def layer_input_components(
 ) -> LayerInputComponents:
     """Components of layer `layer`'s attention input (after ln1) for one prompt.
 
-    `cache`: a single-prompt cache (`single_prompt_cache`). `splits` refine components
-    (see `split.split_with_sae`).
+    `cache`: a single-prompt cache (`single_prompt_cache`), or a batched one without
+    `splits` (then `normalized` is `[n_components, batch, pos, d_model]`, one pass for all
+    prompts). `splits` refine components (see `split.split_with_sae`).
     """
     if model.cfg.positional_embedding_type == "shortformer":
         raise ValueError(
@@ -149,7 +155,11 @@ def layer_input_components(
             "TransformerLens's residual decomposition counts them in the residual stream; "
             "circuit attribution supports standard, rotary and alibi positions"
         )
-    stack, labels = raw_layer_input_components(cache, layer)
+    if cache.has_batch_dim and splits:
+        raise ValueError("upstream SAE splits need a single-prompt cache (single_prompt_cache)")
+    stack, labels = (_decomposition if cache.has_batch_dim else raw_layer_input_components)(
+        cache, layer
+    )
     if splits:
         stack, labels = replace_components(stack, labels, splits)
     normalized = cache.apply_ln_to_stack(stack, layer)
@@ -158,5 +168,6 @@ def layer_input_components(
     if isinstance(weight, torch.Tensor):
         normalized = normalized * weight
     bias = getattr(ln, "b", None)
-    ln_bias = bias.detach() if isinstance(bias, torch.Tensor) else torch.zeros_like(stack[0, 0])
+    zeros = stack.new_zeros(stack.shape[-1])
+    ln_bias = bias.detach() if isinstance(bias, torch.Tensor) else zeros
     return LayerInputComponents(layer, labels, normalized.detach(), ln_bias)

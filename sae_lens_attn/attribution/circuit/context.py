@@ -4,7 +4,7 @@ the value-side and query/key-side attributions share."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -99,16 +99,58 @@ def circuit_contexts(
     other SAEs encode every feature.
     """
     layout = layout or HeadLayout.from_sae(sae, model)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device), stop_at_layer=layout.layer + 1)
-    cache_head_results(cache)
+    cache = cache_to_attention(model, tokens.to(model.cfg.device), layout.layer)
+    components = layer_input_components(cache, model, layout.layer)
     z = cache[layout.hook_name].detach()
     columns = None if features is None else torch.as_tensor(list(features), dtype=torch.long)
     pre_acts, acts = _sae_activations(sae, z, layout, columns)
-    return [
-        _context(model, sae, layout, single_prompt_cache(cache, b), (), pre_acts[b], acts[b])
-        for b in range(tokens.shape[0])
-    ]
+    contexts = []
+    for b in range(tokens.shape[0]):
+        prompt_cache = single_prompt_cache(cache, b)
+        contexts.append(
+            CircuitContext(
+                model=model,
+                sae=sae,
+                layout=layout,
+                cache=prompt_cache,
+                components=replace(components, normalized=components.normalized[:, b]),
+                splits=(),
+                sae_in=layout.select(prompt_cache[layout.hook_name].detach()),
+                pre_acts=pre_acts[b],
+                acts=acts[b],
+            )
+        )
+    return contexts
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once what is needed is cached."""
+
+
+def cache_to_attention(
+    model: HookedTransformer, tokens: torch.Tensor, layer: int
+) -> ActivationCache:
+    """The activation cache of `tokens [batch, pos]` up to layer `layer`'s attention
+    (its pattern, scores and hook_z; nothing of its MLP or later), with head results.
+
+    TransformerLens's `stop_at_layer` would still run the layer's MLP; a hook after the
+    attention's hook_z ends the pass instead."""
+    from transformer_lens import ActivationCache
+
+    cache_dict, caching_hooks, _ = model.get_caching_hooks()
+
+    def stop(activation: torch.Tensor, hook: object) -> None:
+        raise _Stop
+
+    stopper = (f"blocks.{layer}.attn.hook_z", stop)
+    with torch.no_grad(), model.hooks(fwd_hooks=[*caching_hooks, stopper]):
+        try:
+            model(tokens, stop_at_layer=layer + 1)
+        except _Stop:
+            pass
+    cache = ActivationCache(cache_dict, model)
+    cache_head_results(cache)
+    return cache
 
 
 def _sae_activations(
