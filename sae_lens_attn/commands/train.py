@@ -1,6 +1,7 @@
 """`sae-lens-attn train`: train hook_z SAEs with SAELens's runners, one or many per model pass.
 
-`--layers`, `--architecture`, `--l1-coefficient` and `--k` take comma lists; their cross
+`--layers`, `--architecture`, `--l1-coefficient`, `--k`, `--b-dec-init` and
+`--decoder-init` take comma lists; their cross
 product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
 directly in `--out`, as it always was; several go to `--out/NAME`. Either way
 `--out/saes.json` lists them, so `--sae OUT --sae-name NAME` finds any of them.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sae_lens_attn.architectures.init_options import B_DEC_INITS, DECODER_INITS, SAEInit
 from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
@@ -65,6 +67,25 @@ def architecture_name(text: str) -> str:
     return text
 
 
+def choice_of(choices: Sequence[str], what: str):  # -> Callable[[str], str]
+    """argparse type: one of `choices`, named `what` in the error."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}: expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def variance_share(text: str) -> float:
+    """argparse type: a share in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: expected a number in (0, 1]")
+    return value
+
+
 def learning_rate(text: str) -> float:
     """argparse type: a number in (0, MAX_LR]."""
     value = positive_float(text)
@@ -109,6 +130,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="active features per token (topk, required there) or per head (block_diagonal: "
         "switches it to TopK); a comma list sweeps it (default: none)",
     )
+    parser.add_argument(
+        "--b-dec-init", type=comma_list(choice_of(B_DEC_INITS, "b_dec init")), default=None,
+        help="initial b_dec: zeros (SAELens's), or the mean or geometric_median of the first "
+        "training batches, per head for per-head SAEs; a comma list sweeps it (default: zeros)",
+    )
+    parser.add_argument(
+        "--decoder-init", type=comma_list(choice_of(DECODER_INITS, "decoder init")), default=None,
+        help="initial decoder directions: kaiming (SAELens's) or active_subspace (drawn inside "
+        "each head's principal subspace holding --init-variance of the first batches' "
+        "variance; encoder = decoder transpose either way); a comma list sweeps it (default: kaiming)",
+    )
+    parser.add_argument("--init-variance", type=variance_share, default=0.999,
+                        help="share of variance the active subspace holds (default: 0.999)")
+    parser.add_argument("--init-batches", type=positive_int, default=8,
+                        help="model batches drawn for --b-dec-init/--decoder-init (default: 8)")
     parser.add_argument("--per-head-norm", action="store_true",
                         help="scale each head to mean norm sqrt(d_head) while training (folded into the saved SAE)")
     parser.add_argument("--training-tokens", type=positive_int, default=1_000_000,
@@ -161,7 +197,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.l1_coefficient is not None and not uses_l1:
         usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
                     f"--architecture {','.join(architectures)} with --k has none")
-    for option in ("layers", "l1_coefficient", "k"):
+    for option in ("layers", "l1_coefficient", "k", "b_dec_init", "decoder_init"):
         values = getattr(args, option) or []
         if len(set(values)) != len(values):
             usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
@@ -187,20 +223,34 @@ def _short(value: float) -> str:
     return short if float(short) == value else repr(value)
 
 
+def init_variants(args: argparse.Namespace) -> list[tuple[str, SAEInit | None]]:
+    """`(name suffix, SAEInit or None)` per combination of `--b-dec-init` and
+    `--decoder-init`; the suffix names only the options that list several values."""
+    b_decs, decoders = args.b_dec_init or ["zeros"], args.decoder_init or ["kaiming"]
+    variants: list[tuple[str, SAEInit | None]] = []
+    for b_dec in b_decs:
+        for decoder in decoders:
+            init = SAEInit(b_dec, decoder, args.init_variance, args.init_batches)
+            parts = ([f"bdec={b_dec}"] if len(b_decs) > 1 else []) + ([f"dec={decoder}"] if len(decoders) > 1 else [])
+            variants.append(("_".join(parts), init if init.needs_data else None))
+    return variants
+
+
 def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
-    """The cross product layers x architectures x sweep values, named
-    `L{layer}_{architecture}[_k=..|_l1=..]`."""
+    """The cross product layers x architectures x sweep values x initialisations, named
+    `L{layer}_{architecture}[_k=..|_l1=..][_bdec=..][_dec=..]`."""
     from sae_lens_attn.training.multi_training import HookZSAESpec
 
     specs = []
     for layer in layers_of(args):
         for architecture in args.architecture:
             for suffix, sae_kwargs in sparsity_variants(architecture, args):
-                name = f"L{layer}_{architecture}" + (f"_{suffix}" if suffix else "")
-                specs.append(HookZSAESpec(
-                    layer, None if args.heads is None else tuple(args.heads), architecture,
-                    sae_kwargs, args.expansion_factor, args.d_sae, args.per_head_norm, name,
-                ))
+                for init_suffix, init in init_variants(args):
+                    name = "_".join(part for part in (f"L{layer}_{architecture}", suffix, init_suffix) if part)
+                    specs.append(HookZSAESpec(
+                        layer, None if args.heads is None else tuple(args.heads), architecture,
+                        sae_kwargs, args.expansion_factor, args.d_sae, args.per_head_norm, name, init,
+                    ))
     return specs
 
 
@@ -275,7 +325,7 @@ def train_saes(
         sae, layout = train_hook_z_sae(
             model, spec.layer, spec.heads, spec.architecture, expansion_factor=spec.expansion_factor,
             d_sae=spec.d_sae, per_head_norm=spec.per_head_norm, sae_kwargs=dict(spec.sae_kwargs),
-            output_path=args.out, **run, **scaleout,
+            output_path=args.out, init=spec.init, **run, **scaleout,
         )
         return {spec.sae_name: (sae, layout, args.out)}
     trained = train_hook_z_saes(model, specs, output_path=args.out, **run)

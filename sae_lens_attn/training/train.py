@@ -14,6 +14,7 @@ from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
@@ -51,6 +52,7 @@ def train_hook_z_sae(
     parallel: str | Parallelism | None = None,
     checkpoint_every: int | None = None,
     resume_from: str | Path | None = None,
+    init: SAEInit | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -72,7 +74,9 @@ def train_hook_z_sae(
     Under torchrun, `parallel` is "data" (the default there) or "heads" (see
     `sae_lens_attn.training.parallel.base`); every rank returns the SAE rank 0 saved.
     `checkpoint_every` N steps (into `checkpoint_path`) and `resume_from` a `step_N`
-    checkpoint folder: see `HookZTrainingRunner`.
+    checkpoint folder: see `HookZTrainingRunner`. `init` (`SAEInit`): b_dec from the
+    data's mean or geometric median and decoder rows in each head's active subspace,
+    from the first training batches (default: SAELens's initialisation).
     """
     device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
@@ -109,7 +113,7 @@ def train_hook_z_sae(
         )
         runner = HookZTrainingRunner(
             cfg, source, override_dataset=override_dataset, parallel=plan,
-            checkpoint_every=checkpoint_every, resume_from=resume_from,
+            checkpoint_every=checkpoint_every, resume_from=resume_from, init=init,
         )
         seed_data_order(seed)
         runner.run()
