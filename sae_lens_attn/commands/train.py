@@ -33,6 +33,7 @@ from sae_lens_attn.commands._values import (
     positive_float,
     positive_int,
 )
+from sae_lens_attn.dead import DEAD_TOKENS, DeadFeatures
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -160,6 +161,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--eval-batches", type=non_negative_int, default=4,
                         help=f"batches of {EVAL_BATCH_PROMPTS} held-out prompts for SAELens's evals after "
                         "training (SAEs on all heads only; 0: none; default: 4)")
+    parser.add_argument("--dead-tokens", type=non_negative_int, default=DEAD_TOKENS,
+                        help="held-out tokens each feature is checked on after training: one that never fires "
+                        f"is dead (below {DEAD_TOKENS:,} tokens only 'not seen'); 0: skip (default: {DEAD_TOKENS})")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
@@ -287,10 +291,37 @@ def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
 
 
 def eval_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
-    """The `--dataset` path, or held-out rows of the embedded corpus's test split."""
+    """The `--dataset` path, or held-out rows of the embedded corpus's test split: enough
+    for the evals and for `--dead-tokens`."""
     if args.dataset is not None:
         return args.dataset
-    return _corpus_rows(args.context_size, EVAL_BATCH_PROMPTS * args.eval_batches, "test")
+    rows = max(EVAL_BATCH_PROMPTS * args.eval_batches, math.ceil(args.dead_tokens / args.context_size))
+    return _corpus_rows(args.context_size, rows, "test")
+
+
+def _token_rows(held_out: Any, n_rows: int | None = None):  # -> torch.Tensor
+    """The first `n_rows` (default: all) token rows of a held-out dataset."""
+    import torch
+
+    column = "input_ids" if "input_ids" in held_out.column_names else "tokens"
+    return torch.tensor(held_out[column][:n_rows])
+
+
+def count_dead(args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout,
+               held_out: Any) -> DeadFeatures | None:
+    """Features that never fire on `--dead-tokens` held-out tokens (`sae_lens_attn.dead`),
+    printed with N; None when skipped."""
+    from sae_lens_attn.attribution.firing import count_firings
+
+    if args.dead_tokens == 0 or held_out is None:
+        return None
+    if isinstance(held_out, str):
+        print(f"dead-feature count skipped for {name}: it needs the held-out rows as tokens (--dataset {held_out})")
+        return None
+    tokens = _token_rows(held_out, math.ceil(args.dead_tokens / args.context_size))
+    dead = count_firings(model, sae, layout, tokens, batch_size=4 * EVAL_BATCH_PROMPTS)
+    print(dead.describe())
+    return dead
 
 
 def _corpus_rows(context_size: int, n_rows: int, split: str):  # -> datasets.Dataset
@@ -334,36 +365,36 @@ def train_saes(
 
 def evaluate(
     args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
-    folder: Path,
+    folder: Path, dead: DeadFeatures | None = None,
 ) -> dict[str, float]:
     """SAELens's evals and the per-head evals on the `held_out` prompts (printed), or a
-    message saying why none ran."""
+    message saying why none ran. Per-head dead shares come from `dead` when given."""
     from sae_lens_attn.training.evaluation import evaluate_hook_z_sae, subset_message
 
     if args.eval_batches == 0:
         return {}
     metrics: dict[str, float] = {}
+    n_rows = args.eval_batches * EVAL_BATCH_PROMPTS
     if layout.uses_all_heads:
-        metrics = evaluate_hook_z_sae(
-            sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+        eval_rows = held_out if isinstance(held_out, str) else held_out.select(range(min(n_rows, len(held_out))))
+        metrics = evaluate_hook_z_sae(  # the rows per-head evals take: the first n_rows
+            sae, model, eval_rows, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
         )
         print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
         for metric in PRINTED_METRICS:
             print(f"  {metric:<22}  {metrics[metric]:.4f}")
     else:
         print(f"evals skipped for {name}: {subset_message(layout)}; per-head evals below")
-    return {**metrics, **evaluate_per_head(args, model, name, sae, layout, held_out, folder)}
+    return {**metrics, **evaluate_per_head(args, model, name, sae, layout, held_out, folder, dead)}
 
 
 def evaluate_per_head(
     args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
-    folder: Path,
+    folder: Path, dead: DeadFeatures | None = None,
 ) -> dict[str, float]:
     """Per-head evals (`attribution.head_evals`) on the held-out rows: printed, written to
     the SAE's `head_evals.json`, returned flat (`L1H0/explained_variance`, ...)."""
     import json
-
-    import torch
 
     from sae_lens_attn._atomic import atomic_write_text
     from sae_lens_attn.attribution.head_evals import (
@@ -376,9 +407,8 @@ def evaluate_per_head(
     if isinstance(held_out, str):
         print(f"per-head evals skipped for {name}: they need the held-out rows as tokens (--dataset {held_out})")
         return {}
-    column = "input_ids" if "input_ids" in held_out.column_names else "tokens"
-    tokens = torch.tensor(held_out[column][: args.eval_batches * EVAL_BATCH_PROMPTS])
-    evals = evaluate_heads(model, sae, layout, tokens, batch_size=EVAL_BATCH_PROMPTS)
+    tokens = _token_rows(held_out, args.eval_batches * EVAL_BATCH_PROMPTS)
+    evals = evaluate_heads(model, sae, layout, tokens, batch_size=EVAL_BATCH_PROMPTS, dead=dead)
     print(f"per-head evals on the same prompts (only that head spliced): {name}")
     print(format_table(*head_evals_rows(evals.to_dict())))
     atomic_write_text(folder / HEAD_EVALS_FILENAME, json.dumps(evals.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -400,15 +430,17 @@ def run(args: argparse.Namespace) -> int:
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
     if rank() != 0:
         return 0  # rank 0 saved the SAE; it alone evaluates and lists it
-    held_out = eval_dataset(args) if args.eval_batches > 0 else None
+    held_out = eval_dataset(args) if args.eval_batches > 0 or args.dead_tokens > 0 else None
     entries = []
     for name, (sae, layout, folder) in trained.items():
         print(
             f"saved {sae.cfg.architecture()} SAE on {layout.hook_name} heads {list(layout.heads)} "
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
-        print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
-        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out, folder)}
+        print(f"training L0 {sae.cfg.metadata.l0:.2f}")
+        dead = count_dead(args, model, name, sae, layout, held_out)
+        metrics = {**training_metrics(sae), **(dead.metrics() if dead else {}),
+                   **evaluate(args, model, name, sae, layout, held_out, folder, dead)}
         path = folder.relative_to(args.out).as_posix()
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
     listing = write_sae_list(args.out, entries)

@@ -80,8 +80,8 @@ def train_hook_z_saes(
     arguments returns: same initialisation (seeded per SAE), same batches in the same
     order, its own optimizer and schedule, per-head norm, folding and layout metadata.
     With `output_path`, SAE `name` is saved to `output_path/name` (each folder published
-    whole) and `output_path/saes.json` lists them (with `training_l0` and
-    `num_dead_features` as metrics). `runner_kwargs` are further
+    whole) and `output_path/saes.json` lists them (`training_l0` as their metric;
+    `sae-lens-attn train` adds the evals and the dead count on held-out tokens). `runner_kwargs` are further
     `MultiSAETrainingRunnerConfig` fields. A learning rate shared by all SAEs is
     SAELens's multi-SAE design; sweep sparsity through `sae_kwargs`.
     """

@@ -61,7 +61,9 @@ def train_hook_z_sae(
     published there only once complete, or to a temporary folder): it takes raw hook_z (any per-head scale is folded in), holds
     its `HeadLayout` in `cfg.metadata["head_layout"]`, and on all heads has
     `reshape_activations="hook_z"`, so `HookedSAETransformer` splices it in at hook_z.
-    The trainer records `cfg.metadata.l0` and `num_dead_features`; for CE loss and
+    The trainer records `cfg.metadata.l0` (and SAELens's `num_dead_features`, silent for
+    `dead_feature_window` steps: not our "dead", see `sae_lens_attn.dead` and
+    `count_firings`); for CE loss and
     explained variance call `evaluate_hook_z_sae(sae, model, dataset)`.
 
     `dataset` is pretokenized (`input_ids`/`tokens` rows), a `[n_seq, pos]` token
