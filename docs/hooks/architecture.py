@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     room: len(LAYER_ROWS) - depth for depth, row in enumerate(LAYER_ROWS) for room in row
 }
 LAYERS["__main__"] = LAYERS["cli"]
-SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy"
+SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy, dead"
 _MARKER = "<!-- architecture-diagram -->"
 
 
