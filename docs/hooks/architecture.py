@@ -18,7 +18,7 @@ PACKAGE = ROOT / "sae_lens_attn"
 # The rooms' order, written down once (the test, the picture and its table read it): rooms
 # from the top layer down; a room imports only rooms of lower layers (and rooms of its own
 # layer, as long as no two files import each other). Modules not named here are the shared
-# helpers (errors, runtime, _atomic, _safe_output, _upstream, _lazy) that every layer may
+# helpers (errors, runtime, _atomic, _safe_output, _upstream, _lazy, dead) that every layer may
 # use, and the entry points (cli, __main__, _autoload).
 LAYER_ROWS: tuple[tuple[str, ...], ...] = (
     ("cli",),
@@ -32,7 +32,7 @@ LAYER_ROWS: tuple[tuple[str, ...], ...] = (
     ("plugins", "models"),
 )
 
-SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy"
+SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy, dead"
 _MARKER = "<!-- architecture-diagram -->"
 
 

@@ -233,6 +233,7 @@ def check_features_fire(
         return
     import torch
 
+    from sae_lens_attn.dead import silent_label
     from sae_lens_attn.detectors.induction import live_features
     from sae_lens_attn.errors import NoLiveFeaturesError
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -252,7 +253,7 @@ def check_features_fire(
     if silent:
         warnings.warn(
             f"{len(silent)} of {len(index)} features never fire on {what} ({n_tokens} "
-            f"tokens; {format_indices(silent)}): they count as dead, not live",
+            f"tokens; {format_indices(silent)}): {silent_label(n_tokens)}, so not live",
             SAEWeightWarning,
             stacklevel=2,
         )

@@ -47,9 +47,10 @@ def sae_list_entry(
 
 def training_metrics(sae: Any) -> dict[str, Any]:
     """What SAELens's trainer recorded about a trained SAE: `training_l0` (mean L0 over
-    the last sparsity window) and `num_dead_features`."""
-    metadata = sae.cfg.metadata
-    return {"training_l0": metadata.get("l0"), "num_dead_features": metadata.get("num_dead_features")}
+    the last sparsity window). Not its `num_dead_features`, which counts features silent
+    for `dead_feature_window` training steps, another meaning of "dead" than ours
+    (`sae_lens_attn.dead`: never fired on N held-out tokens, added by `train`)."""
+    return {"training_l0": sae.cfg.metadata.get("l0")}
 
 
 def write_sae_list(folder: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
