@@ -50,6 +50,7 @@ from sae_lens_attn.commands._train_scaleout import (
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
 USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
 EVAL_BATCH_PROMPTS = 8
+FRONTIER_FOLDER = "frontier"  # where a sweep of several SAEs on one hook draws its frontier
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
 # row needs at least 2 tokens.
 MIN_CONTEXT_SIZE = 2
@@ -363,4 +364,9 @@ def run(args: argparse.Namespace) -> int:
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
     listing = write_sae_list(args.out, entries)
     print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
+    if len(entries) > 1 and args.eval_batches > 0 and len({(e["layer"], tuple(e["heads"])) for e in entries}) == 1:
+        from sae_lens_attn.commands.frontier import print_frontier
+        from sae_lens_attn.training.frontier import read_frontier_points
+
+        print_frontier(read_frontier_points([listing]), args.out / FRONTIER_FOLDER)
     return 0
