@@ -3,8 +3,8 @@
 A *point* is one trained SAE: its L0, CE loss recovered and explained variance (SAELens's
 evals), per-head L0 and CE loss recovered (the per-head evals), training tokens and
 seconds (`training.timing`), parameters. A *line* is one architecture at one training
-length: its points sorted by L0. The architecture label is the `saes.json` architecture,
-plus the activation for architectures that have several (`block_diagonal topk`), and its
+length: its points sorted by L0. The architecture label is the architecture it was trained
+as (`training_label`: `block_diagonal topk`, `batchtopk`, ...), and its
 family is "per-head" when the SAE's config has `n_heads` (block-diagonal family), else
 "dense".
 
@@ -91,9 +91,7 @@ def _point(folder: Path, sweep: str, entry: Mapping[str, Any]) -> FrontierPoint:
     metrics = entry["metrics"] if isinstance(entry["metrics"], dict) else {}
     cfg = _sae_config(folder / entry["path"])
     heads = entry["heads"] if isinstance(entry["heads"], list) else []
-    label = str(entry["architecture"])
-    if isinstance(cfg.get("activation"), str):
-        label += f" {cfg['activation']}"
+    label = training_label(entry, cfg)
     per_head = "n_heads" in cfg if cfg else label.startswith("block_diagonal")
     layer = entry["layer"]
     if not isinstance(layer, int) or isinstance(layer, bool):
@@ -123,6 +121,18 @@ def _point(folder: Path, sweep: str, entry: Mapping[str, Any]) -> FrontierPoint:
         n_params=_parameter_count(cfg),
         heads=head_values,
     )
+
+
+def training_label(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """The architecture an SAE was trained as (SAELens's `training_architecture`
+    metadata: a BatchTopK SAE saves itself as a JumpReLU), with the activation of a
+    `block_diagonal` SAE (relu or topk)."""
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    trained_as = metadata.get("training_architecture")
+    label = trained_as if isinstance(trained_as, str) else str(entry["architecture"])
+    if label == "block_diagonal" and isinstance(cfg.get("activation"), str):
+        label += f" {cfg['activation']}"
+    return label
 
 
 def _sae_config(folder: Path) -> dict[str, Any]:
