@@ -90,7 +90,7 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
         assert (sae.cfg.architecture(), sae.cfg.metadata.hook_name) == (
             entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
         assert entry["heads"] == [0, 1, 2, 3]
-        assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+        assert {"training_l0", "dead_eval_tokens", "not_seen_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
         layer = entry["layer"]
         assert {f"L{layer}H{h}/{m}" for h in range(4) for m in ("explained_variance", "ce_loss_recovered", "l0",
                                                                   "dead_share")} <= set(entry["metrics"])

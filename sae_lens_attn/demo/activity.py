@@ -1,4 +1,5 @@
-"""How often each feature fires on evaluation tokens: dead share and per-head L0.
+"""How often each feature fires on evaluation tokens: dead share (`sae_lens_attn.dead`)
+and per-head L0.
 
 Per-head L0 counts each active feature towards the heads its decoder row lives in
 (`sae_head_attribution`, decoder-norm fractions): for a block-diagonal SAE that is the
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sae_lens_attn.attribution.heads import sae_head_attribution
+from sae_lens_attn.dead import DeadFeatures, dead_features
 from sae_lens_attn.detectors.base import encode_hook_z
 from sae_lens_attn.sources.hook_z import HookZSource
 
@@ -40,8 +42,13 @@ class FeatureActivity:
         return self.fire_counts > 0
 
     @property
+    def dead(self) -> DeadFeatures:
+        """The features that never fired, named with N (`sae_lens_attn.dead`)."""
+        return dead_features(self.fire_counts, self.n_tokens)
+
+    @property
     def dead_share(self) -> float:
-        return 1.0 - self.live.float().mean().item()
+        return self.dead.share
 
     @property
     def l0(self) -> float:

@@ -181,9 +181,9 @@ def demo_one_sae(
         metrics = evaluate_hook_z_sae(sae, model, eval_tokens[:n_eval],
                                       n_batches=settings.eval_batches,
                                       batch_size_prompts=settings.eval_batch_prompts)
-        head_evals = evaluate_heads(model, sae, layout, eval_tokens[:n_eval],
-                                    batch_size=settings.eval_batch_prompts).to_dict()
         activity = feature_activity(model, sae, layout, eval_tokens)
+        head_evals = evaluate_heads(model, sae, layout, eval_tokens[:n_eval],  # dead: on all eval tokens
+                                    batch_size=settings.eval_batch_prompts, dead=activity.dead).to_dict()
     step(f"{architecture}: detectors")
     with _timed(seconds, "detect"):
         rows, errors = run_detectors(model, sae, layout, eval_tokens, settings)

@@ -43,9 +43,11 @@ from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.multi_store import MultiHookZActivationsStore, stream_key
 from sae_lens_attn.training.evaluation import subset_message, with_input_scale
+from sae_lens_attn.training.initialisation import draw_multi_sample, initialise_training_sae
 from sae_lens_attn.training.outputs import (
     publish_sae_folder,
     sae_list_entry,
@@ -90,7 +92,9 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
     each name to `stream_key(source)` and `cfg.saes[name].d_in` must be `source.d_in`
     (`multi_runner_config` builds such a config). Sources with the same stream key are
     one stream: its first source object serves them all. `folders` maps SAE names to
-    their folders under `cfg.output_path` (default: the name).
+    their folders under `cfg.output_path` (default: the name). `inits` maps SAE names to
+    a data-driven initialisation (`SAEInit`), applied before training from the first
+    batches of training inputs (not when resuming).
     """
 
     sources: dict[str, HookZSource]
@@ -104,6 +108,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         override_saes: dict[str, TrainingSAE[Any]] | None = None,
         folders: Mapping[str, str] | None = None,
         n_batches_for_head_norm: int = 8,
+        inits: Mapping[str, SAEInit] | None = None,
     ) -> None:
         check_config_matches_sources(cfg, sources)
         if cfg.compile_llm:
@@ -140,6 +145,18 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
             for name, source in self.sources.items():
                 source.load_state(Path(cfg.resume_from_checkpoint) / name)
         self.activations_store.estimate_per_head_scales(n_batches_for_head_norm)
+        if cfg.resume_from_checkpoint is None:
+            self._initialise(inits or {})
+
+    def _initialise(self, inits: Mapping[str, SAEInit]) -> None:
+        """Initialise the SAEs that ask for it from the same first batches (as many as
+        the largest `n_batches` asked for; each SAE takes its own stream's inputs)."""
+        wanted = {name: init for name, init in inits.items() if init.needs_data}
+        if not wanted:
+            return
+        samples = draw_multi_sample(self.activations_store, max(init.n_batches for init in wanted.values()))
+        for name, init in wanted.items():
+            initialise_training_sae(self.saes[name], samples[stream_key(self.sources[name])], init)
 
     @override
     def _set_sae_metadata(self) -> None:

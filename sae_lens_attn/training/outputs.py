@@ -48,15 +48,13 @@ def sae_list_entry(
 
 def training_metrics(sae: Any) -> dict[str, Any]:
     """What training recorded about a trained SAE: SAELens's `training_l0` (mean L0 over
-    the last sparsity window) and `num_dead_features`; ours (`training.timing`):
-    `training_tokens`, `training_seconds` and `training_seconds_alone` (absent in SAEs
-    saved before they were recorded)."""
+    the last sparsity window) and ours (`training.timing`): `training_tokens`,
+    `training_seconds` and `training_seconds_alone` (absent in SAEs saved before they were
+    recorded). Not SAELens's `num_dead_features`, which counts features silent for
+    `dead_feature_window` training steps, another meaning of "dead" than ours
+    (`sae_lens_attn.dead`: never fired on N held-out tokens, added by `train`)."""
     metadata = sae.cfg.metadata
-    return {
-        "training_l0": metadata.get("l0"),
-        "num_dead_features": metadata.get("num_dead_features"),
-        **{key: metadata.get(key) for key in TIMING_KEYS},
-    }
+    return {"training_l0": metadata.get("l0"), **{key: metadata.get(key) for key in TIMING_KEYS}}
 
 
 def write_sae_list(folder: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:
