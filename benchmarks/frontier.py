@@ -35,12 +35,15 @@ minimum over L0 8/20/40).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -114,7 +117,9 @@ def sweep(model, labels, out: Path, settings, tokens: int, held_out) -> float:
     args = SimpleNamespace(eval_batches=settings.eval_batches)
     entries = []
     for name, (sae, layout) in trained.items():
-        metrics = {**training_metrics(sae), **train_command.evaluate(args, model, name, sae, layout, held_out, out / name)}
+        with contextlib.redirect_stdout(io.StringIO()):  # train's printed eval tables: the frontier sums them up
+            evals = train_command.evaluate(args, model, name, sae, layout, held_out, out / name)
+        metrics = {**training_metrics(sae), **evals}
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), name, metrics))
     write_sae_list(out, entries)
     return seconds
@@ -136,31 +141,37 @@ def child_env(settings) -> dict:
     return env
 
 
-def dead_share(model, settings, out: Path) -> tuple[float, int]:
-    """The default per-head SAE at expansion 32, trained on `--training-tokens`; the share
-    of its features that never fire on `settings.dead_tokens` held-out tokens."""
+def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
+    """The default per-head SAE at expansion 32, trained on `--training-tokens` tokens with
+    SAELens's initialisation and with the active-subspace decoder and mean b_dec (one
+    pass); the smaller share of features that never fire on `settings.dead_tokens`
+    held-out tokens (`sae_lens_attn.dead`), with N and the initialisation reaching it."""
     import torch
 
+    from sae_lens_attn.architectures.init_options import SAEInit
+    from sae_lens_attn.attribution.firing import count_firings
     from sae_lens_attn.models import corpus_dataset
-    from sae_lens_attn.sources.hook_z import HookZSource
     from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
 
-    spec = HookZSAESpec(LAYER, None, "block_diagonal", {"activation": "topk"}, 32, name="x32")  # train's default
-    [(sae, _)] = train_hook_z_saes(
-        model, [spec], dataset=settings.train_rows, training_tokens=settings.training_tokens,
+    inits = {"kaiming": None, "active_subspace+mean": SAEInit(b_dec="mean", decoder="active_subspace")}
+    specs = [  # train's default architecture: per-head TopK, k from d_head
+        HookZSAESpec(LAYER, None, "block_diagonal", {"activation": "topk"}, 32, name=f"x32_{name}", init=init)
+        for name, init in inits.items()
+    ]
+    trained = train_hook_z_saes(
+        model, specs, dataset=settings.train_rows, training_tokens=settings.training_tokens,
         context_size=settings.context_size, lr=settings.lr, train_batch_size_tokens=settings.batch_size,
         output_path=out, seed=0,
-    ).values()
-    rows = settings.dead_tokens // settings.context_size
+    )
+    rows = -(-settings.dead_tokens // settings.context_size)
     tokens = torch.tensor(corpus_dataset(settings.context_size, rows, split="test")["input_ids"])
-    source = HookZSource(model, LAYER)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    sae.turn_off_forward_pass_hook_z_reshaping()
-    with torch.no_grad():
-        for batch in tokens.split(16):
-            z = source.activations(batch).flatten(0, 1)
-            fired |= (sae.encode(z) > 0).any(0)
-    return 1 - fired.float().mean().item(), tokens.numel()
+    shares = {}
+    for name, (sae, layout) in trained.items():
+        dead = count_firings(model, sae, layout, tokens, batch_size=32, min_tokens=min(settings.dead_tokens, 100_000))
+        shares[name.removeprefix("x32_")] = (dead.mask.float().mean().item(), dead.n_tokens)
+        print(f"expansion 32, {name.removeprefix('x32_')} init: {dead.describe()}")
+    best = min(shares, key=lambda name: shares[name][0])
+    return shares[best][0], shares[best][1], best
 
 
 def main() -> None:
@@ -170,6 +181,7 @@ def main() -> None:
     parser.add_argument("--training-tokens", type=positive_int, default=100_000, help="tokens per SAE of sweep 1")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs and the frontier here (default: temporary)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # upstream's per-batch UserWarnings would drown the table
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -196,13 +208,14 @@ def main() -> None:
     model = load_embedded_model()
     held_out = corpus_dataset(context, 8 * settings.eval_batches, split="test")
     labels = available(SWEEP)
+    missing = sorted(set(SWEEP) - set(labels))
     if args.smoke:
         labels = [label for label in labels if label in ("block_diagonal topk", "topk")]
     per_head = [label for label in labels if SWEEP[label][2]]
     print(f"frontier benchmark: embedded model layer {LAYER}, {args.threads} threads, torch {torch.__version__}, "
           f"{tokens:,} tokens per SAE (per-head also {2 * tokens:,}), lr {settings.lr:g}, batch {settings.batch_size}")
     print(f"architectures: {', '.join(labels)} (missing from the registry: "
-          f"{', '.join(sorted(set(SWEEP) - set(labels))) or 'none'})")
+          f"{', '.join(missing) or 'none'})")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         timings = []
@@ -223,9 +236,9 @@ def main() -> None:
         print(f"default `train --layer {LAYER}`: L0 {default['l0']:.2f}, CE recovered {default['ce_loss_score']:.3f}, "
               f"explained variance {default['explained_variance']:.3f}, {default.get('training_seconds', 0):.0f} s "
               f"(load {before} before, {load_average()} after)")
-        dead, n_dead_tokens = dead_share(model, settings, root / "x32")
-        print(f"dead share at expansion 32 (default architecture, {tokens:,} training tokens): {dead:.4f} "
-              f"(never fired on {n_dead_tokens:,} held-out tokens)")
+        dead, n_dead_tokens, init = dead_share(model, settings, root / "x32")
+        print(f"dead share at expansion 32 (default architecture, {tokens:,} training tokens, best init "
+              f"{init}): {dead:.4f} (never fired on {n_dead_tokens:,} held-out tokens)")
     print(f"frontier_min_gap_equal_tokens={_number(summary['equal_tokens']['min_gap'])} "
           f"frontier_min_gap_equal_time={_number(summary['equal_time']['min_gap'])} "
           f"default_l0={default['l0']:.2f} default_ce={default['ce_loss_score']:.4f} dead_share_x32={dead:.4f}")
