@@ -4,6 +4,7 @@ writes (the page checked in headless Chromium), and its bad inputs."""
 
 import json
 import math
+import time
 
 import pytest
 
@@ -17,10 +18,14 @@ from sae_lens_attn.training.frontier import (
     interpolate,
     read_frontier_points,
 )
-from tests import test_dashboard
+from tests import test_dashboard, test_training_cli
 from tests.test_dashboard import parse_dom, run_chromium
+from tests.test_training_cli import REDUCED
 
 chromium = test_dashboard.chromium  # the session fixture: Chromium, installed if missing
+tiny_embedded = (
+    test_training_cli.tiny_embedded
+)  # the tiny model and corpus standing in for the embedded ones
 MARKUP_LABEL = "<b>x</b>&"
 PER_HEAD_CFG = {"d_in": 128, "d_sae": 1024, "n_heads": 4, "activation": "topk"}
 DENSE_CFG = {"d_in": 128, "d_sae": 1024}
@@ -239,3 +244,72 @@ def test_frontier_refuses_runs_on_different_hooks(tmp_path, capsys):
         in error
     )
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- train: defaults, seconds, frontier
+
+
+def test_default_k_is_a_quarter_of_the_head_size():
+    from sae_lens_attn.training.configs import default_k_per_head
+
+    assert [default_k_per_head(d) for d in (2, 4, 16, 32, 64)] == [1, 1, 4, 8, 16]
+
+
+def test_train_with_no_sparsity_option_trains_per_head_topk_with_k_from_d_head(
+    tiny_embedded, tmp_path
+):
+    from sae_lens import SAE
+
+    out = tmp_path / "default"
+    assert main(["train", "--layer", "1", "--out", str(out), "--eval-batches", "0", *REDUCED]) == 0
+    sae = SAE.load_from_disk(out)
+    assert (sae.cfg.architecture(), sae.cfg.activation, sae.cfg.k) == (
+        "block_diagonal",
+        "topk",
+        16 // 4,
+    )
+    assert not (out / "frontier").exists()  # one SAE: no frontier
+
+
+def test_a_sweep_records_seconds_that_add_up_and_draws_its_frontier(
+    tiny_embedded, tmp_path, capsys
+):
+    out = tmp_path / "sweep"
+    began = time.perf_counter()
+    assert (
+        main(
+            [
+                "train",
+                "--layer",
+                "1",
+                "--architecture",
+                "block_diagonal,topk",
+                "--k",
+                "2,4",
+                "--eval-batches",
+                "1",
+                "--dead-tokens",
+                "0",
+                "--out",
+                str(out),
+                *REDUCED,
+            ]
+        )
+        == 0
+    )
+    wall = time.perf_counter() - began
+    entries = json.loads((out / "saes.json").read_text())
+    seconds = [entry["metrics"]["training_seconds"] for entry in entries]
+    alone = [entry["metrics"]["training_seconds_alone"] for entry in entries]
+    assert all(entry["metrics"]["training_tokens"] >= 2048 for entry in entries)
+    # equal shares of the shared model passes: the four add up to the run, which took less than the command
+    assert all(0 < s < a for s, a in zip(seconds, alone, strict=True)) and sum(seconds) < wall
+    assert max(a - s for s, a in zip(seconds, alone, strict=True)) == pytest.approx(
+        min(a - s for s, a in zip(seconds, alone, strict=True))
+    )
+    assert sorted(p.name for p in (out / "frontier").iterdir()) == sorted(
+        ["frontier.csv", "frontier.html", "frontier.json", "frontier.png"]
+    )
+    summary = json.loads((out / "frontier" / "frontier.json").read_text())
+    assert {line["label"] for line in summary["lines"]} == {"block_diagonal topk", "topk"}
+    assert "frontier of 4 SAEs in 2 lines" in capsys.readouterr().out
