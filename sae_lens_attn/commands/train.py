@@ -59,7 +59,7 @@ FRONTIER_FOLDER = "frontier"  # where a sweep of several SAEs on one hook draws 
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
 # row needs at least 2 tokens.
 MIN_CONTEXT_SIZE = 2
-DEFAULT_LR = 1e-2  # measured best of 3e-3, 1e-2, 3e-2 for per-head and dense TopK (docs/frontier.md)
+DEFAULT_LR = 1e-2  # the best of 3e-3, 1e-2, 3e-2 for per-head and dense TopK in a one-off run (docs/frontier.md)
 MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
 PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
                    "ce_loss_without_sae", "ce_loss_with_ablation")

@@ -66,9 +66,9 @@ def sae_config_for(
 
 def default_k_per_head(d_head: int) -> int:
     """Per-head TopK's k when none is given: `d_head // 4` features per head and token
-    (at least 1), so L0 is `d_in / 4` (32 on the embedded model's 4 heads x 32). Measured
-    on the embedded model, layer 1, 1M tokens, lr 1e-2: d_head // 8 (L0 16) recovers 0.897
-    of the CE loss, d_head // 4 (L0 32) 0.940 (docs/frontier.md)."""
+    (at least 1), so L0 is `d_in / 4` (32 on the embedded model's 4 heads x 32). Picked
+    over d_head // 8, which fell short of 0.90 CE loss recovered on the embedded model in
+    a one-off run; `benchmarks/frontier.py` measures the default (docs/frontier.md)."""
     return max(1, d_head // DEFAULT_HEAD_DIMS_PER_FEATURE)
 
 
