@@ -1,5 +1,7 @@
 """`sae-lens-attn train`: train hook_z SAEs with SAELens's runners, one or many per model pass.
 
+With no sparsity option the SAE is per-head TopK (`block_diagonal`, k = d_head // 4 per
+head, `training.configs.default_k_per_head`): sparse and faithful on any model.
 `--layers`, `--architecture`, `--l1-coefficient`, `--k`, `--b-dec-init` and
 `--decoder-init` take comma lists; their cross
 product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
@@ -53,9 +55,11 @@ from sae_lens_attn.commands._train_scaleout import (
 ARCHITECTURES = ("block_diagonal", "standard", "topk")
 USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
 EVAL_BATCH_PROMPTS = 8
+FRONTIER_FOLDER = "frontier"  # where a sweep of several SAEs on one hook draws its frontier
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
 # row needs at least 2 tokens.
 MIN_CONTEXT_SIZE = 2
+DEFAULT_LR = 1e-2  # the best of 3e-3, 1e-2, 3e-2 for per-head and dense TopK in a one-off run (docs/frontier.md)
 MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
 PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
                    "ce_loss_without_sae", "ce_loss_with_ablation")
@@ -117,19 +121,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--architecture", type=comma_list(architecture_name), default="block_diagonal",
-        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal)",
+        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal, "
+        "per-head TopK unless --l1-coefficient is given)",
     )
     parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
     parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
     parser.add_argument(
         "--l1-coefficient", type=comma_list(non_negative_float), default=None,
-        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it "
-        "(default: SAELens's, 1)",
+        help="L1 penalty of ReLU SAEs: standard, and block_diagonal (switches it from per-head TopK "
+        "to ReLU); a comma list sweeps it (default: SAELens's 1 for standard; block_diagonal "
+        "without it or --k is per-head TopK)",
     )
     parser.add_argument(
         "--k", type=comma_list(positive_int), default=None,
-        help="active features per token (topk, required there) or per head (block_diagonal: "
-        "switches it to TopK); a comma list sweeps it (default: none)",
+        help="active features per token (topk, required there) or per head (block_diagonal's "
+        "TopK); a comma list sweeps it (default: block_diagonal d_head // 4 per head, "
+        "e.g. 8 on the embedded model's 4 heads x 32: L0 32)",
     )
     parser.add_argument(
         "--b-dec-init", type=comma_list(choice_of(B_DEC_INITS, "b_dec init")), default=None,
@@ -153,7 +160,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--context-size", type=int_at_least(MIN_CONTEXT_SIZE), default=128,
                         help=f"tokens per row, {MIN_CONTEXT_SIZE} to the model's n_ctx (default: 128)")
     parser.add_argument("--batch-size", type=positive_int, default=4096, help="training batch size in tokens (default: 4096)")
-    parser.add_argument("--lr", type=learning_rate, default=3e-4, help="Adam learning rate, shared by all SAEs (default: 0.0003)")
+    parser.add_argument("--lr", type=learning_rate, default=DEFAULT_LR,
+                        help=f"Adam learning rate, shared by all SAEs (default: {DEFAULT_LR:g})")
     parser.add_argument(
         "--dataset", default=None,
         help="Hugging Face dataset path (needs the hub); default for the embedded model: its corpus",
@@ -218,6 +226,8 @@ def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple
     if architecture != "topk" and args.l1_coefficient is not None:
         swept = len(args.l1_coefficient) > 1
         return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
+    if architecture == "block_diagonal":  # no sparsity option: per-head TopK, k from d_head
+        return [("", {"activation": "topk"})]
     return [("", {})]
 
 
@@ -445,4 +455,9 @@ def run(args: argparse.Namespace) -> int:
         entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
     listing = write_sae_list(args.out, entries)
     print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
+    if len(entries) > 1 and args.eval_batches > 0 and len({(e["layer"], tuple(e["heads"])) for e in entries}) == 1:
+        from sae_lens_attn.commands.frontier import print_frontier
+        from sae_lens_attn.training.frontier import read_frontier_points
+
+        print_frontier(read_frontier_points([listing]), args.out / FRONTIER_FOLDER)
     return 0

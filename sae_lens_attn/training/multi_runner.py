@@ -20,6 +20,7 @@ changes, per SAE:
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from sae_lens_attn.training.outputs import (
     write_sae_list,
 )
 from sae_lens_attn.training.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
+from sae_lens_attn.training.timing import record_training_time, timed_steps
 from sae_lens_attn.training.trainer import DivergenceCheckedTrainer
 
 
@@ -167,12 +169,16 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         progress_every_step(trainer)
         for name, sae_trainer in trainer.trainers.items():  # stop at the first NaN/inf, naming the SAE
             DivergenceCheckedTrainer.watch(sae_trainer, f"SAE {name!r}: ", "no SAE of this run was saved")
-        saes = super()._run_with_interruption_handling(trainer)
+        began = time.perf_counter()
+        with timed_steps(trainer.trainers) as step_seconds:
+            saes = super()._run_with_interruption_handling(trainer)
+        total_seconds = time.perf_counter() - began
         for name, sae in saes.items():
             try:
                 finish_hook_z_sae(sae, self.sources[name])
             except ValueError as error:
                 raise ValueError(f"SAE {name!r}: {error}; no SAE of this run was saved") from None
+        record_training_time(saes, step_seconds, total_seconds, trainer.n_training_samples)
         return saes
 
     @override

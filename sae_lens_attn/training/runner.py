@@ -19,6 +19,7 @@ rank's share of the run, and only rank 0 writes.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from sae_lens_attn.training.evaluation import HookZEvaluator
 from sae_lens_attn.training.folding import fold_input_scale
 from sae_lens_attn.training.initialisation import draw_sample, initialise_training_sae
 from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.timing import record_training_time
 from sae_lens_attn.training.trainer import HookZSAETrainer, deferred_interrupts
 
 # SAELens normalisations that commute with a per-head diagonal scale and are folded
@@ -174,16 +176,19 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         progress_every_step(trainer)
         self._resume(trainer)
         self.parallel.install(self.sae)
+        began = time.perf_counter()
         try:
             with deferred_interrupts(self.parallel):
                 sae = trainer.fit()
         finally:
             self.parallel.uninstall()
+        seconds = time.perf_counter() - began
         sae, self._final_log_sparsity = self.parallel.assemble(sae, trainer, self.source)
         self.cfg = self.full_cfg  # the runner config saved with the SAE: the whole run's
         if sae is None:
             return None
         finish_hook_z_sae(sae, self.full_source)
+        record_training_time({"sae": sae}, {"sae": 0.0}, seconds, trainer.n_training_samples)
         for key, value in self.parallel.metadata().items():
             sae.cfg.metadata[key] = value
         return sae
