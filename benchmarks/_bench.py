@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sae_lens_attn.commands._common import positive_int
+from sae_lens_attn.commands._values import positive_int
 
 
 def require_device(parser: argparse.ArgumentParser, device: str) -> None:

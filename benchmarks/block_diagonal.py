@@ -47,7 +47,7 @@ from _bench import (
     require_device,
 )
 
-from sae_lens_attn.commands._common import comma_list, positive_int
+from sae_lens_attn.commands._values import comma_list, positive_int
 
 SHAPES = {"gpt2-small": (12, 64), "gelu-2l": (8, 64)}  # n_heads, d_head
 EXPANSION = 32

@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from sae_lens_attn.commands._common import comma_list, non_negative_int, positive_int
+from sae_lens_attn.commands._values import comma_list, non_negative_int, positive_int
 
 MODELS = ("embedded", "gpt2-small-shape")
 LEVELS = ("command", "api")

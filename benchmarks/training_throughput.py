@@ -39,7 +39,7 @@ from _bench import (
     require_device,
 )
 
-from sae_lens_attn.commands._common import positive_int
+from sae_lens_attn.commands._values import positive_int
 
 LAYER, N_HEADS, D_HEAD, D_SAE, BATCH = 1, 8, 64, 16384, 4096
 SIDES = ("ours", "saelens")
