@@ -1,12 +1,38 @@
-"""What the benchmark scripts share: the device check, the children's environment and
-the load average printed beside every figure."""
+"""What the benchmark scripts share: the device check, the children's environment, the
+`--smoke` option, and the machine (CPU model and flags, threads, load average) printed
+beside every figure."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
+from pathlib import Path
 
 from sae_lens_attn.commands._values import positive_int
+
+# the CPU flags that move the figures: AVX-512 and AMX matmul kernels, bf16 support
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+SMOKE_HELP = (
+    "tiny shapes, seconds: checks that the script runs end to end; its figures mean nothing"
+)
+
+
+def add_smoke_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+
+
+def parse_with_smoke(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None, **tiny: object
+) -> argparse.Namespace:
+    """Parse `argv`; with `--smoke`, the options in `tiny` default to those tiny values
+    (an option given on the command line still wins)."""
+    add_smoke_argument(parser)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**tiny)
+        args = parser.parse_args(argv)
+    return args
 
 
 def require_device(parser: argparse.ArgumentParser, device: str) -> None:
@@ -23,8 +49,12 @@ def require_device(parser: argparse.ArgumentParser, device: str) -> None:
 
 
 def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=positive_int, default=None, help="OMP/MKL threads of every child run")
-    parser.add_argument("--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for every child run")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="OMP/MKL threads of every child run"
+    )
+    parser.add_argument(
+        "--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for every child run"
+    )
 
 
 def child_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -39,12 +69,53 @@ def child_environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def environment_summary(args: argparse.Namespace) -> str:
-    """`N threads, THP_MEM_ALLOC_ENABLE=..., load average ...` for a header line."""
+    """`torch ..., N threads, THP_MEM_ALLOC_ENABLE=..., load average ...; CPU ...` for a header line."""
     import torch
 
     threads = args.threads or torch.get_num_threads()
     thp = child_environment(args).get("THP_MEM_ALLOC_ENABLE", "unset")
-    return f"torch {torch.__version__}, {threads} threads, THP_MEM_ALLOC_ENABLE={thp}, load average before: {load_average()}"
+    return (
+        f"torch {torch.__version__}, {threads} threads, THP_MEM_ALLOC_ENABLE={thp}, "
+        f"load average before: {load_average()}; {machine_summary()}"
+    )
+
+
+def machine_summary() -> str:
+    """The CPU a figure came from: `CPU AMD EPYC, 2 CPUs, avx2 avx512f avx512_bf16, no
+    amx_tile amx_bf16, torch kernels AVX512` (model and the flags that matter)."""
+    model, flags = _cpu_model_and_flags()
+    present = [flag for flag in CPU_FLAGS if flag in flags]
+    absent = [flag for flag in CPU_FLAGS if flag not in flags]
+    parts = [
+        f"CPU {model}",
+        f"{os.cpu_count()} CPUs",
+        " ".join(present) or "none of " + " ".join(CPU_FLAGS),
+    ]
+    if present and absent:
+        parts.append("no " + " ".join(absent))
+    try:
+        import torch
+
+        parts.append(f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
+    except (ImportError, AttributeError):
+        pass
+    return ", ".join(parts)
+
+
+def _cpu_model_and_flags() -> tuple[str, set[str]]:
+    """The CPU model name and its flags, from /proc/cpuinfo (Linux; elsewhere the platform's
+    processor name and no flags)."""
+    model, flags = "", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    model = model or platform.processor() or platform.machine() or "unknown"
+    return model, flags
 
 
 def load_average() -> str:
