@@ -59,7 +59,6 @@ from _bench import (
 
 from sae_lens_attn.commands._values import comma_list, positive_int
 
-
 SHAPES = {"gpt2-small": (12, 64), "gelu-2l": (8, 64), "tiny": (4, 8)}  # n_heads, d_head
 EXPANSION = 32
 RELU = ("standard", "block_diagonal")
