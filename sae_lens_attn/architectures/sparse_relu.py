@@ -32,7 +32,7 @@ from sae_lens_attn.architectures.sparse_rows import RowPattern
 
 # Sparse when fewer than this share of the batch's activations is non-zero. Measured on
 # the gpt2-small shape (batch 4096, 12 heads x 2048): see docs/performance.md.
-SPARSE_MAX_DENSITY = 0.1
+SPARSE_MAX_DENSITY = 0.05
 DENSITY_SAMPLE_TOKENS = 256
 
 
