@@ -282,3 +282,37 @@ def test_a_diverging_sae_of_a_multi_sae_run_is_named(tiny_embedded, tmp_path):
     assert message.endswith("; no checkpoint was saved before it; no SAE of this run was saved: train again with a "
                             "lower learning rate or sparsity coefficient")
     assert not (out / "saes.json").exists()
+
+
+def test_autocast_trains_under_bf16_autocast_through_saelens_runner(tiny_embedded, tmp_path, monkeypatch):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    seen = []
+    original = SAETrainer.__init__
+
+    def spy(self, cfg, *args, **kwargs):
+        seen.append(cfg.autocast)
+        original(self, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(SAETrainer, "__init__", spy)
+    assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path / "a"), *REDUCED]) == 0
+    assert main(["train", "--layer", "1", "--eval-batches", "0", "--out", str(tmp_path / "b"), *REDUCED]) == 0
+    assert seen == [True, False]
+
+
+def test_autocast_on_a_cpu_without_native_bf16_warns_once_that_it_is_slow(tiny_embedded, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning) as record:
+        assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path), *REDUCED]) == 0
+    [warning] = [str(w.message) for w in record if "--autocast" in str(w.message)]
+    assert warning.startswith("--autocast: this CPU has no native bf16 instructions") and "will be slow" in warning
+
+
+def test_autocast_on_a_device_without_bf16_exits_2(tiny_embedded, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert main(["train", "--layer", "1", "--autocast", "--device", "cuda", "--out", str(tmp_path), *REDUCED]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "error: --autocast: cuda does not support bf16; train without --autocast (float32)"
+    assert tiny_embedded == []

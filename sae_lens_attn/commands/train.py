@@ -175,6 +175,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
+    parser.add_argument(
+        "--autocast", action="store_true",
+        help="train the SAEs under bf16 autocast (SAELens's runner option autocast; default: off, "
+        "float32); a CPU without native bf16 (AVX512-BF16 or AMX) gets a warning that it is slow",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=42,
                         help="seeds each SAE's initialisation and the order of training batches (default: 42)")
     parser.add_argument(
@@ -215,6 +220,27 @@ def check_arguments(args: argparse.Namespace) -> None:
             usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
     if args.dataset is None and args.model != EMBEDDED_MODEL:
         usage_error(f"--model {args.model} needs --dataset (a Hugging Face dataset path)")
+
+
+def check_autocast(args: argparse.Namespace) -> None:
+    """`--autocast` needs bf16 on `--device`: exit 2 where it has none; a warning where a
+    CPU has no native bf16 instructions (torch emulates them: slower than float32)."""
+    import warnings
+
+    import torch
+
+    if not args.autocast:
+        return
+    if args.device.startswith("cuda"):
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            usage_error(f"--autocast: {args.device} does not support bf16; train without --autocast (float32)")
+        return
+    if args.device == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        warnings.warn(
+            f"--autocast: this CPU has no native bf16 instructions (no AVX512-BF16, no AMX; torch's kernels: "
+            f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and training will be slow, "
+            "likely slower than float32", stacklevel=1,
+        )
 
 
 def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -360,6 +386,7 @@ def train_saes(
         dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
         lr=args.lr, train_batch_size_tokens=args.batch_size, log_to_wandb=args.wandb,
         wandb_project=args.wandb_project, device=args.device, seed=args.seed,
+        runner_kwargs={"autocast": args.autocast},
     )
     if len(specs) == 1:
         [spec] = specs
@@ -429,6 +456,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.training.outputs import sae_list_entry, training_metrics, write_sae_list
 
     check_arguments(args)
+    check_autocast(args)
     check_output_folder(args.out)
     specs = sae_specs(args)
     scaleout = scaleout_options(args)
