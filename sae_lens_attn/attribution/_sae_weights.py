@@ -39,3 +39,15 @@ def encoder_columns(sae: SAE, index: torch.Tensor) -> torch.Tensor:
     columns = torch.zeros(len(index), n_heads, d_head, dtype=blocks.dtype, device=blocks.device)
     columns[torch.arange(len(index), device=blocks.device), head] = blocks[head, :, local]
     return columns.flatten(1).T
+
+
+def decoder_rows(sae: SAE, index: torch.Tensor) -> torch.Tensor:
+    """`W_dec[index]` as `[n_features, d_in]`, built from the blocks when block-diagonal."""
+    if not is_block_diagonal(sae):
+        return sae.W_dec[index].detach()
+    blocks = sae.W_dec_blocks.detach()  # [H, m, d_head]
+    n_heads, per_head, d_head = blocks.shape
+    head, local = index // per_head, index % per_head
+    rows = torch.zeros(len(index), n_heads, d_head, dtype=blocks.dtype, device=blocks.device)
+    rows[torch.arange(len(index), device=blocks.device), head] = blocks[head, local]
+    return rows.flatten(1)
