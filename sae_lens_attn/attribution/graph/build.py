@@ -282,14 +282,21 @@ def _resolve_target(
 def _with_root(
     nodes: NodeSet, kind: int, layer: int, position: int, index: int, activation: float
 ) -> NodeSet:
-    """`nodes` with the root appended (its write is not needed: nothing reads it)."""
+    """`nodes` with the root appended (its write is not needed: nothing reads it); a
+    feature root takes the head of its own node."""
     one = torch.ones(1, dtype=torch.long)
+    same = (nodes.kind == kind) & (nodes.layer == layer) & (nodes.position == position)
+    same = (same & (nodes.index == index)).nonzero().flatten()
+    head = nodes.head[same[:1]] if len(same) else -one
+    share = nodes.head_share[same[:1]] if len(same) else torch.zeros(1)
     return NodeSet(
         kind=torch.cat([nodes.kind, one * kind]),
         layer=torch.cat([nodes.layer, one * layer]),
         position=torch.cat([nodes.position, one * position]),
         index=torch.cat([nodes.index, one * index]),
         activation=torch.cat([nodes.activation, torch.tensor([float(activation)])]),
+        head=torch.cat([nodes.head, head]),
+        head_share=torch.cat([nodes.head_share, share]),
         writes=torch.cat([nodes.writes, torch.zeros(1, nodes.writes.shape[1])]),
         constant=nodes.constant,
         ends=nodes.ends,

@@ -51,7 +51,9 @@ class NodeSet:
 
     `kind[n]` indexes `KINDS`; `layer[n]` (-1 for embeddings), `position[n]`, `index[n]`
     (feature index, or the token id for an embedding node, else -1), `activation[n]`
-    (feature activation, else the norm of the write); `writes [n_nodes, d_model]` what
+    (feature activation, else the norm of the write), `head[n]` and `head_share[n]` (the
+    head holding most of a feature's decoder norm and its share, 1 for block-diagonal
+    SAEs; -1 and 0 for other nodes); `writes [n_nodes, d_model]` what
     each node adds to the residual stream at its position. `constant [n_layers + 1, pos,
     d_model]`: what the layers below `l` add that belongs to no node (SAE `b_dec W_O`,
     `b_O`), summed over those layers. `ends[l]`: nodes before this index are read by
@@ -63,6 +65,8 @@ class NodeSet:
     position: torch.Tensor
     index: torch.Tensor
     activation: torch.Tensor
+    head: torch.Tensor
+    head_share: torch.Tensor
     writes: torch.Tensor
     constant: torch.Tensor
     ends: tuple[int, ...]
@@ -110,10 +114,10 @@ def build_nodes(
     last = tokens.shape[0] - 1 if last_position is None else last_position
     d_model, n_layers = model.cfg.d_model, model.cfg.n_layers
     positions = torch.arange(last + 1)
-    columns: list[tuple[str, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    columns: list[_Column] = []
     tokens_written = cache["hook_embed"][: last + 1].detach()
     columns.append(
-        (
+        _Column(
             "embedding",
             -1,
             positions,
@@ -125,26 +129,28 @@ def build_nodes(
     if "hook_pos_embed" in cache.cache_dict:
         pos_written = cache["hook_pos_embed"][: last + 1].detach()
         columns.append(
-            ("position", -1, positions, positions, pos_written.norm(dim=-1), pos_written)
+            _Column("position", -1, positions, positions, pos_written.norm(dim=-1), pos_written)
         )
     constant = torch.zeros(n_layers + 1, last + 1, d_model)
-    ends = [sum(c[2].shape[0] for c in columns)]
+    ends = [sum(len(c.position) for c in columns)]
     for layer in range(n_layers):
         attn_out = cache[f"blocks.{layer}.hook_attn_out"][: last + 1].detach()
         layer_constant = torch.zeros(last + 1, d_model)
+        error = attn_out
         if layer in features:
-            feature_writes, fixed = _feature_columns(model, features[layer], last)
+            feature_writes, fixed = _feature_column(model, features[layer], last)
             columns.append(feature_writes)
             layer_constant = fixed.expand(last + 1, d_model)
-            error = attn_out - layer_constant - _sum_by_position(feature_writes, last + 1, d_model)
-        else:
-            error = attn_out
+            by_position = torch.zeros(last + 1, d_model).index_add_(
+                0, feature_writes.position, feature_writes.writes
+            )
+            error = attn_out - layer_constant - by_position
         columns.append(
-            (
+            _Column(
                 "attn_error",
                 layer,
                 positions,
-                torch.full_like(positions, -1),
+                -torch.ones_like(positions),
                 error.norm(dim=-1),
                 error,
             )
@@ -152,54 +158,70 @@ def build_nodes(
         if not model.cfg.attn_only:
             mlp_out = cache[f"blocks.{layer}.hook_mlp_out"][: last + 1].detach()
             columns.append(
-                (
+                _Column(
                     "mlp",
                     layer,
                     positions,
-                    torch.full_like(positions, -1),
+                    -torch.ones_like(positions),
                     mlp_out.norm(dim=-1),
                     mlp_out,
                 )
             )
         constant[layer + 1] = constant[layer] + layer_constant
-        ends.append(sum(c[2].shape[0] for c in columns))
-    kind = torch.cat([torch.full_like(c[2], KINDS.index(c[0])) for c in columns])
+        ends.append(sum(len(c.position) for c in columns))
     return NodeSet(
-        kind=kind,
-        layer=torch.cat([torch.full_like(c[2], c[1]) for c in columns]),
-        position=torch.cat([c[2] for c in columns]),
-        index=torch.cat([c[3] for c in columns]),
-        activation=torch.cat([c[4] for c in columns]).float(),
-        writes=torch.cat([c[5] for c in columns]).float(),
+        kind=torch.cat([torch.full_like(c.position, KINDS.index(c.kind)) for c in columns]),
+        layer=torch.cat([torch.full_like(c.position, c.layer) for c in columns]),
+        position=torch.cat([c.position for c in columns]),
+        index=torch.cat([c.index for c in columns]),
+        activation=torch.cat([c.activation for c in columns]).float(),
+        head=torch.cat([c.heads()[0] for c in columns]),
+        head_share=torch.cat([c.heads()[1] for c in columns]).float(),
+        writes=torch.cat([c.writes for c in columns]).float(),
         constant=constant,
         ends=tuple(ends),
     )
 
 
-def _feature_columns(
+@dataclass(frozen=True)
+class _Column:
+    """Nodes of one kind and layer, one per entry of `position`."""
+
+    kind: str
+    layer: int
+    position: torch.Tensor
+    index: torch.Tensor
+    activation: torch.Tensor
+    writes: torch.Tensor
+    head: torch.Tensor | None = None
+    head_share: torch.Tensor | None = None
+
+    def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.head is None:
+            return -torch.ones_like(self.position), torch.zeros(len(self.position))
+        return self.head, self.head_share
+
+
+def _feature_column(
     model: HookedTransformer, feats: LayerFeatures, last: int
-) -> tuple[tuple, torch.Tensor]:
-    """Active features at positions `0..last`: their column tuple, and the layer's constant
-    write `b_dec W_O + b_O` `[d_model]`."""
+) -> tuple[_Column, torch.Tensor]:
+    """Active features at positions `0..last`, and the layer's constant write
+    `b_dec W_O + b_O` `[d_model]`."""
     layout = feats.layout
     acts = feats.acts[: last + 1]
     position, feature = (acts > 0).nonzero(as_tuple=True)
     attn = model.blocks[layout.layer].attn
     W_O = attn.W_O[list(layout.heads)].detach()  # [n_heads, d_head, d_model]
     with torch.no_grad():
-        rows = decoder_rows(feats.sae, feature).float()  # [n, d_in]
-        scaled = rows * acts[position, feature][:, None]
-        writes = torch.einsum("nhd,hdm->nm", layout.split(scaled), W_O)
+        rows = layout.split(decoder_rows(feats.sae, feature).float())  # [n, n_heads, d_head]
+        activation = acts[position, feature].float()
+        writes = torch.einsum("nhd,hdm->nm", rows * activation[:, None, None], W_O)
         fixed = torch.einsum("hd,hdm->m", layout.split(feats.sae.b_dec.detach().float()), W_O)
-        fixed = fixed + attn.b_O.detach()
-    activation = acts[position, feature].float()
-    column = ("feature", layout.layer, position, feature, activation, writes)
-    return column, fixed
-
-
-def _sum_by_position(column: tuple, n_pos: int, d_model: int) -> torch.Tensor:
-    total = torch.zeros(n_pos, d_model)
-    return total.index_add_(0, column[2], column[5])
+        norms = rows.norm(dim=-1)
+        share, head = (norms / norms.sum(-1, keepdim=True).clamp(min=1e-30)).max(-1)
+    heads = torch.tensor(layout.heads)[head]
+    column = _Column("feature", layout.layer, position, feature, activation, writes, heads, share)
+    return column, fixed + attn.b_O.detach()
 
 
 def check_decomposition(nodes: NodeSet, cache: ActivationCache, layer: int) -> float:
