@@ -108,6 +108,7 @@ class AttributionGraph:
     edges: list[Edge] = field(default_factory=list)
     pruned_scores: Scores | None = None
     missing_layers: tuple[int, ...] = ()
+    root_probability: float = 0.0
 
     @property
     def n_nodes(self) -> int:
@@ -190,6 +191,7 @@ def build_graph(
     if target.is_logit:
         root = nodes.n_nodes
         root_activation = root_value = logits[0, target.position, target.token].item()
+        probability = logits[0, target.position].softmax(-1)[target.token].item()
         nodes = _with_root(
             nodes,
             KINDS.index("logit"),
@@ -221,6 +223,7 @@ def build_graph(
             target.feature,
             root_activation,
         )
+        probability = 0.0
     graph = _expand(model, cache, feats, nodes, root, root_rows, target, depth)
     graph.update(
         tokens=tokens.cpu(),
@@ -229,6 +232,7 @@ def build_graph(
         root_activation=root_activation,
         pruning=pruning,
         missing_layers=tuple(sorted(set(range(model.cfg.n_layers)) - set(feats))),
+        root_probability=probability,
     )
     result = AttributionGraph(**graph)
     prune(result, pruning, model, cache, feats)
