@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import warnings
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             steps.update()
         model = load_model(args.model)
         steps.update()
-        tokens = model.to_tokens(args.prompt)[0]
+        tokens = model.to_tokens(args.prompt, truncate=False)[0]
         check_token_rows(tokens, model, "--prompt (with its BOS token)")
         root: dict = {}
         if args.logit is not None:
@@ -188,9 +188,10 @@ def run(args: argparse.Namespace) -> int:
         steps.close()
     if graph.missing_layers:
         missing = ", ".join(map(str, graph.missing_layers))
-        warnings.warn(
-            f"no SAE for layer(s) {missing}: their attention output is one error node per position",
-            stacklevel=1,
+        print(
+            f"warning: no SAE for layer(s) {missing}: their attention output is one error "
+            "node per position",
+            file=sys.stderr,
         )
     decode = token_display_fn(model.tokenizer)
     slug = "graph"
