@@ -80,10 +80,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     root.add_argument(
         "--feature",
         type=feature_spec,
-        help="the root feature as LAYER:INDEX[@POS] (default POS: where it is most active)",
+        help="the root feature as LAYER:INDEX[@POS] (default: none; POS defaults to where it "
+        "is most active)",
     )
     root.add_argument(
-        "--logit", help="the root logit: a token text that is one token, at the last position"
+        "--logit",
+        help="the root logit: a token text that is one token, at the last position (one of "
+        "--feature and --logit is required; default: none)",
     )
     parser.add_argument(
         "--depth",
