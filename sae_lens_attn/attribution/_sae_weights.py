@@ -68,3 +68,15 @@ def column_view(sae: SAE, columns: torch.Tensor) -> SAE:
             parameters[name] = parameters[name][columns]
     view.__dict__["_parameters"] = parameters
     return view
+
+
+def decoder_rows(sae: SAE, index: torch.Tensor) -> torch.Tensor:
+    """`W_dec[index]` as `[n_features, d_in]`, built from the blocks when block-diagonal."""
+    if not is_block_diagonal(sae):
+        return sae.W_dec[index].detach()
+    blocks = sae.W_dec_blocks.detach()  # [H, m, d_head]
+    n_heads, per_head, d_head = blocks.shape
+    head, local = index // per_head, index % per_head
+    rows = torch.zeros(len(index), n_heads, d_head, dtype=blocks.dtype, device=blocks.device)
+    rows[torch.arange(len(index), device=blocks.device), head] = blocks[head, local]
+    return rows.flatten(1)
