@@ -120,7 +120,7 @@ def render_dashboard(
     skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead and f not in nonfinite)
     features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead and f not in nonfinite]
     if not features:
-        raise InvalidInputError(f"features {list(skipped + nonfinite_shown)}: all dead (zero decoder rows) "
+        raise InvalidInputError(f"features {list(skipped + nonfinite_shown)}: all have zero decoder rows "
                                 "or skipped for NaN/inf weights, nothing to show; pick live features")
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
@@ -188,7 +188,7 @@ def render_dashboard(
 def _skipped_notes(dead: Sequence[int], nonfinite: Sequence[int]) -> list[str]:
     """Page notes listing the requested features that have no page, and why."""
     notes = []
-    for features, why in ((dead, "dead (zero decoder row)"),
+    for features, why in ((dead, "zero decoder row (they write nothing)"),
                           (nonfinite, "skipped: NaN or inf in their weights (--allow-nonfinite)")):
         if features:
             notes.append(f'<p class="sla-note sla-skipped">Features {", ".join(map(str, features))}: '
