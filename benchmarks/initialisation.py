@@ -46,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.training_tokens, args.expansion_factor, args.k = 4096, 2, 2
         args.batch_size, args.dead_tokens = 512, 1024
+        args.inits = "zeros:kaiming,geometric_median:active_subspace"
     return args
 
 

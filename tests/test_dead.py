@@ -54,8 +54,8 @@ def test_count_firings_equals_a_hand_count(tiny_model, saved_sae_dir):
 @pytest.mark.usefixtures("tiny_embedded")
 def test_the_same_sae_gives_the_same_count_in_every_output(tiny_model, tmp_path, capsys):
     out = tmp_path / "dead"
-    assert main(["train", "--layer", "1", "--k", "1", "--dead-tokens", "1024", "--eval-batches", "1",
-                 "--out", str(out), *REDUCED]) == 0
+    assert main(["train", "--layer", "1", "--k", "1", "--eval-batches", "1", "--out", str(out), *REDUCED,
+                 "--dead-tokens", "1024"]) == 0
     printed = capsys.readouterr().out
     [summary] = re.findall(r"not seen in 1,024 tokens: (\d+) of (\d+) features", printed)
     [entry] = json.loads((out / "saes.json").read_text())

@@ -17,7 +17,8 @@ from sae_lens_attn.commands._common import load_sae, resolve_sae_folder
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.sources.head_layout import HeadLayout
 
-REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2"]
+REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2",
+           "--dead-tokens", "2048"]
 
 
 @pytest.fixture
