@@ -34,13 +34,19 @@ def parse_with_smoke(
     parser: argparse.ArgumentParser, argv: list[str] | None = None, **tiny: object
 ) -> argparse.Namespace:
     """Parse `argv`; with `--smoke`, the options in `tiny` default to those tiny values
-    (an option given on the command line still wins)."""
+    (an option given on the command line still wins), children start as forks
+    (`run_python`) and torch runs one thread unless told otherwise: no OpenMP thread pool
+    exists when a child is forked, and a smoke run stays light on a shared machine."""
     add_smoke_argument(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         parser.set_defaults(**tiny)
         args = parser.parse_args(argv)
         os.environ[FORK_CHILDREN] = "1"
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return args
 
 

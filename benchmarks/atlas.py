@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--demo-prompts", type=int, default=512, help="(a)'s prompts")
     parser.add_argument("--gpt2-features", type=int, default=2000, help="(b)'s features")
     parser.add_argument("--gpt2-prompts", type=int, default=128, help="(b)'s prompts")
-    args = parse_with_smoke(parser, demo_tokens=8192, demo_features=16, demo_prompts=16, gpt2_layers=1,
+    args = parse_with_smoke(parser, demo_tokens=8192, demo_features=16, demo_prompts=16, gpt2_layers=1, threads=1,
                             gpt2_features=256, gpt2_prompts=8)
     if args.child:
         child(args)
