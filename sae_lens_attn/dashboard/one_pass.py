@@ -88,10 +88,13 @@ class PromptActivations:
         attention_bytes = n_prompts * seq * (cfg.n_heads * seq + n_kv * cfg.d_head) * 4
         keep_attention = attention_bytes <= attention_budget_mb * 2**20
         names = [z_name, pattern_name, v_name] if keep_attention else [z_name]
-        found: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        found: dict[str, torch.Tensor] = {}  # each filled minibatch by minibatch, no copies
+        start = 0
 
         def keep(activation: torch.Tensor, hook) -> None:
-            found[hook.name].append(activation.detach())
+            if hook.name not in found:
+                found[hook.name] = activation.new_empty(n_prompts, *activation.shape[1:])
+            found[hook.name][start : start + len(activation)] = activation
             if hook.name == z_name:
                 raise _StopForward
 
@@ -101,10 +104,9 @@ class PromptActivations:
                     model(minibatch.to(cfg.device), stop_at_layer=layer + 1)
                 except _StopForward:
                     pass
-        z = torch.cat(found[z_name]).flatten(-2)
-        if not keep_attention:
-            return cls(layer, tokens, z)
-        return cls(layer, tokens, z, torch.cat(found[pattern_name]), torch.cat(found[v_name]))
+                start += len(minibatch)
+        z = found[z_name].flatten(-2)
+        return cls(layer, tokens, z, found.get(pattern_name), found.get(v_name))
 
     def topk_codes(
         self, encoder: SAE, minibatch_size: int | None
