@@ -129,7 +129,8 @@ def default_run(settings, out: Path) -> dict:
     """`train --layer 1` with every other option at its default, as a child process."""
     command = [sys.executable, "-m", "sae_lens_attn.cli", "train", "--layer", str(LAYER), "--out", str(out),
                *settings.default_extra]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=child_env(settings))
+    with open(out.parent / "default_train.log", "w", encoding="utf-8") as log:  # what the user would see
+        subprocess.run(command, check=True, stdout=log, env=child_env(settings))
     [entry] = json.loads((out / "saes.json").read_text())
     return entry["metrics"]
 

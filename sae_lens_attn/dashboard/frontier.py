@@ -178,10 +178,11 @@ def frontier_figure(lines: Sequence[FrontierLine], points: Sequence[FrontierPoin
             col=2,
             annotation_text=plotly_text(f"budget {budget:.0f} s"),
         )
-    for row, col in ((1, 1), (2, 1)):
-        figure.add_vline(
-            x=RULE_OF_THUMB["l0"], line={"color": "#999", "dash": "dot"}, row=row, col=col
-        )
+    figure.add_vline(x=RULE_OF_THUMB["l0"], line={"color": "#999", "dash": "dot"}, row=1, col=1)
+    for row, col in (
+        (1, 1),
+        (2, 1),
+    ):  # per head: the CE line only (the L0 rule is for the whole SAE)
         figure.add_hline(
             y=RULE_OF_THUMB["ce_loss_score"],
             line={"color": "#999", "dash": "dot"},
@@ -268,8 +269,11 @@ def write_frontier_png(
     budget = frontier_summary_budget(lines)
     if budget is not None:
         axes[1, 1].axvline(budget, color="#555", linestyle=":", label=f"budget {budget:.0f} s")
-    for ax in (axes[0, 0], axes[1, 0]):
-        ax.axvline(RULE_OF_THUMB["l0"], color="#999", linestyle=":")
+    axes[0, 0].axvline(RULE_OF_THUMB["l0"], color="#999", linestyle=":")
+    for ax in (
+        axes[0, 0],
+        axes[1, 0],
+    ):  # per head: the CE line only (the L0 rule is for the whole SAE)
         ax.axhline(
             RULE_OF_THUMB["ce_loss_score"],
             color="#999",
