@@ -1,7 +1,8 @@
 """`sae-lens-attn train`: train hook_z SAEs with SAELens's runners, one or many per model pass.
 
-`--layers`, `--architecture`, `--l1-coefficient` and `--k` take comma lists; their cross
-product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
+`--layers`, `--architecture` and the sparsity knobs (`--k`, `--l1-coefficient`, ... see
+`_train_knobs.py`) take comma lists; their cross product is trained from one forward pass
+per batch (`train_hook_z_saes`). One SAE is saved
 directly in `--out`, as it always was; several go to `--out/NAME`. Either way
 `--out/saes.json` lists them, so `--sae OUT --sae-name NAME` finds any of them.
 """
@@ -22,10 +23,16 @@ from sae_lens_attn.commands._common import (
     load_model,
     writable_folder,
 )
+from sae_lens_attn.commands._train_knobs import (
+    add_knob_arguments,
+    check_k_fits,
+    check_knobs,
+    check_sweep_size,
+    sparsity_variants,
+)
 from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
-    non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
@@ -47,8 +54,11 @@ from sae_lens_attn.commands._train_scaleout import (
     under_torchrun,
 )
 
-ARCHITECTURES = ("block_diagonal", "standard", "topk")
-USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
+# SAELens 6.54's training registry and ours, for --help; the names accepted are read from
+# the registry when `train` runs, so a plugin's architecture is accepted too.
+KNOWN_ARCHITECTURES = ("abstopk", "batchtopk", "block_diagonal", "block_diagonal_batchtopk",
+                       "block_diagonal_jumprelu", "gated", "jumprelu", "matching_pursuit",
+                       "matryoshka_batchtopk", "standard", "topk")
 EVAL_BATCH_PROMPTS = 8
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
 # row needs at least 2 tokens.
@@ -56,13 +66,6 @@ MIN_CONTEXT_SIZE = 2
 MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
 PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
                    "ce_loss_without_sae", "ce_loss_with_ablation")
-
-
-def architecture_name(text: str) -> str:
-    """argparse type: one of `ARCHITECTURES`."""
-    if text not in ARCHITECTURES:
-        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}: expected one of {', '.join(ARCHITECTURES)}")
-    return text
 
 
 def learning_rate(text: str) -> float:
@@ -78,9 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train",
         help="train SAEs on attention layers' hook_z (SAELens runners, offline by default)",
         description="Train SAEs on blocks.L.attn.hook_z (all heads or --heads, in that "
-        "order) with SAELens's runners. Comma lists in --layers, --architecture, "
-        "--l1-coefficient and --k train their cross product from one model forward pass per "
-        "batch. No network access unless --wandb or a hub model/dataset is asked for.",
+        "order) with SAELens's runners. Every architecture in SAELens's training registry is "
+        "accepted by name; each sparsity option sets the field of the same name in the "
+        "architectures that have it. Comma lists in --layers, --architecture and the sparsity "
+        "options train their cross product from one model forward pass per batch. No network "
+        "access unless --wandb or a hub model/dataset is asked for.",
     )
     add_model_argument(parser)
     layers = parser.add_mutually_exclusive_group(required=True)
@@ -94,21 +99,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all); the same for every layer",
     )
     parser.add_argument(
-        "--architecture", type=comma_list(architecture_name), default="block_diagonal",
-        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal)",
+        "--architecture", type=comma_list(str), default="block_diagonal",
+        help="one or more names from SAELens's training registry, comma-separated: "
+        f"{', '.join(KNOWN_ARCHITECTURES)}, or a plugin's (default: block_diagonal)",
     )
     parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
     parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
-    parser.add_argument(
-        "--l1-coefficient", type=comma_list(non_negative_float), default=None,
-        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it "
-        "(default: SAELens's, 1)",
-    )
-    parser.add_argument(
-        "--k", type=comma_list(positive_int), default=None,
-        help="active features per token (topk, required there) or per head (block_diagonal: "
-        "switches it to TopK); a comma list sweeps it (default: none)",
-    )
+    add_knob_arguments(parser)
     parser.add_argument("--per-head-norm", action="store_true",
                         help="scale each head to mean norm sqrt(d_head) while training (folded into the saved SAE)")
     parser.add_argument("--training-tokens", type=positive_int, default=1_000_000,
@@ -150,46 +147,16 @@ def layers_of(args: argparse.Namespace) -> list[int]:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Checks across options, before any model or data is loaded."""
-    architectures = args.architecture
-    if len(set(architectures)) != len(architectures):
-        usage_error(f"--architecture lists an architecture twice: {','.join(architectures)}")
-    if "topk" in architectures and args.k is None:
-        usage_error("--architecture topk needs --k (active features per token), e.g. --k 32")
-    if args.k is not None and not set(architectures) & set(USES_K):
-        usage_error(f"--k applies to {' and '.join(USES_K)}; --architecture {','.join(architectures)} has no k")
-    uses_l1 = [a for a in architectures if a == "standard" or (a == "block_diagonal" and args.k is None)]
-    if args.l1_coefficient is not None and not uses_l1:
-        usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
-                    f"--architecture {','.join(architectures)} with --k has none")
-    for option in ("layers", "l1_coefficient", "k"):
-        values = getattr(args, option) or []
-        if len(set(values)) != len(values):
-            usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
+    if args.layers is not None and len(set(args.layers)) != len(args.layers):
+        usage_error(f"--layers lists a value twice: {args.layers}")
+    check_knobs(args)
     if args.dataset is None and args.model != EMBEDDED_MODEL:
         usage_error(f"--model {args.model} needs --dataset (a Hugging Face dataset path)")
 
 
-def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """`(name suffix, config fields)` per sweep value of the option `architecture` uses;
-    the suffix is empty unless that option lists several values."""
-    if architecture in USES_K and args.k is not None:
-        topk = {"activation": "topk"} if architecture == "block_diagonal" else {}
-        return [(f"k={k}" if len(args.k) > 1 else "", {"k": k, **topk}) for k in args.k]
-    if architecture != "topk" and args.l1_coefficient is not None:
-        swept = len(args.l1_coefficient) > 1
-        return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
-    return [("", {})]
-
-
-def _short(value: float) -> str:
-    """`4.0` -> `4`, `0.5` -> `0.5`; the full repr where 6 digits would lose the value."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
-
-
 def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
     """The cross product layers x architectures x sweep values, named
-    `L{layer}_{architecture}[_k=..|_l1=..]`."""
+    `L{layer}_{architecture}[_k=..][_l1=..]...` (each swept knob named)."""
     from sae_lens_attn.training.multi_training import HookZSAESpec
 
     specs = []
@@ -222,10 +189,7 @@ def check_against_model(args: argparse.Namespace, model: HookedTransformer, spec
             cfg = sae_config_for(layout, spec.architecture, spec.expansion_factor, spec.d_sae, **spec.sae_kwargs)
         except ValueError as error:
             usage_error(f"{spec.sae_name}: {error}")
-        k = getattr(cfg, "k", None)
-        if spec.architecture == "topk" and k > cfg.d_sae:  # SAELens's TopK config does not check it
-            usage_error(f"--k {k} exceeds the {cfg.d_sae} features of {spec.sae_name}: expected "
-                        "--k at most d_sae, or a larger --d-sae/--expansion-factor")
+        check_k_fits(spec.sae_name, cfg)
 
 
 def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
@@ -341,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     check_output_folder(args.out)
     specs = sae_specs(args)
+    check_sweep_size(len(specs), [spec.sae_name for spec in specs], args.yes)
     scaleout = scaleout_options(args)
     if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
@@ -352,15 +317,18 @@ def run(args: argparse.Namespace) -> int:
         return 0  # rank 0 saved the SAE; it alone evaluates and lists it
     held_out = eval_dataset(args) if args.eval_batches > 0 else None
     entries = []
+    trained_as = {spec.sae_name: spec.architecture for spec in specs}
     for name, (sae, layout, folder) in trained.items():
+        architecture = trained_as[name]
+        saved_as = "" if sae.cfg.architecture() == architecture else f" (saved as {sae.cfg.architecture()})"
         print(
-            f"saved {sae.cfg.architecture()} SAE on {layout.hook_name} heads {list(layout.heads)} "
+            f"saved {architecture} SAE{saved_as} on {layout.hook_name} heads {list(layout.heads)} "
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
         print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
         metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out, folder)}
         path = folder.relative_to(args.out).as_posix()
-        entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
+        entries.append(sae_list_entry(name, layout.layer, layout.heads, architecture, path, metrics))
     listing = write_sae_list(args.out, entries)
     print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
     return 0
