@@ -234,6 +234,9 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
     [
         (["--layers", "0,2"], "layer 2 is out of range; expected one of blocks.0.attn.hook_z .. blocks.1.attn.hook_z"),
         (["--layer", "0", "--context-size", "65"], "--context-size 65 exceeds the model's n_ctx: expected 2..64"),
+        (["--layer", "0", "--architecture", "matching_pursuit", "--per-head-norm"],
+         "--per-head-norm cannot be folded into L0_matching_pursuit: Folding activation whitening is not supported "
+         "for MatchingPursuit SAEs"),
         (["--layer", "0", "--architecture", "topk", "--k", "200"], "--k 200 exceeds the 128 features of L0_topk: expected --k at most d_sae"),
         (["--layer", "0", "--architecture", "batchtopk", "--k", "129"], "--k 129 exceeds the 128 features of L0_batchtopk"),
         (["--layer", "0", "--architecture", "block_diagonal_batchtopk", "--k", "32.5"],
@@ -348,11 +351,12 @@ def test_every_training_architecture_trains_from_one_pass_saves_reloads_and_is_e
     from one model pass: saved, listed, loaded by SAELens, evaluated per head."""
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
-    architectures = sorted(SAE_TRAINING_CLASS_REGISTRY)
+    # matching_pursuit cannot fold --per-head-norm's scale (tested below); the rest do
+    architectures = sorted(set(SAE_TRAINING_CLASS_REGISTRY) - {"matching_pursuit"})
     out = tmp_path / "all"
     assert main(["train", "--layer", "1", "--architecture", ",".join(architectures), "--k", "4",
                  "--matryoshka-widths", "16:64", "--jumprelu-threshold", "0.02", "--jumprelu-bandwidth", "0.1",
-                 "--topk-threshold-lr", "0.5", "--eval-batches", "1", "--out", str(out), *REDUCED]) == 0
+                 "--topk-threshold-lr", "0.5", "--per-head-norm", "--eval-batches", "1", "--out", str(out), *REDUCED]) == 0
     entries = {entry["name"]: entry for entry in json.loads((out / "saes.json").read_text())}
     assert list(entries) == [f"L1_{a}" for a in architectures]
     saved_as = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu",
@@ -376,12 +380,13 @@ def test_every_training_architecture_trains_from_one_pass_saves_reloads_and_is_e
 
 def test_jumprelu_knobs_sweep_from_one_pass_and_name_each_sae(tiny_embedded, tmp_path):
     out = tmp_path / "sweep"
-    assert main(["train", "--layer", "0", "--architecture", "jumprelu,block_diagonal_jumprelu",
-                 "--jumprelu-threshold", "0.01,0.1", "--target-l0", "4,16", "--eval-batches", "0",
-                 "--out", str(out), *REDUCED]) == 0
+    assert main(["train", "--layer", "0", "--architecture", "jumprelu,block_diagonal_jumprelu,matching_pursuit",
+                 "--jumprelu-threshold", "0.01,0.1", "--target-l0", "4,16", "--residual-threshold", "0.5",
+                 "--eval-batches", "1", "--out", str(out), *REDUCED]) == 0
     names = [entry["name"] for entry in json.loads((out / "saes.json").read_text())]
     assert names == [f"L0_{a}_thr={t}_target_l0={l0}" for a in ("jumprelu", "block_diagonal_jumprelu")
-                     for t in ("0.01", "0.1") for l0 in (4, 16)]
+                     for t in ("0.01", "0.1") for l0 in (4, 16)] + ["L0_matching_pursuit"]
+    assert SAE.load_from_disk(out / "L0_matching_pursuit").cfg.residual_threshold == 0.5
     details = SAE.load_from_disk(out / "L0_block_diagonal_jumprelu_thr=0.1_target_l0=16").cfg.metadata[
         "training_architecture_details"]
     assert (details["jumprelu_init_threshold"], details["target_l0"], details["jumprelu_sparsity_loss_mode"]) == (

@@ -190,6 +190,29 @@ def check_against_model(args: argparse.Namespace, model: HookedTransformer, spec
         except ValueError as error:
             usage_error(f"{spec.sae_name}: {error}")
         check_k_fits(spec.sae_name, cfg)
+        if spec.per_head_norm:
+            check_scale_folds(spec.sae_name, cfg)
+
+
+def check_scale_folds(sae_name: str, cfg: Any) -> None:
+    """`--per-head-norm` folds each head's scale into the saved SAE. SAELens's
+    matching_pursuit refuses any fold (its encoder is tied to its decoder): try it on an
+    empty meta-device SAE, before any training."""
+    import dataclasses
+
+    import torch
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    from sae_lens_attn.training.folding import fold_input_scale
+
+    training_class = SAE_TRAINING_CLASS_REGISTRY[cfg.architecture()][0]
+    if hasattr(training_class, "fold_input_scaling"):  # the block-diagonal family folds any scale
+        return
+    sae = training_class(dataclasses.replace(cfg, device="meta"))
+    try:
+        fold_input_scale(sae, torch.ones(cfg.d_in, device="meta"))
+    except NotImplementedError as error:
+        usage_error(f"--per-head-norm cannot be folded into {sae_name}: {error}; train it without --per-head-norm")
 
 
 def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
