@@ -329,3 +329,16 @@ def test_saelens_command_line_accepts_the_per_head_architectures():
         isinstance(cfg.sae, BlockDiagonalJumpReLUTrainingSAEConfig)
         and cfg.sae.jumprelu_bandwidth == 0.1
     )
+
+
+def test_folding_a_per_head_input_scale_keeps_the_jumprelu_code():
+    """`--per-head-norm` folds each head's scale into the blocks: pre-activations, and so
+    the thresholds' meaning, stay the same."""
+    ours, _ = jumprelu_pair()
+    x = inputs(10)
+    scale = torch.linspace(0.5, 3.0, N_HEADS).repeat_interleave(D_IN // N_HEADS)
+    with torch.no_grad():
+        before = ours.encode_with_hidden_pre(x * scale)[0]
+        ours.fold_input_scaling(scale)
+        torch.testing.assert_close(ours.encode_with_hidden_pre(x)[0], before, rtol=1e-5, atol=1e-5)
+    assert (before > 0).any()

@@ -391,3 +391,18 @@ def test_jumprelu_knobs_sweep_from_one_pass_and_name_each_sae(tiny_embedded, tmp
         "training_architecture_details"]
     assert (details["jumprelu_init_threshold"], details["target_l0"], details["jumprelu_sparsity_loss_mode"]) == (
         0.1, 16, "quadratic")
+
+
+@pytest.mark.parametrize("architecture", ["block_diagonal_batchtopk", "block_diagonal_jumprelu"])
+def test_one_per_head_sae_trains_alone_through_the_single_sae_runner(tiny_embedded, tmp_path, capsys, architecture):
+    out = tmp_path / "one"
+    knob = ["--k", "2"] if "batchtopk" in architecture else ["--target-l0", "8"]
+    assert main(["train", "--layer", "1", "--architecture", architecture, *knob, "--eval-batches", "1",
+                 "--out", str(out), *REDUCED]) == 0
+    sae = SAE.load_from_disk(out)
+    assert type(sae).__name__ == "BlockDiagonalJumpReLUSAE" and sae.cfg.n_heads == 4
+    assert sae.cfg.metadata.training_architecture == architecture
+    saved_as = " (saved as block_diagonal_jumprelu)" if "batchtopk" in architecture else ""
+    assert f"saved {architecture} SAE{saved_as} on blocks.1.attn.hook_z heads [0, 1, 2, 3]" in capsys.readouterr().out
+    [entry] = json.loads((out / "saes.json").read_text())
+    assert entry["architecture"] == architecture and "L1H2/l0" in entry["metrics"]
