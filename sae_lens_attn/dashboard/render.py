@@ -136,7 +136,7 @@ def render_dashboard(
     ]
     if not features:
         raise InvalidInputError(
-            f"features {list(skipped + nonfinite_shown)}: all dead (zero decoder rows) "
+            f"features {list(skipped + nonfinite_shown)}: all have zero decoder rows "
             "or skipped for NaN/inf weights, nothing to show; pick live features"
         )
     config = config or DashboardConfig()
@@ -218,7 +218,7 @@ def _skipped_notes(dead: Sequence[int], nonfinite: Sequence[int]) -> list[str]:
     """Page notes listing the requested features that have no page, and why."""
     notes = []
     for features, why in (
-        (dead, "dead (zero decoder row)"),
+        (dead, "zero decoder row (they write nothing)"),
         (nonfinite, "skipped: NaN or inf in their weights (--allow-nonfinite)"),
     ):
         if features:

@@ -7,7 +7,8 @@ computed as the dashboard computes its features (sae_dashboard's data for the sh
 features from the run's one model pass over the prompts, `one_pass`; our
 `feature_reports` and every panel, batched per shard) and
 written at once, so memory holds one shard, not the atlas. A shard's index rows are
-written last; a shard with rows is done and is skipped by `--resume`. Finally the
+written last, then the checksums of its files go into `atlas.json`; `--resume` skips a
+shard whose files match them and computes any other again. Finally the
 index data is written and the staging folder is published (`site.publish`).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,13 +30,23 @@ from sae_lens_attn.dashboard.atlas.pages import (
     FEATURE_NAME,
     INDEX_DATA,
     INDEX_NAME,
+    packed_json,
     rows_name,
     shard_name,
     write_data_script,
     write_feature_page,
     write_static_files,
 )
-from sae_lens_attn.dashboard.atlas.site import check_site, publish, start_staging, write_marker
+from sae_lens_attn.dashboard.atlas.site import (
+    MARKER,
+    check_site,
+    publish,
+    read_marker,
+    record_shard,
+    shard_is_intact,
+    start_staging,
+    write_marker,
+)
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.errors import InvalidInputError
 
@@ -156,8 +168,16 @@ def build_atlas(
     activations = PromptActivations.collect(
         model, layout.layer, tokens, config.dashboard.minibatch_size_tokens
     )
+    marker = read_marker(staging)
     for shard, shard_features in shards.items():
-        if not (data_dir / rows_name(shard)).is_file() or not (staging / FEATURE_NAME).is_file():
+        intact = (staging / FEATURE_NAME).is_file() and shard_is_intact(staging, shard, marker)
+        if resumed and not intact and (data_dir / rows_name(shard)).is_file():
+            warnings.warn(
+                f"--resume: shard {shard}'s files do not match the checksums in {MARKER} "
+                "(changed or damaged); computing it again",
+                stacklevel=2,
+            )
+        if not intact:
             _write_shard(
                 staging,
                 shard,
@@ -169,6 +189,9 @@ def build_atlas(
                 config,
                 dense,
                 activations,
+            )
+            record_shard(
+                staging, shard, [data_dir / shard_name(shard), data_dir / rows_name(shard)]
             )
             release_freed_memory()
         bar.update(len(shard_features))
@@ -223,7 +246,7 @@ def live_features(
     """The `selected` features, ascending, with a finite nonzero decoder row that fire on
     `tokens` at least once."""
     from sae_lens_attn.attribution.logit_lens import dead_rows
-    from sae_lens_attn.demo.activity import feature_activity
+    from sae_lens_attn.detectors.activity import feature_activity
 
     fires = feature_activity(model, sae, layout, tokens).live
     dead = dead_rows(sae.W_dec.detach().cpu())
@@ -379,12 +402,14 @@ def _write_shard(
             box for panel in panels if (box := render_panel(panel, report, context)[0]) is not None
         ]
         previous, following = neighbours[report.feature]
-        entries[str(report.feature)] = {
-            "sae_vis": sae_vis_js[str(report.feature)],
-            "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
-            "prev": previous,
-            "next": following,
-        }
+        entries[str(report.feature)] = packed_json(
+            {
+                "sae_vis": sae_vis_js[str(report.feature)],
+                "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
+                "prev": previous,
+                "next": following,
+            }
+        )
         index_rows.append(
             index_row(report, context, stats.max[i], stats.frac_nonzero[i], config.top_tokens)
         )
