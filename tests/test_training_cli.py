@@ -280,7 +280,7 @@ ALL_SWEEP_VALUES = ",".join(str(c) for c in range(1, 66))
          "--k does not apply to --architecture block_diagonal_jumprelu"),
         (["--architecture", "standard,topk", "--k", "4", "--target-l0", "10"],
          "--target-l0 does not apply to --architecture standard,topk; it applies to block_diagonal_jumprelu, jumprelu"),
-        (["--architecture", "block_diagonal", "--aux-loss-coefficient", "0.5"],
+        (["--architecture", "block_diagonal", "--l1-coefficient", "2", "--aux-loss-coefficient", "0.5"],
          "--aux-loss-coefficient does not apply to --architecture block_diagonal"),
         (["--architecture", "matryoshka_batchtopk", "--k", "4"],
          "--architecture matryoshka_batchtopk needs --matryoshka-widths (nested widths, e.g. 128:512)"),
