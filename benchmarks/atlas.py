@@ -57,6 +57,7 @@ ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
 STAGES = (
     ("liveness pass", "sae_lens_attn.dashboard.atlas.build", "live_features"),
     ("detectors", "sae_lens_attn.dashboard.atlas.build", "run_detectors"),
+    ("one model pass (hook_z)", "sae_lens_attn.dashboard.one_pass", "PromptActivations.collect"),
     ("sae_dashboard runner", "sae_lens_attn.dashboard.sae_vis", "run_sae_vis"),
     ("DFA, heads, logit lens", "sae_lens_attn.dashboard.data", "feature_reports"),
     ("circuit panel prepare", "sae_lens_attn.dashboard.circuit_panel", "CircuitPanel.prepare"),

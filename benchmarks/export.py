@@ -18,6 +18,8 @@ check the data); the check here is that both list the same features and examples
 
     python benchmarks/export.py [--threads 2] [--n-features 512] [--smoke]
 
+`--smoke`: 8 features of benchmarks/atlas.py's tiny shape, in batches of 4.
+
 Last line: `export_features_per_s=<after> export_before_features_per_s=<before> export_speedup=<x>`.
 """
 
@@ -32,6 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+LAST_LINE_KEYS = ("export_features_per_s", "export_before_features_per_s", "export_speedup")
 
 
 def load_average() -> str:
@@ -117,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-features", type=int, default=512)
-    parser.add_argument("--smoke", action="store_true", help="8 features on 8 prompts of 16 tokens")
+    parser.add_argument(
+        "--smoke", action="store_true", help="8 features of atlas.py's tiny smoke shape"
+    )
     args = parser.parse_args()
     from sae_lens_attn.runtime import configure_runtime, configure_torch
 
@@ -131,9 +137,7 @@ def main() -> None:
         f"export benchmark: CPU, {args.threads} thread(s), load average before {load_average()} "
         "(the machine is shared)"
     )
-    model, sae, layout, tokens = gpt2_shape(1)
-    if args.smoke:
-        tokens = tokens[:8, :16]
+    model, sae, layout, tokens = gpt2_shape(1, smoke=args.smoke)
     settings = NeuronpediaSettings(model_id="gpt2-shape", sae_set="bench", batch_size=batch_size)
     features = list(range(n_features))
     seconds, documents, loads = {}, {}, {}
