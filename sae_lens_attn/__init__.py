@@ -56,6 +56,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "train_hook_z_sae": "sae_lens_attn.training.train",
     "train_hook_z_saes": "sae_lens_attn.training.multi_training",
     "HookZSAESpec": "sae_lens_attn.training.multi_training",
+    "SAEInit": "sae_lens_attn.architectures.init_options",
     "feature_circuit": "sae_lens_attn.attribution.circuit.feature",
     "get_plugin_manager": "sae_lens_attn.plugins",
     "register_architectures_with_sae_lens": "sae_lens_attn.plugins",

@@ -17,7 +17,8 @@ from sae_lens_attn.commands._common import load_sae, resolve_sae_folder
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.sources.head_layout import HeadLayout
 
-REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2"]
+REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2",
+           "--dead-tokens", "2048"]
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
         assert (sae.cfg.architecture(), sae.cfg.metadata.hook_name) == (
             entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
         assert entry["heads"] == [0, 1, 2, 3]
-        assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+        assert {"training_l0", "dead_eval_tokens", "not_seen_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
         layer = entry["layer"]
         assert {f"L{layer}H{h}/{m}" for h in range(4) for m in ("explained_variance", "ce_loss_recovered", "l0",
                                                                   "dead_share")} <= set(entry["metrics"])
@@ -279,7 +280,7 @@ ALL_SWEEP_VALUES = ",".join(str(c) for c in range(1, 66))
          "--k does not apply to --architecture block_diagonal_jumprelu"),
         (["--architecture", "standard,topk", "--k", "4", "--target-l0", "10"],
          "--target-l0 does not apply to --architecture standard,topk; it applies to block_diagonal_jumprelu, jumprelu"),
-        (["--architecture", "block_diagonal", "--aux-loss-coefficient", "0.5"],
+        (["--architecture", "block_diagonal", "--l1-coefficient", "2", "--aux-loss-coefficient", "0.5"],
          "--aux-loss-coefficient does not apply to --architecture block_diagonal"),
         (["--architecture", "matryoshka_batchtopk", "--k", "4"],
          "--architecture matryoshka_batchtopk needs --matryoshka-widths (nested widths, e.g. 128:512)"),
@@ -344,6 +345,40 @@ def test_a_diverging_sae_of_a_multi_sae_run_is_named(tiny_embedded, tmp_path):
     assert message.endswith("; no checkpoint was saved before it; no SAE of this run was saved: train again with a "
                             "lower learning rate or sparsity coefficient")
     assert not (out / "saes.json").exists()
+
+
+def test_autocast_trains_under_bf16_autocast_through_saelens_runner(tiny_embedded, tmp_path, monkeypatch):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    seen = []
+    original = SAETrainer.__init__
+
+    def spy(self, cfg, *args, **kwargs):
+        seen.append(cfg.autocast)
+        original(self, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(SAETrainer, "__init__", spy)
+    assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path / "a"), *REDUCED]) == 0
+    assert main(["train", "--layer", "1", "--eval-batches", "0", "--out", str(tmp_path / "b"), *REDUCED]) == 0
+    assert seen == [True, False]
+
+
+def test_autocast_on_a_cpu_without_native_bf16_warns_once_that_it_is_slow(tiny_embedded, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning) as record:
+        assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path), *REDUCED]) == 0
+    [warning] = [str(w.message) for w in record if "--autocast" in str(w.message)]
+    assert warning.startswith("--autocast: this CPU has no native bf16 instructions") and "will be slow" in warning
+
+
+def test_autocast_on_a_device_without_bf16_exits_2(tiny_embedded, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert main(["train", "--layer", "1", "--autocast", "--device", "cuda", "--out", str(tmp_path), *REDUCED]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "error: --autocast: cuda does not support bf16; train without --autocast (float32)"
+    assert tiny_embedded == []
 
 
 def test_every_training_architecture_trains_from_one_pass_saves_reloads_and_is_evaluated(tiny_embedded, tmp_path):

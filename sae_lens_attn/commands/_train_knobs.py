@@ -5,8 +5,9 @@ Every architecture in `sae_lens.registry.SAE_TRAINING_CLASS_REGISTRY` (SAELens's
 any plugin's) is accepted by name, read when `train` runs. A knob applies to an
 architecture when its training config has the knob's field (`--k` -> `k`, `--l1-coefficient`
 -> `l1_coefficient`, ...), so a new registration with SAELens's field names gets the same
-options. `block_diagonal` is the one exception: `--k` switches it to TopK in each head's
-block, which has no L1 term (and without `--k` it has no auxiliary loss).
+options. `block_diagonal` is the one exception: it is TopK in each head's block (k = d_head // 4
+unless `--k` says otherwise), which has no L1 term, and `--l1-coefficient` without `--k`
+makes it ReLU, which has no auxiliary loss.
 """
 
 from __future__ import annotations
@@ -68,17 +69,18 @@ KNOBS = (
         "k",
         "k",
         positive_number,
-        "active features per token (topk, abstopk), per head (block_diagonal: switches it to TopK in "
-        "each head's block), mean per token (batchtopk, matryoshka_batchtopk) or mean per head and "
-        "token (block_diagonal_batchtopk) (default: none; required by those but block_diagonal, "
-        "which is ReLU without it)",
+        "active features per token (topk, abstopk), per head (block_diagonal's TopK in each "
+        "head's block), mean per token (batchtopk, matryoshka_batchtopk) or mean per head and "
+        "token (block_diagonal_batchtopk) (default: none, required by those; block_diagonal: "
+        "d_head // 4, e.g. 8 on the embedded model's 4 heads x 32, L0 32)",
     ),
     Knob(
         "l1-coefficient",
         "l1_coefficient",
         "l1",
         non_negative_float,
-        "L1 penalty of ReLU SAEs (standard, gated, block_diagonal without --k) (default: SAELens's, 1)",
+        "L1 penalty of ReLU SAEs (standard, gated; block_diagonal without --k, which it switches "
+        "from per-head TopK to ReLU) (default: SAELens's, 1)",
     ),
     Knob(
         "l0-coefficient",
@@ -196,9 +198,14 @@ def applies(knob: Knob, architecture: str, args: argparse.Namespace) -> bool:
     if architecture == BLOCK_DIAGONAL:
         if knob.field == "l1_coefficient" and args.k is not None:
             return False
-        if knob.field == "aux_loss_coefficient" and args.k is None:
+        if knob.field == "aux_loss_coefficient" and not block_diagonal_is_topk(args):
             return False
     return knob.field in config_fields(architecture)
+
+
+def block_diagonal_is_topk(args: argparse.Namespace) -> bool:
+    """block_diagonal is per-head TopK unless `--l1-coefficient` without `--k` makes it ReLU."""
+    return args.k is not None or args.l1_coefficient is None
 
 
 def _is_per_head(architecture: str) -> bool:
@@ -270,7 +277,9 @@ def sparsity_variants(
     `k=2_l1=0.5`, and is empty when none does."""
     knobs = [knob for knob in given_knobs(args) if applies(knob, architecture, args)]
     extra: dict[str, Any] = (
-        {"activation": "topk"} if architecture == BLOCK_DIAGONAL and args.k else {}
+        {"activation": "topk"}
+        if architecture == BLOCK_DIAGONAL and block_diagonal_is_topk(args)
+        else {}
     )
     for knob in knobs:
         extra.update(knob.sets)
