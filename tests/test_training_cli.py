@@ -379,6 +379,8 @@ def test_autocast_on_a_device_without_bf16_exits_2(tiny_embedded, tmp_path, caps
     [line] = capsys.readouterr().err.splitlines()
     assert line == "error: --autocast: cuda does not support bf16; train without --autocast (float32)"
     assert tiny_embedded == []
+
+
 def test_every_training_architecture_trains_from_one_pass_saves_reloads_and_is_evaluated(tiny_embedded, tmp_path):
     """Each name in SAELens's training registry (ours included), with the knobs each takes,
     from one model pass: saved, listed, loaded by SAELens, evaluated per head."""
