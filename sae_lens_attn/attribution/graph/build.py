@@ -22,7 +22,6 @@ from sae_lens_attn.attribution.graph.influence import (
     dense_influence,
     find_threshold,
     graph_scores,
-    influence,
 )
 from sae_lens_attn.attribution.graph.nodes import (
     ERROR_KINDS,
@@ -349,9 +348,9 @@ def _expand(
         bias.update(zip(chosen.tolist(), rows.bias.tolist(), strict=True))
         value.update(zip(chosen.tolist(), rows.value.tolist(), strict=True))
         _reach(steps, block)
-    node_influence = influence(blocks, n_nodes, root)
-    inputs = nodes.of_kind(*INPUT_KINDS)
-    errors = nodes.of_kind(*ERROR_KINDS)
+    scores, node_influence = graph_scores(
+        blocks, n_nodes, root, nodes.of_kind(*INPUT_KINDS), nodes.of_kind(*ERROR_KINDS)
+    )
     return dict(
         nodes=nodes,
         root=root,
@@ -361,18 +360,19 @@ def _expand(
         depth=steps,
         closure_max_abs=max(closure),
         node_influence=node_influence,
-        scores=graph_scores(blocks, n_nodes, root, inputs, errors),
+        scores=scores,
     )
 
 
 def _reach(steps: torch.Tensor, block: RowBlock) -> None:
     """Mark the sources of `block`'s non-zero edges one step further than their target."""
     width = block.rows.shape[1]
-    for row, target in zip(block.rows, block.targets.tolist(), strict=True):
-        hit = (row != 0).nonzero().flatten()
-        current = steps[:width][hit]
-        step = steps[target] + 1
-        steps[hit] = torch.where((current < 0) | (current > step), step, current)
+    step = steps[block.targets][:, None] + 1
+    unreached = torch.iinfo(steps.dtype).max
+    nearest = torch.where(block.rows != 0, step, unreached).min(0).values
+    current = steps[:width]
+    better = (nearest < unreached) & ((current < 0) | (current > nearest))
+    current[better] = nearest[better]
 
 
 def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> None:
@@ -408,7 +408,7 @@ def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> Non
     )
     errors = nodes.of_kind(*ERROR_KINDS) | (nodes.of_kind("feature") & ~kept)
     errors[root] = False
-    graph.pruned_scores = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors)
+    graph.pruned_scores, _ = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors)
 
 
 def _dense(graph: AttributionGraph, index: torch.Tensor) -> torch.Tensor:
