@@ -364,12 +364,16 @@ def _expand(
     )
 
 
-def _reach(steps: torch.Tensor, block: RowBlock) -> None:
-    """Mark the sources of `block`'s non-zero edges one step further than their target."""
+def _reach(steps: torch.Tensor, block: RowBlock, chunk: int = 256) -> None:
+    """Mark the sources of `block`'s non-zero edges one step further than their target
+    (`chunk` rows at a time, to bound the temporary memory)."""
     width = block.rows.shape[1]
-    step = steps[block.targets][:, None] + 1
     unreached = torch.iinfo(steps.dtype).max
-    nearest = torch.where(block.rows != 0, step, unreached).min(0).values
+    nearest = torch.full((width,), unreached, dtype=steps.dtype)
+    for start in range(0, len(block.targets), chunk):
+        step = steps[block.targets[start : start + chunk]][:, None] + 1
+        hit = block.rows[start : start + chunk] != 0
+        nearest = torch.minimum(nearest, torch.where(hit, step, unreached).min(0).values)
     current = steps[:width]
     better = (nearest < unreached) & ((current < 0) | (current > nearest))
     current[better] = nearest[better]

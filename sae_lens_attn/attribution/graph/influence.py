@@ -26,7 +26,7 @@ class RowBlock:
 
     def normalized(self) -> torch.Tensor:
         magnitude = self.rows.abs()
-        return magnitude / magnitude.sum(1, keepdim=True).clamp(min=1e-10)
+        return magnitude.div_(magnitude.sum(1, keepdim=True).clamp(min=1e-10))
 
 
 def dense_influence(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -137,7 +137,7 @@ class AttentionReads:
         order = source_pos.argsort(stable=True)
         counts = torch.bincount(source_pos, minlength=int(source_pos.max()) + 1).tolist()
         inputs = inputs[order]
-        by_position = torch.zeros(targets, end)
+        rows = torch.zeros(targets, end)
         starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
         for chunk in range(0, len(counts), POSITIONS_PER_CHUNK):
             span = range(chunk, min(chunk + POSITIONS_PER_CHUNK, len(counts)))
@@ -152,12 +152,9 @@ class AttentionReads:
                         if self.destinations is None
                         else int(torch.searchsorted(self.destinations, k))
                     )
+                    sources = order[starts[k] : starts[k + 1]]
                     block = inputs[starts[k] : starts[k + 1]]
-                    by_position[first:, starts[k] : starts[k + 1]] = (
-                        reads[first:, k - span.start] @ block.T
-                    )
-        rows = torch.empty_like(by_position)
-        rows[:, order] = by_position
+                    rows[first:, sources] = reads[first:, k - span.start] @ block.T
         n_pos = constant.shape[0]
         fixed_inputs = self.norm.linear(constant, torch.arange(n_pos))  # [pos, d_model]
         per_head = torch.einsum("m,hmd->hd", self.norm.bias, self.W_V) + self.b_V
