@@ -74,6 +74,19 @@ def rss_mb(field: str) -> float:
     return float("nan")
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc `malloc_trim`), so that the
+    RSS before the graph is what is alive, not what building the SAEs left behind."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS keeps the freed heap
+        pass
+
+
 def reset_peak_rss() -> None:
     """Start `VmHWM` again from the current RSS (Linux: `clear_refs` 5)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -145,6 +158,7 @@ def main() -> int:
         0, shape["d_vocab"], (n_tokens,), generator=torch.Generator().manual_seed(0)
     )
     saes = random_saes(model, d_sae, tokens, args.l0)
+    release_free_memory()
     before_mb = rss_mb("VmRSS")
     reset_peak_rss()
     big, graph_s, graph_cpu_s = timed_graph(model, saes, tokens, logit_token=int(tokens[-1]))
