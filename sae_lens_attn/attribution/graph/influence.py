@@ -18,10 +18,11 @@ import torch
 
 @dataclass(frozen=True)
 class RowBlock:
-    """Rows of the targets `targets [T]` (node indices) over the first `rows.shape[1]`
-    nodes."""
+    """Rows `rows [T, C]` of the targets `targets [T]` over the source nodes `columns [C]`
+    (node indices; the other nodes' edges into these targets are zero)."""
 
     targets: torch.Tensor
+    columns: torch.Tensor
     rows: torch.Tensor
 
     def normalized(self) -> torch.Tensor:
@@ -82,12 +83,11 @@ def graph_scores(
         normalized = (
             block.normalized()
             if bool(keep.all())
-            else RowBlock(targets, block.rows[keep]).normalized()
+            else RowBlock(targets, block.columns, block.rows[keep]).normalized()
         )
-        width = normalized.shape[1]
         weight = node_influence[targets] + (targets == root).float()
-        node_influence[:width] += weight @ normalized
-        non_error[targets] = 1 - normalized[:, errors[:width]].sum(1)
+        node_influence.index_add_(0, block.columns, weight @ normalized)
+        non_error[targets] = 1 - normalized[:, errors[block.columns]].sum(1)
     token = node_influence[inputs].sum()
     error = node_influence[errors].sum()
     replacement = (token / (token + error).clamp(min=1e-30)).item()
