@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from sae_lens_attn.attribution.graph.nodes import LayerFeatures, NodeSet
 
 CENTRED_NORMS = ("LN", "LNPre")
-POSITIONS_PER_CHUNK = 16  # source positions read per batched matmul (memory: T x 16 x d_model)
+POSITIONS_PER_CHUNK = 8  # source positions read per batched matmul (memory: T x 8 x d_model)
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,8 @@ class FrozenNorm:
 
     def linear(self, writes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The linear part applied to `writes [n, d_model]` written at `positions [n]`."""
-        if self.centred:
-            writes = writes - writes.mean(-1, keepdim=True)
-        return writes / self.scale[positions, None] * self.weight
+        out = writes - writes.mean(-1, keepdim=True) if self.centred else writes.clone()
+        return out.div_(self.scale[positions, None]).mul_(self.weight)  # one new tensor
 
 
 def frozen_norm(
@@ -131,12 +130,11 @@ class AttentionReads:
         `constant [pos, d_model]` (the layers' constant writes), ln1.b, b_V, b_dec, b_enc."""
         end = nodes.prefix(self.layer)
         source_pos = nodes.position[:end]
-        inputs = self.norm.linear(nodes.writes[:end], source_pos)  # [P, d_model]
         targets = self.encoder.shape[0]
         # sources sorted by position, so that each position's sources are one slice
         order = source_pos.argsort(stable=True)
         counts = torch.bincount(source_pos, minlength=int(source_pos.max()) + 1).tolist()
-        inputs = inputs[order]
+        inputs = self.norm.linear(nodes.writes[order], source_pos[order])  # [P, d_model]
         rows = torch.zeros(targets, end)
         starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
         for chunk in range(0, len(counts), POSITIONS_PER_CHUNK):
