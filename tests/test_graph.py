@@ -54,7 +54,7 @@ def dense_adjacency(graph) -> torch.Tensor:
     n = graph.n_nodes
     dense = torch.zeros(n, n)
     for block in graph.blocks:
-        dense[block.targets, : block.rows.shape[1]] = block.rows
+        dense[block.targets[:, None], block.columns[None]] = block.rows
     return dense
 
 

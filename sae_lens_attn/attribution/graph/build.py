@@ -22,7 +22,6 @@ from sae_lens_attn.attribution.graph.influence import (
     dense_influence,
     find_threshold,
     graph_scores,
-    influence,
 )
 from sae_lens_attn.attribution.graph.nodes import (
     ERROR_KINDS,
@@ -118,11 +117,13 @@ class AttributionGraph:
         return KINDS[int(self.nodes.kind[node])]
 
     def incoming(self, node: int) -> torch.Tensor | None:
-        """The full row of `node` (`[n_sources]`), or None for a leaf."""
+        """The full row of `node` (`[n_nodes]`, zero where no edge), or None for a leaf."""
         for block in self.blocks:
             hit = (block.targets == node).nonzero()
             if len(hit):
-                return block.rows[int(hit[0])]
+                row = torch.zeros(self.n_nodes)
+                row[block.columns] = block.rows[int(hit[0])]
+                return row
         return None
 
 
@@ -323,7 +324,8 @@ def _expand(
     max_depth = depth if depth is not None else model.cfg.n_layers + 1
     steps = torch.full((n_nodes,), -1, dtype=torch.long)
     steps[root] = 0
-    blocks = [RowBlock(torch.tensor([root]), root_rows.rows[:, : root_rows.rows.shape[1]])]
+    width = root_rows.rows.shape[1]
+    blocks = [RowBlock(torch.tensor([root]), torch.arange(width), root_rows.rows)]
     bias = {root: root_rows.bias.item()}
     value = {root: root_rows.value.item()}
     closure = [root_rows.closure.abs().max().item()]
@@ -343,15 +345,16 @@ def _expand(
             model, cache, feats[layer], nodes.position[chosen], nodes.index[chosen]
         )
         rows = reads.rows(nodes, nodes.constant[layer])
-        block = RowBlock(chosen, rows.rows)
-        blocks.append(block)
         closure.append(rows.closure.abs().max().item())
         bias.update(zip(chosen.tolist(), rows.bias.tolist(), strict=True))
         value.update(zip(chosen.tolist(), rows.value.tolist(), strict=True))
-        _reach(steps, block)
-    node_influence = influence(blocks, n_nodes, root)
-    inputs = nodes.of_kind(*INPUT_KINDS)
-    errors = nodes.of_kind(*ERROR_KINDS)
+        for block in _causal_blocks(chosen, nodes, rows.rows):
+            blocks.append(block)
+            _reach(steps, block)
+        del rows
+    scores, node_influence = graph_scores(
+        blocks, n_nodes, root, nodes.of_kind(*INPUT_KINDS), nodes.of_kind(*ERROR_KINDS)
+    )
     return dict(
         nodes=nodes,
         root=root,
@@ -361,18 +364,41 @@ def _expand(
         depth=steps,
         closure_max_abs=max(closure),
         node_influence=node_influence,
-        scores=graph_scores(blocks, n_nodes, root, inputs, errors),
+        scores=scores,
     )
 
 
-def _reach(steps: torch.Tensor, block: RowBlock) -> None:
-    """Mark the sources of `block`'s non-zero edges one step further than their target."""
-    width = block.rows.shape[1]
-    for row, target in zip(block.rows, block.targets.tolist(), strict=True):
-        hit = (row != 0).nonzero().flatten()
-        current = steps[:width][hit]
-        step = steps[target] + 1
-        steps[hit] = torch.where((current < 0) | (current > step), step, current)
+def _causal_blocks(targets: torch.Tensor, nodes: NodeSet, rows: torch.Tensor) -> list[RowBlock]:
+    """`rows [T, P]` (over the first P nodes) split by target position, each block keeping
+    only the sources at or before it: under causal attention the rest are zeros, so this
+    halves what is stored. Keeps every column when the rows say otherwise."""
+    source_pos = nodes.position[: rows.shape[1]]
+    positions = nodes.position[targets]
+    blocks = []
+    for q in positions.unique().tolist():
+        picked = (positions == q).nonzero().flatten()
+        columns = (source_pos <= q).nonzero().flatten()
+        part = rows[picked]
+        if bool((part[:, source_pos > q] != 0).any()):  # not causal: keep the whole row
+            columns = torch.arange(rows.shape[1])
+        else:
+            part = part[:, columns]
+        blocks.append(RowBlock(targets[picked], columns, part.contiguous()))
+    return blocks
+
+
+def _reach(steps: torch.Tensor, block: RowBlock, chunk: int = 256) -> None:
+    """Mark the sources of `block`'s non-zero edges one step further than their target
+    (`chunk` rows at a time, to bound the temporary memory)."""
+    unreached = torch.iinfo(steps.dtype).max
+    nearest = torch.full((len(block.columns),), unreached, dtype=steps.dtype)
+    for start in range(0, len(block.targets), chunk):
+        step = steps[block.targets[start : start + chunk]][:, None] + 1
+        hit = block.rows[start : start + chunk] != 0
+        nearest = torch.minimum(nearest, torch.where(hit, step, unreached).min(0).values)
+    current = steps[block.columns]
+    better = (nearest < unreached) & ((current < 0) | (current > nearest))
+    steps[block.columns[better]] = nearest[better]
 
 
 def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> None:
@@ -408,7 +434,7 @@ def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> Non
     )
     errors = nodes.of_kind(*ERROR_KINDS) | (nodes.of_kind("feature") & ~kept)
     errors[root] = False
-    graph.pruned_scores = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors)
+    graph.pruned_scores, _ = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors)
 
 
 def _dense(graph: AttributionGraph, index: torch.Tensor) -> torch.Tensor:
@@ -421,9 +447,9 @@ def _dense(graph: AttributionGraph, index: torch.Tensor) -> torch.Tensor:
         keep = local >= 0
         if not bool(keep.any()):
             continue
-        width = block.rows.shape[1]
-        cols = index[index < width]
-        dense[local[keep][:, None], position[cols][None]] = block.rows[keep][:, cols]
+        in_dense = position[block.columns] >= 0
+        columns = position[block.columns[in_dense]]
+        dense[local[keep][:, None], columns[None]] = block.rows[keep][:, in_dense]
     return dense
 
 

@@ -5,7 +5,7 @@
 Rows are targets, columns sources; each row is normalised to `|row| / sum |row|`. A node's
 influence is the sum over all paths from it to the root of the products of normalised edge
 weights (`w A + w A^2 + ...` with `w` one-hot on the root). Because every edge goes up the
-layers, one pass from the top down computes it exactly.
+layers, one pass from the top down computes it exactly (`graph_scores`).
 """
 
 from __future__ import annotations
@@ -18,32 +18,16 @@ import torch
 
 @dataclass(frozen=True)
 class RowBlock:
-    """Rows of the targets `targets [T]` (node indices) over the first `rows.shape[1]`
-    nodes."""
+    """Rows `rows [T, C]` of the targets `targets [T]` over the source nodes `columns [C]`
+    (node indices; the other nodes' edges into these targets are zero)."""
 
     targets: torch.Tensor
+    columns: torch.Tensor
     rows: torch.Tensor
 
     def normalized(self) -> torch.Tensor:
         magnitude = self.rows.abs()
-        return magnitude / magnitude.sum(1, keepdim=True).clamp(min=1e-10)
-
-
-def influence(
-    blocks: Sequence[RowBlock], n_nodes: int, root: int, skip: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`[n_nodes]`: each node's influence on `root`. `blocks` run from the root down (every
-    target's influence is final before its row spreads it); targets in `skip [n_nodes]`
-    bool are treated as leaves (their rows are dropped)."""
-    result = torch.zeros(n_nodes)
-    for block in blocks:
-        weight = result[block.targets] + (block.targets == root).float()
-        if skip is not None:
-            weight = weight * ~skip[block.targets]
-        if bool((weight != 0).any()):
-            width = block.rows.shape[1]
-            result[:width] += weight @ block.normalized()
-    return result
+        return magnitude.div_(magnitude.sum(1, keepdim=True).clamp(min=1e-10))
 
 
 def dense_influence(normalized: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -84,22 +68,30 @@ def graph_scores(
     root: int,
     inputs: torch.Tensor,
     errors: torch.Tensor,
-) -> Scores:
-    """Scores with `inputs`, `errors` `[n_nodes]` bool marking token and error nodes. Error
-    nodes are leaves (their rows, if any, are dropped): passing pruned features as errors
-    gives the scores after pruning."""
-    node_influence = influence(blocks, n_nodes, root, skip=errors)
+) -> tuple[Scores, torch.Tensor]:
+    """Scores with `inputs`, `errors` `[n_nodes]` bool marking token and error nodes, and
+    the nodes' influence, in one pass down the blocks. Error nodes are leaves (their rows,
+    if any, are dropped): passing pruned features as errors gives the scores after
+    pruning; error nodes proper have no rows, so with them the influence is `influence`'s."""
+    node_influence = torch.zeros(n_nodes)
+    non_error = torch.ones(n_nodes)
+    for block in blocks:
+        keep = ~errors[block.targets]
+        if not bool(keep.any()):
+            continue
+        targets = block.targets[keep]
+        normalized = (
+            block.normalized()
+            if bool(keep.all())
+            else RowBlock(targets, block.columns, block.rows[keep]).normalized()
+        )
+        weight = node_influence[targets] + (targets == root).float()
+        node_influence.index_add_(0, block.columns, weight @ normalized)
+        non_error[targets] = 1 - normalized[:, errors[block.columns]].sum(1)
     token = node_influence[inputs].sum()
     error = node_influence[errors].sum()
     replacement = (token / (token + error).clamp(min=1e-30)).item()
     output = node_influence.clone()
     output[root] += 1.0
-    non_error = torch.ones(n_nodes)
-    for block in blocks:
-        normalized = block.normalized()
-        width = normalized.shape[1]
-        keep = ~errors[block.targets]
-        share = normalized[:, errors[:width]].sum(1)
-        non_error[block.targets[keep]] = 1 - share[keep]
     completeness = ((non_error * output).sum() / output.sum()).item()
-    return Scores(replacement, completeness)
+    return Scores(replacement, completeness), node_influence

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from sae_lens_attn.attribution.graph.nodes import LayerFeatures, NodeSet
 
 CENTRED_NORMS = ("LN", "LNPre")
+POSITIONS_PER_CHUNK = 8  # source positions read per batched matmul (memory: T x 8 x d_model)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ class FrozenNorm:
 
     def linear(self, writes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The linear part applied to `writes [n, d_model]` written at `positions [n]`."""
-        if self.centred:
-            writes = writes - writes.mean(-1, keepdim=True)
-        return writes / self.scale[positions, None] * self.weight
+        out = writes - writes.mean(-1, keepdim=True) if self.centred else writes.clone()
+        return out.div_(self.scale[positions, None]).mul_(self.weight)  # one new tensor
 
 
 def frozen_norm(
@@ -111,8 +111,13 @@ class AttentionReads:
         self.norm = frozen_norm(model, cache, f"blocks.{self.layer}.ln1", n_pos)
         pattern = cache[f"blocks.{self.layer}.attn.hook_pattern"].detach().float()
         self.pattern = pattern[self.heads][:, positions]  # [H, T, pos]
+        # causal attention: no target reads a later position (targets come sorted by it)
+        causal = model.cfg.attention_dir == "causal" and bool((positions.diff() >= 0).all())
+        self.destinations = positions.contiguous() if causal else None
         columns = encoder_columns(feats.sae, features.to(feats.sae.b_dec.device)).detach()
         self.encoder = layout.split(columns.T.float())  # [T, H, d_head]
+        # each target's read of the residual stream through each head: W_V[h] @ W_enc[h]
+        self.reads = torch.einsum("thd,hmd->thm", self.encoder, self.W_V)  # [T, H, d_model]
         sae = feats.sae
         centring = -(sae.b_dec.detach().float() @ columns.float()) * float(
             sae.cfg.apply_b_dec_to_input
@@ -120,25 +125,40 @@ class AttentionReads:
         self.fixed = centring + sae.b_enc.detach().float()[features]
         self.value = feats.pre_acts[positions, features].float()
 
-    def values(self, writes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """`[n, H, d_head]`: what `writes [n, d_model]` at `positions` add to each head's
-        value vector at their position."""
-        return torch.einsum("nm,hmd->nhd", self.norm.linear(writes, positions), self.W_V)
-
     def rows(self, nodes: NodeSet, constant: torch.Tensor) -> TargetRows:
         """Edges from the nodes this layer reads (`nodes.prefix(layer)`), and the bias from
         `constant [pos, d_model]` (the layers' constant writes), ln1.b, b_V, b_dec, b_enc."""
         end = nodes.prefix(self.layer)
         source_pos = nodes.position[:end]
-        values = self.values(nodes.writes[:end], source_pos)  # [P, H, d_head]
-        rows = torch.zeros(self.encoder.shape[0], end)
-        for i in range(len(self.heads)):
-            rows += (self.encoder[:, i] @ values[:, i].T) * self.pattern[i][:, source_pos]
+        targets = self.encoder.shape[0]
+        # sources sorted by position, so that each position's sources are one slice
+        order = source_pos.argsort(stable=True)
+        counts = torch.bincount(source_pos, minlength=int(source_pos.max()) + 1).tolist()
+        inputs = self.norm.linear(nodes.writes[order], source_pos[order])  # [P, d_model]
+        rows = torch.zeros(targets, end)
+        starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
+        for chunk in range(0, len(counts), POSITIONS_PER_CHUNK):
+            span = range(chunk, min(chunk + POSITIONS_PER_CHUNK, len(counts)))
+            # what each target reads at positions `span`: [T, len(span), d_model], one bmm
+            weights = self.pattern[:, :, span.start : span.stop].permute(1, 2, 0)
+            reads = torch.bmm(weights, self.reads)
+            for k in span:
+                if counts[k]:
+                    # causal: only targets at or after k read position k
+                    first = (
+                        0
+                        if self.destinations is None
+                        else int(torch.searchsorted(self.destinations, k))
+                    )
+                    sources = order[starts[k] : starts[k + 1]]
+                    block = inputs[starts[k] : starts[k + 1]]
+                    rows[first:, sources] = reads[first:, k - span.start] @ block.T
         n_pos = constant.shape[0]
-        fixed_values = self.values(constant, torch.arange(n_pos)) + (
-            torch.einsum("m,hmd->hd", self.norm.bias, self.W_V) + self.b_V
-        )  # [pos, H, d_head]
-        bias = torch.einsum("thd,khd,htk->t", self.encoder, fixed_values, self.pattern[..., :n_pos])
+        fixed_inputs = self.norm.linear(constant, torch.arange(n_pos))  # [pos, d_model]
+        per_head = torch.einsum("m,hmd->hd", self.norm.bias, self.W_V) + self.b_V
+        terms = torch.einsum("thm,km->thk", self.reads, fixed_inputs)
+        terms = terms + torch.einsum("thd,hd->th", self.encoder, per_head)[..., None]
+        bias = torch.einsum("htk,thk->t", self.pattern[..., :n_pos], terms)
         return TargetRows(rows, bias + self.fixed, self.value)
 
     def head_terms(
@@ -146,8 +166,8 @@ class AttentionReads:
     ) -> torch.Tensor:
         """`[n, H]`: the edge from write `writes[i]` at `positions[i]` into target
         `targets[i]` (an index into this object's targets), one term per head."""
-        values = self.values(writes, positions)
-        terms = torch.einsum("nhd,nhd->nh", self.encoder[targets], values)
+        inputs = self.norm.linear(writes, positions)
+        terms = torch.einsum("nhm,nm->nh", self.reads[targets], inputs)
         return terms * self.pattern[:, targets, positions].T
 
 
