@@ -17,7 +17,8 @@ Each run is a fresh child process (same environment: threads, huge pages) timed 
 call to the trained SAE on disk, so model forward passes, activation buffering,
 training steps and saving all count. The sides alternate `--rounds` times; the table
 shows tokens/s of every run and the median. The last line is
-`train_throughput_ratio=<ours / SAELens>` (medians).
+`train_throughput_ratio=<ours / SAELens>` (medians). `--smoke`: one round of one batch
+per side.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,14 +36,17 @@ from _bench import (
     child_environment,
     environment_summary,
     load_average,
+    parse_with_smoke,
     require_device,
+    run_python,
 )
 
-from sae_lens_attn.commands._common import positive_int
+from sae_lens_attn.commands._values import positive_int
 
 LAYER, N_HEADS, D_HEAD, D_SAE, BATCH = 1, 8, 64, 16384, 4096
 SIDES = ("ours", "saelens")
 STORE_BATCH_PROMPTS = 16
+LAST_LINE_KEYS = ("train_throughput_ratio",)
 
 
 def gelu_2l_shaped_model(device: str):
@@ -122,7 +125,7 @@ def run_child(args: argparse.Namespace, side: str) -> dict[str, float]:
         sys.executable, __file__, "--child", side, "--device", args.device, "--context", str(args.context),
         "--training-tokens", str(args.training_tokens),
     ] + (["--autocast"] if args.autocast else []) + (["--compile"] if args.compile else [])  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=child_environment(args))
+    result = run_python(command, child_environment(args))
     if result.returncode != 0:
         raise SystemExit(f"error: the {side} run failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -139,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="SAELens's compile_sae=True on both sides")
     add_environment_arguments(parser)
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse_with_smoke(parser, argv, training_tokens=BATCH, rounds=1)
     require_device(parser, args.device)
     args.side = args.child
     return args

@@ -64,6 +64,7 @@ from sae_lens_attn.architectures.per_head_topk import (
     per_head_topk_encode,
 )
 from sae_lens_attn.architectures.relu_decode import relu_decode
+from sae_lens_attn.architectures.sparse_relu import sparse_pays, sparse_relu_decode
 
 ARCHITECTURE = "block_diagonal"
 ACTIVATIONS = ("relu", "topk")
@@ -546,11 +547,16 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
 
     def _encode_relu_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training pass's ReLU step as one node: acts, their reconstruction and
-        their token sum, stashed for `decode` and the L1 term."""
+        their token sum, stashed for `decode` and the L1 term. At low density (and no
+        hook on the pre-activations) it runs on the non-zero acts alone (`sparse_relu`)."""
         sae_in = self.process_sae_in(x)
         pre = block_diagonal_matmul(sae_in, self.W_enc_blocks).add_(self.b_enc)
         hidden_pre = self.hook_sae_acts_pre(pre)
-        feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
+        if not _is_hooked(self.hook_sae_acts_pre) and sparse_pays(hidden_pre, self.cfg.d_sae):
+            weights = (self.W_enc_blocks, self.b_enc, self.W_dec_blocks)
+            feature_acts, decoded, token_sum = sparse_relu_decode(hidden_pre, sae_in, *weights)
+        else:
+            feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
         self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
         self._decoded = (weakref.ref(feature_acts), decoded)
         return feature_acts, hidden_pre

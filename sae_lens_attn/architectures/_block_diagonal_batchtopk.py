@@ -137,6 +137,13 @@ class BlockDiagonalBatchTopKTrainingSAE(BlockDiagonalTrainingSAE):
         )
 
     @override
+    def _apply(self, *args: Any, **kwargs: Any) -> BlockDiagonalBatchTopKTrainingSAE:
+        out = super()._apply(*args, **kwargs)
+        # `.to(dtype)` (loading a checkpoint calls it) casts buffers too: keep float64
+        self.topk_threshold = self.topk_threshold.double()
+        return out
+
+    @override
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return PerHeadBatchTopK(self.cfg.n_heads, self.cfg.k)  # type: ignore[arg-type]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from sae_lens.saes.jumprelu_sae import (
@@ -54,6 +54,9 @@ ACTIVATION = "jumprelu"
 
 class _JumpReLUFields(_BlockDiagonalFields):
     """`activation` is always "jumprelu" and `k` unused (the thresholds set the sparsity)."""
+
+    # fields of `_BlockDiagonalFields` with no meaning here: `train` offers no option for them
+    unused_fields: ClassVar[frozenset[str]] = frozenset({"k"})
 
     @override
     def _check_activation(self) -> None:

@@ -2,8 +2,8 @@
 
 With no sparsity option the SAE is per-head TopK (`block_diagonal`, k = d_head // 4 per
 head, `training.configs.default_k_per_head`): sparse and faithful on any model.
-`--layers`, `--architecture`, `--l1-coefficient`, `--k`, `--b-dec-init` and
-`--decoder-init` take comma lists; their cross
+`--layers`, `--architecture`, the sparsity knobs (`--k`, `--l1-coefficient`, ... see
+`_train_knobs.py`), `--b-dec-init` and `--decoder-init` take comma lists; their cross
 product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
 directly in `--out`, as it always was; several go to `--out/NAME`. Either way
 `--out/saes.json` lists them, so `--sae OUT --sae-name NAME` finds any of them.
@@ -26,10 +26,16 @@ from sae_lens_attn.commands._common import (
     load_model,
     writable_folder,
 )
+from sae_lens_attn.commands._train_knobs import (
+    add_knob_arguments,
+    check_k_fits,
+    check_knobs,
+    check_sweep_size,
+    sparsity_variants,
+)
 from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
-    non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
@@ -52,8 +58,11 @@ from sae_lens_attn.commands._train_scaleout import (
     under_torchrun,
 )
 
-ARCHITECTURES = ("block_diagonal", "standard", "topk")
-USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
+# SAELens 6.54's training registry and ours, for --help; the names accepted are read from
+# the registry when `train` runs, so a plugin's architecture is accepted too.
+KNOWN_ARCHITECTURES = ("abstopk", "batchtopk", "block_diagonal", "block_diagonal_batchtopk",
+                       "block_diagonal_jumprelu", "gated", "jumprelu", "matching_pursuit",
+                       "matryoshka_batchtopk", "standard", "topk")
 EVAL_BATCH_PROMPTS = 8
 FRONTIER_FOLDER = "frontier"  # where a sweep of several SAEs on one hook draws its frontier
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
@@ -63,13 +72,6 @@ DEFAULT_LR = 1e-2  # the best of 3e-3, 1e-2, 3e-2 for per-head and dense TopK in
 MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
 PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
                    "ce_loss_without_sae", "ce_loss_with_ablation")
-
-
-def architecture_name(text: str) -> str:
-    """argparse type: one of `ARCHITECTURES`."""
-    if text not in ARCHITECTURES:
-        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}: expected one of {', '.join(ARCHITECTURES)}")
-    return text
 
 
 def choice_of(choices: Sequence[str], what: str):  # -> Callable[[str], str]
@@ -104,9 +106,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train",
         help="train SAEs on attention layers' hook_z (SAELens runners, offline by default)",
         description="Train SAEs on blocks.L.attn.hook_z (all heads or --heads, in that "
-        "order) with SAELens's runners. Comma lists in --layers, --architecture, "
-        "--l1-coefficient and --k train their cross product from one model forward pass per "
-        "batch. No network access unless --wandb or a hub model/dataset is asked for.",
+        "order) with SAELens's runners. Every architecture in SAELens's training registry is "
+        "accepted by name; each sparsity option sets the field of the same name in the "
+        "architectures that have it. Comma lists in --layers, --architecture and the sparsity "
+        "options train their cross product from one model forward pass per batch. No network "
+        "access unless --wandb or a hub model/dataset is asked for.",
     )
     add_model_argument(parser)
     layers = parser.add_mutually_exclusive_group(required=True)
@@ -120,24 +124,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all); the same for every layer",
     )
     parser.add_argument(
-        "--architecture", type=comma_list(architecture_name), default="block_diagonal",
-        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal, "
-        "per-head TopK unless --l1-coefficient is given)",
+        "--architecture", type=comma_list(str), default="block_diagonal",
+        help="one or more names from SAELens's training registry, comma-separated: "
+        f"{', '.join(KNOWN_ARCHITECTURES)}, or a plugin's (default: block_diagonal, per-head TopK "
+        "with k = d_head // 4 unless --l1-coefficient makes it ReLU)",
     )
     parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
     parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
-    parser.add_argument(
-        "--l1-coefficient", type=comma_list(non_negative_float), default=None,
-        help="L1 penalty of ReLU SAEs: standard, and block_diagonal (switches it from per-head TopK "
-        "to ReLU); a comma list sweeps it (default: SAELens's 1 for standard; block_diagonal "
-        "without it or --k is per-head TopK)",
-    )
-    parser.add_argument(
-        "--k", type=comma_list(positive_int), default=None,
-        help="active features per token (topk, required there) or per head (block_diagonal's "
-        "TopK); a comma list sweeps it (default: block_diagonal d_head // 4 per head, "
-        "e.g. 8 on the embedded model's 4 heads x 32: L0 32)",
-    )
+    add_knob_arguments(parser)
     parser.add_argument(
         "--b-dec-init", type=comma_list(choice_of(B_DEC_INITS, "b_dec init")), default=None,
         help="initial b_dec: zeros (SAELens's), or the mean or geometric_median of the first "
@@ -175,6 +169,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
+    parser.add_argument(
+        "--autocast", action="store_true",
+        help="train the SAEs under bf16 autocast (SAELens's runner option autocast; default: off, "
+        "float32); a CPU without native bf16 (AVX512-BF16 or AMX) gets a warning that it is slow",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=42,
                         help="seeds each SAE's initialisation and the order of training batches (default: 42)")
     parser.add_argument(
@@ -198,43 +197,34 @@ def layers_of(args: argparse.Namespace) -> list[int]:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Checks across options, before any model or data is loaded."""
-    architectures = args.architecture
-    if len(set(architectures)) != len(architectures):
-        usage_error(f"--architecture lists an architecture twice: {','.join(architectures)}")
-    if "topk" in architectures and args.k is None:
-        usage_error("--architecture topk needs --k (active features per token), e.g. --k 32")
-    if args.k is not None and not set(architectures) & set(USES_K):
-        usage_error(f"--k applies to {' and '.join(USES_K)}; --architecture {','.join(architectures)} has no k")
-    uses_l1 = [a for a in architectures if a == "standard" or (a == "block_diagonal" and args.k is None)]
-    if args.l1_coefficient is not None and not uses_l1:
-        usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
-                    f"--architecture {','.join(architectures)} with --k has none")
-    for option in ("layers", "l1_coefficient", "k", "b_dec_init", "decoder_init"):
+    for option in ("layers", "b_dec_init", "decoder_init"):
         values = getattr(args, option) or []
         if len(set(values)) != len(values):
             usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
+    check_knobs(args)
     if args.dataset is None and args.model != EMBEDDED_MODEL:
         usage_error(f"--model {args.model} needs --dataset (a Hugging Face dataset path)")
 
 
-def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """`(name suffix, config fields)` per sweep value of the option `architecture` uses;
-    the suffix is empty unless that option lists several values."""
-    if architecture in USES_K and args.k is not None:
-        topk = {"activation": "topk"} if architecture == "block_diagonal" else {}
-        return [(f"k={k}" if len(args.k) > 1 else "", {"k": k, **topk}) for k in args.k]
-    if architecture != "topk" and args.l1_coefficient is not None:
-        swept = len(args.l1_coefficient) > 1
-        return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
-    if architecture == "block_diagonal":  # no sparsity option: per-head TopK, k from d_head
-        return [("", {"activation": "topk"})]
-    return [("", {})]
+def check_autocast(args: argparse.Namespace) -> None:
+    """`--autocast` needs bf16 on `--device`: exit 2 where it has none; a warning where a
+    CPU has no native bf16 instructions (torch emulates them: slower than float32)."""
+    import warnings
 
+    import torch
 
-def _short(value: float) -> str:
-    """`4.0` -> `4`, `0.5` -> `0.5`; the full repr where 6 digits would lose the value."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
+    if not args.autocast:
+        return
+    if args.device.startswith("cuda"):
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            usage_error(f"--autocast: {args.device} does not support bf16; train without --autocast (float32)")
+        return
+    if args.device == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        warnings.warn(
+            f"--autocast: this CPU has no native bf16 instructions (no AVX512-BF16, no AMX; torch's kernels: "
+            f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and training will be slow, "
+            "likely slower than float32", stacklevel=1,
+        )
 
 
 def init_variants(args: argparse.Namespace) -> list[tuple[str, SAEInit | None]]:
@@ -286,10 +276,30 @@ def check_against_model(args: argparse.Namespace, model: HookedTransformer, spec
             cfg = sae_config_for(layout, spec.architecture, spec.expansion_factor, spec.d_sae, **spec.sae_kwargs)
         except ValueError as error:
             usage_error(f"{spec.sae_name}: {error}")
-        k = getattr(cfg, "k", None)
-        if spec.architecture == "topk" and k > cfg.d_sae:  # SAELens's TopK config does not check it
-            usage_error(f"--k {k} exceeds the {cfg.d_sae} features of {spec.sae_name}: expected "
-                        "--k at most d_sae, or a larger --d-sae/--expansion-factor")
+        check_k_fits(spec.sae_name, cfg)
+        if spec.per_head_norm:
+            check_scale_folds(spec.sae_name, cfg)
+
+
+def check_scale_folds(sae_name: str, cfg: Any) -> None:
+    """`--per-head-norm` folds each head's scale into the saved SAE. SAELens's
+    matching_pursuit refuses any fold (its encoder is tied to its decoder): try it on an
+    empty meta-device SAE, before any training."""
+    import dataclasses
+
+    import torch
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    from sae_lens_attn.training.folding import fold_input_scale
+
+    training_class = SAE_TRAINING_CLASS_REGISTRY[cfg.architecture()][0]
+    if hasattr(training_class, "fold_input_scaling"):  # the block-diagonal family folds any scale
+        return
+    sae = training_class(dataclasses.replace(cfg, device="meta"))
+    try:
+        fold_input_scale(sae, torch.ones(cfg.d_in, device="meta"))
+    except NotImplementedError as error:
+        usage_error(f"--per-head-norm cannot be folded into {sae_name}: {error}; train it without --per-head-norm")
 
 
 def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
@@ -360,6 +370,7 @@ def train_saes(
         dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
         lr=args.lr, train_batch_size_tokens=args.batch_size, log_to_wandb=args.wandb,
         wandb_project=args.wandb_project, device=args.device, seed=args.seed,
+        runner_kwargs={"autocast": args.autocast},
     )
     if len(specs) == 1:
         [spec] = specs
@@ -429,8 +440,10 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.training.outputs import sae_list_entry, training_metrics, write_sae_list
 
     check_arguments(args)
+    check_autocast(args)
     check_output_folder(args.out)
     specs = sae_specs(args)
+    check_sweep_size(len(specs), [spec.sae_name for spec in specs], args.yes)
     scaleout = scaleout_options(args)
     if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
@@ -442,9 +455,12 @@ def run(args: argparse.Namespace) -> int:
         return 0  # rank 0 saved the SAE; it alone evaluates and lists it
     held_out = eval_dataset(args) if args.eval_batches > 0 or args.dead_tokens > 0 else None
     entries = []
+    trained_as = {spec.sae_name: spec.architecture for spec in specs}
     for name, (sae, layout, folder) in trained.items():
+        architecture = trained_as[name]
+        saved_as = "" if sae.cfg.architecture() == architecture else f" (saved as {sae.cfg.architecture()})"
         print(
-            f"saved {sae.cfg.architecture()} SAE on {layout.hook_name} heads {list(layout.heads)} "
+            f"saved {architecture} SAE{saved_as} on {layout.hook_name} heads {list(layout.heads)} "
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
         print(f"training L0 {sae.cfg.metadata.l0:.2f}")
@@ -452,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = {**training_metrics(sae), **(dead.metrics() if dead else {}),
                    **evaluate(args, model, name, sae, layout, held_out, folder, dead)}
         path = folder.relative_to(args.out).as_posix()
-        entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
+        entries.append(sae_list_entry(name, layout.layer, layout.heads, architecture, path, metrics))
     listing = write_sae_list(args.out, entries)
     print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
     if len(entries) > 1 and args.eval_batches > 0 and len({(e["layer"], tuple(e["heads"])) for e in entries}) == 1:
