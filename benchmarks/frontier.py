@@ -181,6 +181,11 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, default=2, help="torch threads here and in the child")
     parser.add_argument("--training-tokens", type=positive_int, default=100_000, help="tokens per SAE of sweep 1")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs and the frontier here (default: temporary)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated architecture labels of sweep 1 alone (e.g. topk), at "
+                        "--expansion-factor: an extra line, such as dense TopK with a per-head SAE's "
+                        "parameters (--expansion-factor 2); nothing else runs")
+    parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae / d_in of every sweep")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # upstream's per-batch UserWarnings would drown the table
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
@@ -190,14 +195,17 @@ def main() -> None:
     torch.manual_seed(0)
     from sae_lens_attn.commands.frontier import print_frontier
     from sae_lens_attn.models import corpus_dataset, load_embedded_model
-    from sae_lens_attn.training.frontier import read_frontier_points
-    from sae_lens_attn.training.train import runner_options  # noqa: F401  (imports the training stack up front)
+    from sae_lens_attn.training.frontier import (
+        frontier_lines,
+        frontier_summary,
+        read_frontier_points,
+    )
 
     tokens = 8192 if args.smoke else args.training_tokens
     context = 32 if args.smoke else 128
     settings = SimpleNamespace(
         threads=args.threads, training_tokens=tokens, context_size=context, lr=1e-2,
-        batch_size=1024 if args.smoke else 4096, expansion_factor=2 if args.smoke else 8,
+        batch_size=1024 if args.smoke else 4096, expansion_factor=2 if args.smoke else args.expansion_factor,
         eval_batches=1 if args.smoke else 4, dead_tokens=4096 if args.smoke else 100_352,
         train_rows=corpus_dataset(context, 2 * tokens // context + 1, split="train"),
         default_extra=["--training-tokens", "8192", "--context-size", "32", "--batch-size", "1024",
@@ -212,6 +220,14 @@ def main() -> None:
     missing = sorted(set(SWEEP) - set(labels))
     if args.smoke:
         labels = [label for label in labels if label in ("block_diagonal topk", "topk")]
+    if args.only is not None:
+        labels = [label for label in labels if label in args.only.split(",")]
+        root = args.out or Path(tempfile.mkdtemp())
+        seconds = sweep(model, labels, root / "equal_tokens", settings, tokens, held_out)
+        print(f"{len(labels) * 3} SAEs x {tokens:,} tokens at expansion {settings.expansion_factor} in "
+              f"{seconds:.0f} s (load {load_average()})")
+        print_table(frontier_lines(read_frontier_points([root / "equal_tokens"])))
+        return
     per_head = [label for label in labels if SWEEP[label][2]]
     print(f"frontier benchmark: embedded model layer {LAYER}, {args.threads} threads, torch {torch.__version__}, "
           f"{tokens:,} tokens per SAE (per-head also {2 * tokens:,}), lr {settings.lr:g}, batch {settings.batch_size}")
@@ -228,8 +244,6 @@ def main() -> None:
             print(timings[-1], flush=True)
         points = read_frontier_points([root / "equal_tokens", root / "per_head_long"])
         print_frontier(points, root / "frontier")
-        from sae_lens_attn.training.frontier import frontier_lines, frontier_summary
-
         summary = frontier_summary(points)
         print_table(frontier_lines(points))
         before = load_average()
