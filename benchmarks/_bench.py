@@ -1,18 +1,26 @@
-"""What the benchmark scripts share: the device check, the children's environment, the
-`--smoke` option, and the machine (CPU model and flags, threads, load average) printed
-beside every figure."""
+"""What the benchmark scripts share: the device check, the children's environment and how
+they start (`run_python`), the `--smoke` option, and the machine (CPU model and flags,
+threads, load average) printed beside every figure."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import subprocess
+import sys
+import tempfile
+import traceback
 from pathlib import Path
+from typing import IO
 
 from sae_lens_attn.commands._values import positive_int
 
 # the CPU flags that move the figures: AVX-512 and AMX matmul kernels, bf16 support
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+# set by --smoke: child runs are forks of the process, which has imported torch and sae_lens
+# once, instead of fresh interpreters that import them again (seconds of CPU each)
+FORK_CHILDREN = "SAE_LENS_ATTN_BENCH_FORK"
 SMOKE_HELP = (
     "tiny shapes, seconds: checks that the script runs end to end; its figures mean nothing"
 )
@@ -26,13 +34,96 @@ def parse_with_smoke(
     parser: argparse.ArgumentParser, argv: list[str] | None = None, **tiny: object
 ) -> argparse.Namespace:
     """Parse `argv`; with `--smoke`, the options in `tiny` default to those tiny values
-    (an option given on the command line still wins)."""
+    (an option given on the command line still wins), children start as forks
+    (`run_python`) and torch runs one thread unless told otherwise: no OpenMP thread pool
+    exists when a child is forked, and a smoke run stays light on a shared machine."""
     add_smoke_argument(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         parser.set_defaults(**tiny)
         args = parser.parse_args(argv)
+        os.environ[FORK_CHILDREN] = "1"
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return args
+
+
+def run_python(
+    command: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `command` (`[sys.executable, script, *args]` or `[sys.executable, "-m", module,
+    *args]`) and capture its output as text, like `subprocess.run`. A fresh interpreter,
+    except under `--smoke` (`SAE_LENS_ATTN_BENCH_FORK=1` in this process's environment),
+    where it runs in a fork of this process: the same script, arguments, environment and
+    output, without importing torch and sae_lens again."""
+    if os.environ.get(FORK_CHILDREN) != "1":
+        return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    return run_forked(command, os.environ.copy() if env is None else env)
+
+
+def run_forked(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`command` run as `__main__` in a fork of this process (with `env` as its environment),
+    its stdout and stderr captured; see `run_python`."""
+    child = start_forked(command, env)
+    _, status = os.waitpid(child[0], 0)
+    return finish_forked(command, status, child)
+
+
+def start_forked(command: list[str], env: dict[str, str]) -> tuple[int, IO[bytes], IO[bytes]]:
+    """Fork; the child runs `command` as `__main__` and exits. `(pid, stdout file, stderr
+    file)` for `finish_forked` once the child is waited for."""
+    import sae_lens  # noqa: F401  (imported once here, not in every child)
+
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child never returns
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        os._exit(_run_as_main(command, env))
+    return pid, out, err
+
+
+def finish_forked(
+    command: list[str], status: int, child: tuple[int, IO[bytes], IO[bytes]]
+) -> subprocess.CompletedProcess:
+    """The `CompletedProcess` of a child of `start_forked` that exited with wait `status`."""
+    texts = []
+    for file in child[1:]:
+        file.seek(0)
+        texts.append(file.read().decode("utf-8", "replace"))
+        file.close()
+    return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status), *texts)
+
+
+def _run_as_main(command: list[str], env: dict[str, str]) -> int:
+    """Run `python ...` `command` in this (forked) process; its exit status."""
+    import runpy
+
+    os.environ.clear()
+    os.environ.update(env)
+    code = 0
+    try:
+        if command[1] == "-m":
+            sys.argv = [command[2], *command[3:]]
+            runpy.run_module(command[2], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = command[1:]
+            sys.path[0] = str(Path(command[1]).resolve().parent)
+            runpy.run_path(command[1], run_name="__main__")
+    except SystemExit as done:
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 def require_device(parser: argparse.ArgumentParser, device: str) -> None:

@@ -44,7 +44,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -55,6 +54,7 @@ from _bench import (
     load_average,
     parse_with_smoke,
     require_device,
+    run_python,
 )
 
 from sae_lens_attn.commands._values import comma_list, positive_int
@@ -233,7 +233,7 @@ def run_child(args: argparse.Namespace, shape: str, architecture: str) -> dict[s
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--relu-density", str(args.relu_density), "--relu-path", args.relu_path,
     ] + (["--compile"] if args.compile else []) + (["--no-bf16"] if args.no_bf16 else [])  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=child_environment(args))
+    result = run_python(command, child_environment(args))
     if result.returncode != 0:
         raise SystemExit(f"error: {shape} {architecture} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

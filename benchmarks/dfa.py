@@ -8,9 +8,11 @@ is the growth of the process's peak RSS over its RSS once the inputs exist (CPU)
 
 Rows: sae_dashboard's `DFACalculator.calculate`; our `dfa_by_source` (the same output:
 per source position, summed over heads); our `feature_dfa` (per source position AND head,
-plus bias terms: 12x more output). The last line is the like-for-like ratio.
+plus bias terms: 12x more output). The last line is the like-for-like ratio,
+`dfa_peak_memory_ratio=<sae_dashboard / ours_by_source>`. `--smoke`: 2 prompts, 20
+features, one run per method.
 
-    python benchmarks/dfa.py [--device cuda] [--threads 1] [--repeats 3]
+    python benchmarks/dfa.py [--device cuda] [--threads 1] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -18,27 +20,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
+import tempfile
 import time
+
+from _bench import machine_summary, parse_with_smoke, run_python
 
 N_PROMPTS, SEQ, N_HEADS, D_HEAD, D_SAE, N_FEATURES, LAYER = 16, 128, 12, 64, 24576, 1000, 5
 METHODS = ("sae_dashboard", "ours_by_source", "ours_by_source_and_head")
+LAST_LINE_KEYS = ("dfa_peak_memory_ratio",)
 
 
-def make_inputs(device: str):
+def make_inputs(device: str, n_prompts: int, n_features: int):
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
 
     torch.manual_seed(0)  # the SAE's own initialisation
     generator = torch.Generator().manual_seed(0)
-    scores = torch.randn(N_PROMPTS, N_HEADS, SEQ, SEQ, generator=generator)
+    scores = torch.randn(n_prompts, N_HEADS, SEQ, SEQ, generator=generator)
     causal = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()
     pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(device)
-    v = torch.randn(N_PROMPTS, SEQ, N_HEADS, D_HEAD, generator=generator).to(device)
+    v = torch.randn(n_prompts, SEQ, N_HEADS, D_HEAD, generator=generator).to(device)
     sae = StandardSAE(StandardSAEConfig(d_in=N_HEADS * D_HEAD, d_sae=D_SAE, device=device))
-    features = torch.randperm(D_SAE, generator=generator)[:N_FEATURES].tolist()
-    dest = torch.randint(0, SEQ, (N_PROMPTS, N_FEATURES), generator=generator).to(device)
+    features = torch.randperm(D_SAE, generator=generator)[:n_features].tolist()
+    dest = torch.randint(0, SEQ, (n_prompts, n_features), generator=generator).to(device)
     del scores
     return pattern, v, sae.requires_grad_(False), features, dest
 
@@ -50,13 +55,21 @@ def gpt2_small_stand_in():
     from transformer_lens import HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, n_heads=N_HEADS, d_head=D_HEAD, d_mlp=3072, n_ctx=1024,
-        d_vocab=50257, act_fn="gelu", normalization_type="LN", device="cpu",
+        n_layers=12,
+        d_model=768,
+        n_heads=N_HEADS,
+        d_head=D_HEAD,
+        d_mlp=3072,
+        n_ctx=1024,
+        d_vocab=50257,
+        act_fn="gelu",
+        normalization_type="LN",
+        device="cpu",
     )
     return SimpleNamespace(cfg=cfg)
 
 
-def run_method(method: str, device: str):
+def run_method(method: str, device: str, n_prompts: int, n_features: int):
     """Returns a `[n_features, n_prompts, seq]` array of DFA by source position."""
     import numpy as np
     import torch
@@ -64,7 +77,7 @@ def run_method(method: str, device: str):
 
     from sae_lens_attn.attribution import dfa_by_source, dfa_hook_names, feature_dfa
 
-    pattern, v, sae, features, dest = make_inputs(device)
+    pattern, v, sae, features, dest = make_inputs(device, n_prompts, n_features)
     torch.cuda.synchronize() if device.startswith("cuda") else None
     baseline = current_memory(device)
     start = time.perf_counter()
@@ -106,12 +119,13 @@ def peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def worker(method: str, device: str, threads: int, check: str | None) -> None:
+def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    torch.set_num_threads(threads)
-    out, seconds, memory = run_method(method, device)
+    method, check = args.worker, args.check
+    torch.set_num_threads(args.threads)
+    out, seconds, memory = run_method(method, args.device, args.n_prompts, args.n_features)
     result = {"method": method, "seconds": seconds, "peak_bytes": memory}
     if check:
         reference = np.load(check)
@@ -122,12 +136,23 @@ def worker(method: str, device: str, threads: int, check: str | None) -> None:
 
 
 def spawn(method: str, args: argparse.Namespace, check: str | None) -> dict:
-    command = [sys.executable, __file__, "--worker", method, "--device", args.device,
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--n-prompts",
+        str(args.n_prompts),
+        "--n-features",
+        str(args.n_features),
+    ]
     if check:
         command += ["--check", check]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ,
-                          "DFA_BENCH_OUT": args.reference}, check=False)
+    done = run_python(command, {**os.environ, "DFA_BENCH_OUT": args.reference})
     if done.returncode:
         raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,32 +163,40 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="runs per method (median time)")
+    parser.add_argument("--n-prompts", type=int, default=N_PROMPTS, help=argparse.SUPPRESS)
+    parser.add_argument("--n-features", type=int, default=N_FEATURES, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--check", help=argparse.SUPPRESS)
-    parser.add_argument("--reference", default="/tmp/dfa_bench_reference.npy", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, n_prompts=2, n_features=20, repeats=1)
     if args.worker:
-        worker(args.worker, args.device, args.threads, args.check)
+        worker(args)
         return
 
-    print(f"DFA, gpt2-small shape: {N_PROMPTS} prompts x {SEQ} tokens, {N_HEADS} heads x "
-          f"{D_HEAD}, {N_FEATURES} of {D_SAE} features; device {args.device}, "
-          f"{args.threads} thread(s), median of {args.repeats}")
+    print(
+        f"DFA, gpt2-small shape: {args.n_prompts} prompts x {SEQ} tokens, {N_HEADS} heads x "
+        f"{D_HEAD}, {args.n_features} of {D_SAE} features; device {args.device}, "
+        f"{args.threads} thread(s), median of {args.repeats}, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {machine_summary()}"
+    )
     rows = {}
-    for method in METHODS:
-        check = None if method == "sae_dashboard" else args.reference
-        runs = [spawn(method, args, check) for _ in range(args.repeats)]
-        runs.sort(key=lambda run: run["seconds"])
-        rows[method] = runs[len(runs) // 2] | {"peak_bytes": max(r["peak_bytes"] for r in runs)}
+    with tempfile.TemporaryDirectory(prefix="dfa-bench-") as scratch:
+        args.reference = os.path.join(scratch, "reference.npy")  # sae_dashboard's output
+        for method in METHODS:
+            check = None if method == "sae_dashboard" else args.reference
+            runs = [spawn(method, args, check) for _ in range(args.repeats)]
+            runs.sort(key=lambda run: run["seconds"])
+            rows[method] = runs[len(runs) // 2] | {"peak_bytes": max(r["peak_bytes"] for r in runs)}
     print(f"{'method':<26} {'time (s)':>9} {'peak memory (MB)':>17} {'max |diff|':>11}")
     for method, row in rows.items():
         diff = f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else "reference"
         print(f"{method:<26} {row['seconds']:>9.3f} {row['peak_bytes'] / 1e6:>17.1f} {diff:>11}")
     theirs, ours = rows["sae_dashboard"], rows["ours_by_source"]
     with_heads = rows["ours_by_source_and_head"]
-    print(f"speed-up (by source): {theirs['seconds'] / ours['seconds']:.1f}x; "
-          f"with the per-head split: {theirs['seconds'] / with_heads['seconds']:.1f}x faster, "
-          f"{theirs['peak_bytes'] / with_heads['peak_bytes']:.1f}x less memory")
+    print(
+        f"speed-up (by source): {theirs['seconds'] / ours['seconds']:.1f}x; "
+        f"with the per-head split: {theirs['seconds'] / with_heads['seconds']:.1f}x faster, "
+        f"{theirs['peak_bytes'] / with_heads['peak_bytes']:.1f}x less memory"
+    )
     print(f"dfa_peak_memory_ratio={theirs['peak_bytes'] / ours['peak_bytes']:.1f}")
 
 

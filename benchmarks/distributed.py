@@ -13,7 +13,11 @@ load; on a shared CPU with few cores, 2 ranks compete for the same cores, so the
 column says little about scaling (see docs/distributed.md); the byte counts do not depend
 on load.
 
-    python benchmarks/distributed.py [--model embedded|random-gelu-2l] [--steps 40] [--batch 1024]
+Last line: `data_bytes_per_step=<data mode, all per-step purposes>
+heads_gradient_bytes_per_step=<heads mode, gradients> heads_bytes_per_step=<heads mode, all>`.
+`--smoke`: 2 steps of 256 tokens.
+
+    python benchmarks/distributed.py [--model embedded|random-gelu-2l] [--steps 40] [--batch 1024] [--smoke]
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _bench import machine_summary, parse_with_smoke, run_python
+
+LAST_LINE_KEYS = ("data_bytes_per_step", "heads_gradient_bytes_per_step", "heads_bytes_per_step")
 PER_STEP = ("gradients", "gradient norm", "statistics")
 
 
@@ -37,8 +43,17 @@ def build_model(name: str):
 
         return load_embedded_model()
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=512, n_heads=8, d_head=64, d_mlp=2048, d_vocab=48262,
-        n_ctx=1024, act_fn="gelu", normalization_type="LN", seed=0, device="cpu",
+        n_layers=2,
+        d_model=512,
+        n_heads=8,
+        d_head=64,
+        d_mlp=2048,
+        d_vocab=48262,
+        n_ctx=1024,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+        device="cpu",
     )
     return HookedTransformer(cfg).eval()
 
@@ -56,13 +71,21 @@ def train_once(args: argparse.Namespace) -> dict[str, object]:
     model = build_model(args.model)
     context = 64
     rows = args.steps * args.batch // context
-    tokens = torch.randint(0, model.cfg.d_vocab, (rows, context), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (rows, context), generator=torch.Generator().manual_seed(0)
+    )
     with parallel_training(args.parallel, "cpu") as plan, tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         sae, _ = train_hook_z_sae(
-            model, 1, dataset=tokens, training_tokens=args.steps * args.batch,
-            train_batch_size_tokens=args.batch, store_batch_size_prompts=8, expansion_factor=8,
-            output_path=Path(tmp) / "sae", parallel=plan,
+            model,
+            1,
+            dataset=tokens,
+            training_tokens=args.steps * args.batch,
+            train_batch_size_tokens=args.batch,
+            store_batch_size_prompts=8,
+            expansion_factor=8,
+            output_path=Path(tmp) / "sae",
+            parallel=plan,
         )
         seconds = time.perf_counter() - started
         sent = dict(plan.comm.payload_bytes) if plan.comm is not None else {}
@@ -71,15 +94,32 @@ def train_once(args: argparse.Namespace) -> dict[str, object]:
 
 
 def launch(args: argparse.Namespace, parallel: str | None) -> dict[str, object]:
-    me = [str(Path(__file__).resolve()), "--worker", "--model", args.model,
-          "--steps", str(args.steps), "--batch", str(args.batch)]
+    me = [
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--model",
+        args.model,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+    ]
     if parallel is None:
         command = [sys.executable, *me]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", "2", *me, "--parallel", parallel]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *me,
+            "--parallel",
+            parallel,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = run_python(command, env)
     if result.returncode != 0:
         raise SystemExit(f"error: {parallel or 'single'} run failed:\n{result.stderr[-3000:]}")
     line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith("RESULT "))
@@ -87,13 +127,15 @@ def launch(args: argparse.Namespace, parallel: str | None) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=("embedded", "random-gelu-2l"), default="embedded")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--parallel", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, steps=2, batch=256)
     if args.worker:
         result = train_once(args)
         if int(os.environ.get("RANK", "0")) == 0:
@@ -106,22 +148,38 @@ def main() -> None:
         sent = result["bytes"]
         per_step = {purpose: sent.get(purpose, 0) / args.steps for purpose in PER_STEP}
         once = sum(v for k, v in sent.items() if k not in PER_STEP)
-        rows.append((parallel or "one process", 1 if parallel is None else 2,
-                     args.steps * args.batch / result["seconds"], per_step, once, result))
+        rows.append(
+            (
+                parallel or "one process",
+                1 if parallel is None else 2,
+                args.steps * args.batch / result["seconds"],
+                per_step,
+                once,
+                result,
+            )
+        )
     load = os.getloadavg()
-    print(f"model {args.model}, layer 1, block_diagonal, d_sae {rows[0][5]['d_sae']}, "
-          f"{rows[0][5]['n_params']} parameters ({4 * rows[0][5]['n_params']} bytes fp32), "
-          f"{args.steps} steps x {args.batch} tokens")
-    print(f"1 torch thread per rank; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"model {args.model}, layer 1, block_diagonal, d_sae {rows[0][5]['d_sae']}, "
+        f"{rows[0][5]['n_params']} parameters ({4 * rows[0][5]['n_params']} bytes fp32), "
+        f"{args.steps} steps x {args.batch} tokens"
+    )
+    print(
+        f"1 torch thread per rank; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; {machine_summary()}"
+    )
     header = f"{'mode':<12} {'ranks':>5} {'tokens/s':>9} {'grad B/step':>12} {'norm B/step':>12} {'stats B/step':>13} {'once B':>9}"
     print(header)
     print("-" * len(header))
     for mode, ranks, speed, per_step, once, _ in rows:
-        print(f"{mode:<12} {ranks:>5} {speed:>9.0f} {per_step['gradients']:>12.0f} "
-              f"{per_step['gradient norm']:>12.0f} {per_step['statistics']:>13.0f} {once:>9.0f}")
+        print(
+            f"{mode:<12} {ranks:>5} {speed:>9.0f} {per_step['gradients']:>12.0f} "
+            f"{per_step['gradient norm']:>12.0f} {per_step['statistics']:>13.0f} {once:>9.0f}"
+        )
     data, heads = rows[1][3], rows[2][3]
-    print(f"data_bytes_per_step={sum(data.values()):.0f} heads_gradient_bytes_per_step={heads['gradients']:.0f} "
-          f"heads_bytes_per_step={sum(heads.values()):.0f}")
+    print(
+        f"data_bytes_per_step={sum(data.values()):.0f} heads_gradient_bytes_per_step={heads['gradients']:.0f} "
+        f"heads_bytes_per_step={sum(heads.values()):.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,20 +6,26 @@ token rows to `[tokens, d_in]` activations, as the trainer's buffer calls it). S
 `run_with_cache(stop_at_layer=L+1)` and flattens the heads; ours stops inside layer L
 right after hook_z (no W_O, no MLP of layer L, no ActivationCache). The two are timed in
 alternation, `--repeats` rounds of `--batches` batches each; the table shows the median
-round. The last line is ours / SAELens (higher is better).
+round. The last line is `source_throughput_ratio=<ours / SAELens>` (higher is better).
+`--smoke`: one round of one batch of 2 x 32 tokens.
 
 Models: `embedded` (the shipped 2-layer model, if built) or `random-gelu-2l` (random
 weights with gelu-2l's shapes: 2 layers, d_model 512, 8 heads x 64, d_mlp 2048, vocab
 48262; only the shapes matter for speed).
 
-    python benchmarks/hook_z_source.py [--model random-gelu-2l] [--layer 1] [--threads 1]
+    python benchmarks/hook_z_source.py [--model random-gelu-2l] [--layer 1] [--threads 1] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+
+from _bench import machine_summary, parse_with_smoke
+
+LAST_LINE_KEYS = ("source_throughput_ratio",)
 
 
 def build_model(name: str):
@@ -31,8 +37,17 @@ def build_model(name: str):
         return load_embedded_model()
     if name == "random-gelu-2l":
         cfg = HookedTransformerConfig(
-            n_layers=2, d_model=512, n_heads=8, d_head=64, d_mlp=2048, d_vocab=48262,
-            n_ctx=1024, act_fn="gelu", normalization_type="LN", seed=0, device="cpu",
+            n_layers=2,
+            d_model=512,
+            n_heads=8,
+            d_head=64,
+            d_mlp=2048,
+            d_vocab=48262,
+            n_ctx=1024,
+            act_fn="gelu",
+            normalization_type="LN",
+            seed=0,
+            device="cpu",
         )
         return HookedTransformer(cfg).eval()
     raise SystemExit(f"unknown --model {name!r}; use embedded or random-gelu-2l")
@@ -51,11 +66,19 @@ def build_stores(model, layer: int, context_size: int, batch_prompts: int, n_row
     source = HookZSource(model, layer)
     cfg = LanguageModelSAERunnerConfig(
         sae=StandardTrainingSAEConfig(d_in=source.d_in, d_sae=source.d_in),
-        hook_name=source.hook_name, context_size=context_size, store_batch_size_prompts=batch_prompts,
-        training_tokens=n_rows * context_size, train_batch_size_tokens=batch_prompts * context_size,
-        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=None, verbose=False,
+        hook_name=source.hook_name,
+        context_size=context_size,
+        store_batch_size_prompts=batch_prompts,
+        training_tokens=n_rows * context_size,
+        train_batch_size_tokens=batch_prompts * context_size,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=None,
+        output_path=None,
+        verbose=False,
     )
-    tokens = torch.randint(0, model.cfg.d_vocab, (n_rows, context_size), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (n_rows, context_size), generator=torch.Generator().manual_seed(0)
+    )
     ours = HookZActivationsStore.from_source(source, cfg, as_token_dataset(tokens))
     theirs = ActivationsStore.from_config(model, cfg, override_dataset=as_token_dataset(tokens))
     return {"sae_lens ActivationsStore": theirs, "ours HookZActivationsStore": ours}
@@ -79,7 +102,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, context_size=32, batch_prompts=2, batches=1, repeats=1)
 
     import logging
 
@@ -97,9 +120,12 @@ def main() -> None:
             for name, store in stores.items():
                 rates[name].append(time_round(store, args.batches))
 
-    print(f"model {args.model}, hook blocks.{args.layer}.attn.hook_z (all {model.cfg.n_heads} heads), "
-          f"{args.batch_prompts} x {args.context_size} tokens per batch, {args.threads} thread(s), "
-          f"median of {args.repeats} rounds of {args.batches} batches")
+    print(
+        f"model {args.model}, hook blocks.{args.layer}.attn.hook_z (all {model.cfg.n_heads} heads), "
+        f"{args.batch_prompts} x {args.context_size} tokens per batch, {args.threads} thread(s), "
+        f"median of {args.repeats} rounds of {args.batches} batches, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; {machine_summary()}"
+    )
     print(f"{'store':<28}{'tokens/s':>12}{'min':>12}{'max':>12}")
     medians = {}
     for name, values in rates.items():

@@ -1,7 +1,7 @@
 """Thread settings on a shared CPU: the demo's inner loop under each setting, quiet and
 next to one competing CPU-bound process.
 
-    python benchmarks/threads.py [--iterations 12] [--settings 1:PASSIVE,2:PASSIVE,2:unset]
+    python benchmarks/threads.py [--iterations 12] [--settings 1:PASSIVE,2:PASSIVE,2:unset] [--smoke]
 
 The workload is what the demo repeats (sizes of the full demo): the embedded model's
 forward pass to layer 1's hook_z on 8 prompts of 128 tokens, then one training step
@@ -14,7 +14,8 @@ in its own process, started before and stopped after each loaded measurement.
 
 Prints wall and CPU seconds per iteration and the 1-minute load average before each
 row; the last line is `loaded_speedup=<torch default / sae_lens_attn default, loaded>
-quiet_ratio=<sae_lens_attn default / torch default, quiet>`.
+quiet_ratio=<sae_lens_attn default / torch default, quiet>`. `--smoke`: the first two
+settings, one iteration each.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import argparse
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 
+from _bench import machine_summary, parse_with_smoke, run_python
+
+LAST_LINE_KEYS = ("loaded_speedup", "quiet_ratio")
 D_SAE = 1024
 PROMPTS, CONTEXT = 8, 128
 
@@ -66,8 +69,13 @@ def measure(iterations: int) -> dict[str, float]:
                 tokens, names_filter="blocks.1.attn.hook_z", stop_at_layer=2
             )
         x = cache["blocks.1.attn.hook_z"].reshape(-1, d_in)
-        step = TrainStepInput(sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=None,
-                              n_training_steps=0, is_logging_step=False)
+        step = TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": 1.0},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
         for sae, optimizer in zip(saes, optimizers, strict=True):
             sae.training_forward_pass(step).loss.backward()
             optimizer.step()
@@ -86,14 +94,17 @@ def measure(iterations: int) -> dict[str, float]:
 
 
 def run_setting(threads: str, policy: str, iterations: int) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+    }
     if threads != "unset":
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     if policy != "unset":
         env["OMP_WAIT_POLICY"] = policy
     command = [sys.executable, __file__, "--child", "--iterations", str(iterations)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = run_python(command, env)
     if result.returncode != 0:
         raise RuntimeError(f"setting {threads}:{policy} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -102,18 +113,23 @@ def run_setting(threads: str, policy: str, iterations: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=12)
-    parser.add_argument("--settings", default="unset:unset,1:PASSIVE,2:PASSIVE,2:ACTIVE",
-                        help="comma list of THREADS:WAIT_POLICY ('unset' leaves it out); the "
-                        "first is torch's default, the second the policy compared with it")
+    parser.add_argument(
+        "--settings",
+        default="unset:unset,1:PASSIVE,2:PASSIVE,2:ACTIVE",
+        help="comma list of THREADS:WAIT_POLICY ('unset' leaves it out); the "
+        "first is torch's default, the second the policy compared with it",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, iterations=1, settings="unset:unset,1:PASSIVE")
     if args.child:
         print(json.dumps(measure(args.iterations)))
         return
     settings = [tuple(item.split(":")) for item in args.settings.split(",")]
-    print(f"{os.cpu_count()} CPUs; workload per iteration: hook_z forward {PROMPTS}x{CONTEXT} "
-          f"tokens + block-diagonal and standard SAE train steps (d_sae {D_SAE}); "
-          f"median of {args.iterations}")
+    print(
+        f"{os.cpu_count()} CPUs; workload per iteration: hook_z forward {PROMPTS}x{CONTEXT} "
+        f"tokens + block-diagonal and standard SAE train steps (d_sae {D_SAE}); "
+        f"median of {args.iterations}; {machine_summary()}"
+    )
     header = f"{'threads':>7} {'wait policy':>11} {'competitor':>10} {'load 1m':>7} {'wall s':>7} {'cpu s':>6}"
     print(header)
     print("-" * len(header))
@@ -132,11 +148,15 @@ def main() -> None:
                     competitor.terminate()
                     competitor.join()
             results[threads, policy, loaded] = row["wall_s"]
-            print(f"{threads:>7} {policy:>11} {'1 busy' if loaded else 'none':>10} {load:>7.2f} "
-                  f"{row['wall_s']:>7.3f} {row['cpu_s']:>6.3f}")
+            print(
+                f"{threads:>7} {policy:>11} {'1 busy' if loaded else 'none':>10} {load:>7.2f} "
+                f"{row['wall_s']:>7.3f} {row['cpu_s']:>6.3f}"
+            )
     default, ours = settings[0], settings[1]
-    print(f"loaded_speedup={results[(*default, True)] / results[(*ours, True)]:.2f} "
-          f"quiet_ratio={results[(*ours, False)] / results[(*default, False)]:.2f}")
+    print(
+        f"loaded_speedup={results[(*default, True)] / results[(*ours, True)]:.2f} "
+        f"quiet_ratio={results[(*ours, False)] / results[(*default, False)]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from _bench import (
     load_average,
     parse_with_smoke,
     require_device,
+    run_python,
 )
 
 from sae_lens_attn.commands._values import positive_int
@@ -125,7 +125,7 @@ def run_child(args: argparse.Namespace, side: str) -> dict[str, float]:
         sys.executable, __file__, "--child", side, "--device", args.device, "--context", str(args.context),
         "--training-tokens", str(args.training_tokens),
     ] + (["--autocast"] if args.autocast else []) + (["--compile"] if args.compile else [])  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=child_environment(args))
+    result = run_python(command, child_environment(args))
     if result.returncode != 0:
         raise SystemExit(f"error: the {side} run failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -5,9 +5,10 @@ Each SAE is saved once with random weights; then, best of `--repeats`:
 `SAE.load_from_disk` alone (safetensors maps the file: no data is read yet), the same
 plus one `sum()` of every tensor (reading the weights once: the floor for any check),
 `load_saved_sae` end to end (header check, load, weight check), and `check_loaded_sae`
-again on an SAE already in memory. The last line is the dense SAE's check time.
+again on an SAE already in memory. The last line is the dense SAE's check time,
+`check_ms_dense_24576=<ms>`. `--smoke` times each once.
 
-    python benchmarks/weight_check.py [--threads 1] [--repeats 5]
+    python benchmarks/weight_check.py [--threads 1] [--repeats 5] [--smoke]
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import add_environment_arguments, environment_summary
+from _bench import add_environment_arguments, environment_summary, parse_with_smoke
 
 D_IN, D_SAE, N_HEADS = 768, 24576, 12
+LAST_LINE_KEYS = ("check_ms_dense_24576",)
 
 
 def best_of(repeats: int, run) -> float:
@@ -37,7 +39,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="runs per figure; the best is shown (default: 5)"
     )
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, repeats=1)
 
     import torch
     from sae_lens import SAE, StandardSAE, StandardSAEConfig

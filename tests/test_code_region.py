@@ -156,6 +156,22 @@ def test_planted_docstring_feature_is_claimed_and_token_features_are_not():
     assert stats["gain"][0] > 0.2  # the region adds much to the tokens for the planted feature
 
 
+def test_token_statistics_only_where_the_region_tests_pass_with_the_same_claims():
+    tokens, fires, regions, known = _synthetic()
+    thresholds = RegionThresholds()
+    full = region_statistics(fires, tokens, regions, known, n_shuffles=8)
+    gated = region_statistics(fires, tokens, regions, known, n_shuffles=8, thresholds=thresholds)
+    tested = ~gated["token_auc"].isnan()
+    assert tested[0] and not tested[3]  # the planted feature is tested, the random one not
+    assert torch.equal(gated["token_auc"][tested], full["token_auc"][tested])
+    assert torch.equal(gated["gain"][tested], full["gain"][tested])
+    for name in ("auc", "shuffled_auc", "precision", "coverage", "fires"):
+        assert torch.equal(gated[name], full[name])
+    assert torch.equal(decide(gated, thresholds)[0], decide(full, thresholds)[0])
+    # untested margins are over the shuffled control alone, an upper bound of the full one
+    assert (decide(gated, thresholds)[2] >= decide(full, thresholds)[2] - 1e-12).all()
+
+
 def test_claims_hold_at_another_seed_and_on_a_shuffled_region():
     tokens, fires, regions, known = _synthetic(seed=1)
     member, _, _ = decide(region_statistics(fires, tokens, regions, known, 8), RegionThresholds())

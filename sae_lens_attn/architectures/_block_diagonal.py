@@ -102,6 +102,23 @@ class _BlockDiagonalFields:
         _ensure_registered()  # TrainingSAEConfig.__post_init__ looks us up in SAELens's registry
         super().__post_init__()  # type: ignore[misc]
         _check_block_diagonal_config(self)
+        self._check_activation()
+
+    def _check_activation(self) -> None:
+        """The activation and its fields; the per-head siblings (`block_diagonal_batchtopk`,
+        `block_diagonal_jumprelu`) override this."""
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "topk":
+            if self.k is None or not 1 <= self.k <= self.d_sae_per_head:
+                raise ValueError(
+                    f"activation='topk' needs k (features per head) between 1 and "
+                    f"d_sae_per_head={self.d_sae_per_head}, got k={self.k}"
+                )
+        elif self.k is not None:
+            raise ValueError(
+                f"k={self.k} is only used with activation='topk'; leave k=None for activation='relu'"
+            )
 
 
 def _ensure_registered() -> None:
@@ -123,18 +140,6 @@ def _check_block_diagonal_config(cfg: Any) -> None:
                 f"{name}={size} is not divisible by n_heads={cfg.n_heads}; nearest valid: "
                 f"{_nearest_multiples(size, cfg.n_heads)}"
             )
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
-    if cfg.activation == "topk":
-        if cfg.k is None or not 1 <= cfg.k <= cfg.d_sae_per_head:
-            raise ValueError(
-                f"activation='topk' needs k (features per head) between 1 and "
-                f"d_sae_per_head={cfg.d_sae_per_head}, got k={cfg.k}"
-            )
-    elif cfg.k is not None:
-        raise ValueError(
-            f"k={cfg.k} is only used with activation='topk'; leave k=None for activation='relu'"
-        )
     if cfg.normalize_activations == "covariance_whitening":
         raise ValueError(
             "normalize_activations='covariance_whitening' mixes heads, so the SAE would no "
@@ -362,16 +367,27 @@ class _BlockDiagonalMixin:
             "scales with fold_input_scaling"
         )
 
+    def _dense_sae_classes(self) -> tuple[type[SAE[Any]], type[SAEConfig]]:
+        """The dense SAELens classes `to_dense_sae` builds (JumpReLU for the per-head
+        JumpReLU family)."""
+        return StandardSAE, StandardSAEConfig
+
+    def _dense_extra_state(self) -> dict[str, torch.Tensor]:
+        """Parameters besides the weights and biases the dense copy takes over."""
+        return {}
+
     @torch.no_grad()
-    def to_dense_sae(self) -> StandardSAE:
-        """An exact dense `StandardSAE` copy (zeros off the blocks, same biases, config
-        and a deep copy of the metadata), for sae_dashboard and other dense-only tools.
+    def to_dense_sae(self) -> SAE[Any]:
+        """An exact dense SAELens copy (a `StandardSAE`, or the class `_dense_sae_classes`
+        names: zeros off the blocks, same biases, config and a deep copy of the
+        metadata), for sae_dashboard and other dense-only tools.
 
         With activation="topk" the copy's `activation_fn` is this SAE's per-head TopK, so
         it computes the same function in memory; saved to disk, it would load as ReLU.
         """
         cfg = self.cfg
-        dense_cfg = StandardSAEConfig(
+        dense_class, dense_config_class = self._dense_sae_classes()
+        dense_cfg = dense_config_class(
             d_in=cfg.d_in,
             d_sae=cfg.d_sae,
             dtype=cfg.dtype,
@@ -381,13 +397,14 @@ class _BlockDiagonalMixin:
             reshape_activations=cfg.reshape_activations,
             metadata=copy.deepcopy(cfg.metadata),
         )
-        dense = StandardSAE(dense_cfg)
+        dense = dense_class(dense_cfg)
         dense.load_state_dict(
             {
                 "W_enc": self.W_enc.clone(),
                 "W_dec": self.W_dec.clone(),
                 "b_enc": self.b_enc.detach().clone(),
                 "b_dec": self.b_dec.detach().clone(),
+                **self._dense_extra_state(),
             },
             assign=True,
         )

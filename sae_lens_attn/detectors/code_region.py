@@ -19,7 +19,14 @@ ground truth of `tests/test_code_region.py`):
 - `min_region_coverage=0.3`: it fires on at least 30% of the region's tokens (a context
   that is on through the region, not one token type inside it).
 
-Score: the region's AUC minus the larger control AUC. Rows carry every region's AUC,
+The token-only predictor is by far the costliest statistic (a sort of every position, per
+feature), so it is computed only for the features that pass every other test on their best
+region: a feature that fails one of those is no member whatever its tokens say, and its
+row says "tokens not tested" (on the embedded model's demo SAEs that is nearly every
+feature).
+
+Score: the region's AUC minus the larger control AUC (the shuffled one alone where the
+tokens were not tested). Rows carry every region's AUC,
 the controls, the share of its firings in the region (precision) and the share of the
 region's tokens it fires on (coverage). Without region labels for the given tokens (they
 are not the embedded corpus's rows and `regions=` is not given) every row says so.
@@ -145,51 +152,72 @@ def region_statistics(
     known: torch.Tensor,
     n_shuffles: int,
     seed: int = 0,
+    thresholds: RegionThresholds | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per feature: `fires [n, q, F]` bool, `tokens [n, q]`, `regions [n, q, R]`, `known [n, q]`
     -> `auc [F, R]`, `token_auc [F]`, `shuffled_auc [F, R]`, `gain [F]` (AUC of tokens and
     the feature's best region together minus `token_auc`), `precision [F, R]` (share of firings in the region),
     `coverage [F, R]` (share of the region's tokens it fires on), `fires [F]` (on known
-    positions)."""
+    positions).
+
+    The token statistics (`token_auc`, `gain`: a sort of every position per feature, most of
+    the detector's time) are computed for every feature, or with `thresholds` only for the
+    features that pass every other test of `decide` on their best region; the others get
+    NaN there, and `decide` rejects them either way."""
     flat_fires, flat_regions = fires[known], regions[known]
-    scores = token_scores(tokens, fires)[known]
     both = flat_fires.double().T @ flat_regions.double()  # [F, R]
     n_fires = flat_fires.sum(dim=0).double()
     generator = torch.Generator().manual_seed(seed)
-    token_auc = rank_auc(scores, flat_fires)
     auc = region_auc(flat_fires, flat_regions)
-    best = auc.argmax(dim=1)
-    gain = torch.zeros_like(token_auc)
-    for r in best.unique().tolist():  # one extra predictor per feature: its best region
-        chosen = best == r
-        with_region = token_scores(tokens, fires[..., chosen], context=regions[..., r])[known]
-        gain[chosen] = rank_auc(with_region, flat_fires[:, chosen]) - token_auc[chosen]
-    return {
+    stats = {
         "auc": auc,
-        "token_auc": token_auc,
-        "gain": gain,
         "shuffled_auc": shuffled_region_auc(fires, regions, known, n_shuffles, generator),
         "precision": both / n_fires.clamp_min(1)[:, None],
         "coverage": both / flat_regions.sum(dim=0).double().clamp_min(1)[None, :],
         "fires": n_fires,
     }
+    tested = torch.ones(len(n_fires), dtype=torch.bool)
+    if thresholds is not None:
+        tested = _passes_region_tests(stats, thresholds)
+    stats["token_auc"] = torch.full_like(n_fires, math.nan)
+    stats["gain"] = torch.full_like(n_fires, math.nan)
+    index = tested.nonzero().flatten()
+    if len(index):
+        some = fires[..., index]
+        token_auc = rank_auc(token_scores(tokens, some)[known], flat_fires[:, index])
+        best = auc[index].argmax(dim=1)
+        gain = torch.zeros_like(token_auc)
+        for r in best.unique().tolist():  # one extra predictor per feature: its best region
+            chosen = best == r
+            with_region = token_scores(tokens, some[..., chosen], context=regions[..., r])[known]
+            gain[chosen] = rank_auc(with_region, flat_fires[:, index[chosen]]) - token_auc[chosen]
+        stats["token_auc"][index], stats["gain"][index] = token_auc, gain
+    return stats
+
+
+def _passes_region_tests(stats: dict[str, torch.Tensor], t: RegionThresholds) -> torch.Tensor:
+    """`[F]` bool: passes every test of `decide` that does not need the token statistics."""
+    auc, best = stats["auc"].max(dim=1)
+    rows = torch.arange(len(best))
+    return (
+        (stats["fires"] >= t.min_region_fires)
+        & (auc >= t.min_region_auc)
+        & (auc - stats["shuffled_auc"][rows, best] >= t.min_region_margin)
+        & (stats["coverage"][rows, best] >= t.min_region_coverage)
+    )
 
 
 def decide(
     stats: dict[str, torch.Tensor], t: RegionThresholds
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(member [F] bool, best region index [F], margin [F])` from `region_statistics`."""
+    """`(member [F] bool, best region index [F], margin [F])` from `region_statistics`; a
+    feature without token statistics (NaN) is no member, its margin is over the shuffled
+    control alone."""
     auc, best = stats["auc"].max(dim=1)
     rows = torch.arange(len(best))
-    control = torch.maximum(stats["token_auc"], stats["shuffled_auc"][rows, best])
+    control = torch.fmax(stats["token_auc"], stats["shuffled_auc"][rows, best])
     margin = auc - control
-    member = (
-        (stats["fires"] >= t.min_region_fires)
-        & (auc >= t.min_region_auc)
-        & (auc - stats["token_auc"] >= t.min_region_margin)
-        & (auc - stats["shuffled_auc"][rows, best] >= t.min_region_margin)
-        & (stats["coverage"][rows, best] >= t.min_region_coverage)
-    )
+    member = _passes_region_tests(stats, t) & (auc - stats["token_auc"] >= t.min_region_margin)
     return member, best, margin
 
 
@@ -237,6 +265,7 @@ class CodeRegionDetector:
                 known,
                 thresholds.n_region_shuffles,
                 int(options.get("seed", 0)),
+                thresholds,
             )
             member, best, margin = decide(stats, thresholds)
             for i, feature in enumerate(chunk.tolist()):
@@ -280,14 +309,15 @@ def _row(
     auc = stats["auc"][i, best].item()
     shuffled = stats["shuffled_auc"][i, best].item()
     token = stats["token_auc"][i].item()
+    tested = math.isfinite(token)
     evidence: dict[str, Any] = {
         "live": True,
         "head": head,
         "region": region,
         "region_auc": {r: stats["auc"][i, j].item() for j, r in enumerate(REGIONS)},
-        "token_auc": token,
+        "token_auc": token if tested else None,
         "shuffled_auc": shuffled,
-        "gain_over_tokens": stats["gain"][i].item(),
+        "gain_over_tokens": stats["gain"][i].item() if tested else None,
         "precision": stats["precision"][i, best].item(),
         "coverage": stats["coverage"][i, best].item(),
         "fires_on_known": int(stats["fires"][i]),
@@ -295,9 +325,14 @@ def _row(
     if note:
         evidence["notes"] = [note]
     verdict = f"in {region}" if member else f"not a region feature (best: {region})"
+    versus = (
+        f"vs tokens {token:.2f}, shuffled {shuffled:.2f} "
+        f"(tokens and {region} {token + stats['gain'][i].item():.2f})"
+        if tested
+        else f"vs shuffled {shuffled:.2f} (tokens not tested: it fails a region test)"
+    )
     evidence["summary"] = (
-        f"{verdict}: AUC {auc:.2f} vs tokens {token:.2f}, shuffled {shuffled:.2f} "
-        f"(tokens and {region} {token + stats['gain'][i].item():.2f}); "
+        f"{verdict}: AUC {auc:.2f} {versus}; "
         f"{evidence['precision']:.0%} of its firings in {region}, fires on "
         f"{evidence['coverage']:.0%} of its tokens; {head}"
     )

@@ -1,0 +1,122 @@
+"""Every benchmark script runs: `python benchmarks/NAME.py --smoke` exits 0 and its last
+line is `key=value` pairs with exactly the keys the script declares in `LAST_LINE_KEYS`
+(and names in its docstring), every value a finite number.
+
+The scripts are found by globbing `benchmarks/*.py` (helpers start with `_`), so a new
+script is covered the day it lands, and one without `--smoke` or `LAST_LINE_KEYS` fails
+here. One subprocess (`benchmarks/_smoke.py`, with this environment) imports torch and
+sae_lens once and runs every selected script in a fork of itself, two at a time: a fresh
+interpreter per script would spend seconds of CPU on imports alone, before any work.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted(
+    path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
+)
+KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
+TIMEOUT_S = 1200  # all smoke runs together, on a loaded 2-core machine
+
+
+def declared_keys(path: Path) -> tuple[tuple[str, ...] | None, str]:
+    """`(LAST_LINE_KEYS, module docstring)` of a script, read without running it."""
+    module = ast.parse(path.read_text())
+    for node in module.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "LAST_LINE_KEYS"
+            for target in node.targets
+        ):
+            return tuple(ast.literal_eval(node.value)), ast.get_docstring(module) or ""
+    return None, ast.get_docstring(module) or ""
+
+
+def smoke_environment() -> dict[str, str]:
+    """The caller's environment, with this checkout first on PYTHONPATH and one thread per
+    process (two smoke runs share the machine)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request: pytest.FixtureRequest) -> dict[str, dict]:
+    """`{script name: {"returncode", "stdout", "stderr", "cpu_s"}}` of the scripts this
+    session selected, from one `benchmarks/_smoke.py` run."""
+    selected = [
+        str(item.callspec.params["path"])
+        for item in request.session.items
+        if item.originalname == "test_the_benchmark_runs_in_smoke_mode"
+    ]
+    if not selected:
+        return {}
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "_smoke.py"), "--jobs", "2", *selected],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=smoke_environment(),
+        start_new_session=True,  # its forks are killed with it on a timeout
+    )
+    try:
+        stdout, stderr = runner.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(runner.pid, signal.SIGKILL)
+        stdout, stderr = runner.communicate()
+        stderr = f"the smoke runs took more than {TIMEOUT_S} s\n{stderr}"
+    results = {}
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        result = json.loads(line)
+        results[Path(result.pop("script")).name] = result
+    missing = {"returncode": None, "stdout": "", "stderr": stderr[-3000:], "cpu_s": 0.0}
+    return {Path(path).name: results.get(Path(path).name, missing) for path in selected}
+
+
+def test_the_benchmarks_are_found():
+    names = {path.name for path in BENCHMARKS}
+    assert {"block_diagonal.py", "demo.py", "multi_sae.py", "training_throughput.py"} <= names
+    assert not any(name.startswith("_") for name in names)
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[path.stem for path in BENCHMARKS])
+def test_the_benchmark_runs_in_smoke_mode(path: Path, smoke_runs: dict[str, dict]):
+    keys, docstring = declared_keys(path)
+    assert keys, f"{path.name}: declare LAST_LINE_KEYS = (...), the keys of its last key=value line"
+    undocumented = [key for key in keys if key not in docstring]
+    assert not undocumented, f"{path.name}: its docstring does not name {undocumented}"
+
+    done = smoke_runs[path.name]
+    output = f"{done['stdout'][-3000:]}\n{done['stderr'][-3000:]}"
+    assert done["returncode"] == 0, f"{path.name} --smoke exited {done['returncode']}:\n{output}"
+    lines = done["stdout"].strip().splitlines()
+    assert lines, f"{path.name} --smoke printed nothing:\n{output}"
+    pairs = [KEY_VALUE.match(item) for item in lines[-1].split()]
+    assert all(pairs), f"{path.name}: the last line is not key=value pairs: {lines[-1]!r}"
+    found = {pair.group(1): pair.group(2) for pair in pairs}
+    assert list(found) == list(keys), (
+        f"{path.name}: last-line keys {list(found)}, declared {list(keys)}"
+    )
+    for key, value in found.items():
+        assert math.isfinite(float(value)), f"{path.name}: {key}={value} is not a finite number"
+
+
+def test_a_script_without_keys_is_caught(tmp_path: Path):
+    script = tmp_path / "bench.py"
+    script.write_text('"""Prints ratio=."""\nLAST_LINE_KEYS = ("ratio",)\n')
+    assert declared_keys(script) == (("ratio",), "Prints ratio=.")
+    script.write_text('"""No keys."""\nprint("ratio=1")\n')
+    assert declared_keys(script) == (None, "No keys.")
