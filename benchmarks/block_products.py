@@ -64,7 +64,9 @@ def products(x, blocks, dense, compile_: bool):
     def loop_of_mm():
         out = x.new_empty(x.shape[0], n_heads * per_head)
         for h in range(n_heads):
-            out[:, h * per_head : (h + 1) * per_head] = x[:, h * d_head : (h + 1) * d_head] @ blocks[h]
+            out[:, h * per_head : (h + 1) * per_head] = (
+                x[:, h * d_head : (h + 1) * d_head] @ blocks[h]
+            )
         return out
 
     timed = {
@@ -92,7 +94,10 @@ def weight_gradients(x, grad, n_heads: int):
             for h in range(n_heads)
         ])  # fmt: skip
 
-    return {"weight grad: one bmm": lambda: heads_outer(x, grad, n_heads), "weight grad: loop of mm": loop}
+    return {
+        "weight grad: one bmm": lambda: heads_outer(x, grad, n_heads),
+        "weight grad: loop of mm": loop,
+    }
 
 
 def main() -> None:
@@ -100,7 +105,9 @@ def main() -> None:
     parser.add_argument("--batch", type=positive_int, default=4096)
     parser.add_argument("--shape", choices=SHAPES, default="gpt2-small")
     parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--compile", action="store_true", help="also time the product under torch.compile")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the product under torch.compile"
+    )
     add_environment_arguments(parser)
     args = parse_with_smoke(parser, None, batch=64, shape="tiny", repeats=1)
     import torch
@@ -130,9 +137,14 @@ def main() -> None:
             ms = _median_ms(fn, args.repeats)
             flops = block_flops * (n_heads if name.startswith("dense") else 1)
             rates[(name, str(dtype))] = flops / ms / 1e6
-            print(f"{name:<26} {str(dtype).removeprefix('torch.'):<9} {ms:>9.1f} {rates[(name, str(dtype))]:>9.1f}")
+            print(
+                f"{name:<26} {str(dtype).removeprefix('torch.'):<9} {ms:>9.1f} {rates[(name, str(dtype))]:>9.1f}"
+            )
     print(f"load average after: {load_average()}")
-    ratio = rates[("bmm, strided out", "torch.float32")] / rates[("dense GEMM (SAELens)", "torch.float32")]
+    ratio = (
+        rates[("bmm, strided out", "torch.float32")]
+        / rates[("dense GEMM (SAELens)", "torch.float32")]
+    )
     print(f"block_gflops_ratio={ratio:.2f}")
 
 
