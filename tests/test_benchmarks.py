@@ -28,7 +28,7 @@ BENCHMARKS = sorted(
     path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
 )
 KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
-TIMEOUT_S = 1200  # all smoke runs together, on a loaded 2-core machine
+TIMEOUT_S = 1800  # all smoke runs together; 22 min at a load average of 15-22 on 2 cores
 
 
 def declared_keys(path: Path) -> tuple[tuple[str, ...] | None, str]:
@@ -82,6 +82,9 @@ def smoke_runs(request: pytest.FixtureRequest) -> dict[str, dict]:
             continue
         result = json.loads(line)
         results[Path(result.pop("script")).name] = result
+    print(
+        "smoke runs, CPU s:", ", ".join(f"{name} {r['cpu_s']:.1f}" for name, r in results.items())
+    )
     missing = {"returncode": None, "stdout": "", "stderr": stderr[-3000:], "cpu_s": 0.0}
     return {Path(path).name: results.get(Path(path).name, missing) for path in selected}
 
