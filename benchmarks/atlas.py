@@ -16,11 +16,18 @@ stage: the table shows where the time goes (model load, liveness pass, detectors
 our reports, panels, writing). Wall and CPU seconds (user + system, all threads) are both
 shown: the machine may be shared, and the load average is printed beside each run.
 
-    python benchmarks/atlas.py [--threads 2] [--demo-sae PATH] [--gpt2-layers 2]
+(c) `export neuronpedia`'s code on the first 512 features of (b)'s SAE (one layer).
 
-Last line: `atlas_features_per_s=<a> atlas_peak_rss_mb=<a> atlas_rss_growth_mb_per_1k=<b>`.
-`--smoke`: (a) trained on 8192 tokens, its first 16 features on 16 prompts; (b) one layer,
-256 features on 8 prompts (growth from the shard reaching 128 features).
+`--full` runs (b) on all 24576 features (every panel; an hour or more on 2 cores), the
+growth then measured from 1000 features to the last. Each shard prints a line (features
+done, peak RSS, seconds, load) to stderr as it is written, so a long run can be followed
+and one cut short still tells how far it got. `--smoke`: tiny shapes, no training.
+
+    python benchmarks/atlas.py [--threads 2] [--demo-sae PATH] [--gpt2-layers 2] [--full | --smoke]
+
+Last line: `atlas_features_per_s=<a> atlas_peak_rss_mb=<max of a, b>
+atlas_rss_growth_mb_per_1k=<b> atlas_gpt2_features_per_s=<b> atlas_site_kb_per_feature=<b>
+export_features_per_s=<c>`.
 """
 
 from __future__ import annotations
@@ -28,14 +35,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke, run_python
+from _bench import machine_summary
 
-LAST_LINE_KEYS = ("atlas_features_per_s", "atlas_peak_rss_mb", "atlas_rss_growth_mb_per_1k")
+LAST_LINE_KEYS = (
+    "atlas_features_per_s",
+    "atlas_peak_rss_mb",
+    "atlas_rss_growth_mb_per_1k",
+    "atlas_gpt2_features_per_s",
+    "atlas_site_kb_per_feature",
+    "export_features_per_s",
+)
 D_SAE, D_VOCAB = 24576, 50257
 ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
 # (label, module, attribute) of the stages timed: each is wrapped with a timer in the child
@@ -77,7 +92,7 @@ def time_stages() -> dict[str, float]:
     return seconds
 
 
-def train_demo_sae(folder: Path, training_tokens: int) -> Path:
+def train_demo_sae(folder: Path) -> Path:
     from sae_lens_attn.models import load_model
     from sae_lens_attn.models.dataset import corpus_tokens
     from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
@@ -88,12 +103,14 @@ def train_demo_sae(folder: Path, training_tokens: int) -> Path:
         1, architecture="standard", sae_kwargs={"l1_coefficient": 2.0}, name="standard"
     )
     train_hook_z_saes(
-        model, [spec], dataset=tokens, training_tokens=training_tokens, lr=1e-3, seed=0, output_path=folder
+        model, [spec], dataset=tokens, training_tokens=200_000, lr=1e-3, seed=0, output_path=folder
     )
     return folder / "standard"
 
 
-def gpt2_shape(n_layers: int, n_prompts: int):
+def gpt2_shape(n_layers: int, smoke: bool = False):
+    """gpt2-small's shape (or, with `smoke`, a tiny one: 4 heads x 8, vocabulary 500, 256
+    features, 16 prompts of 16 tokens): model, SAE on blocks.0, layout, prompts."""
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -101,14 +118,17 @@ def gpt2_shape(n_layers: int, n_prompts: int):
     from sae_lens_attn.sources.head_layout import HeadLayout
 
     torch.manual_seed(0)
+    n_heads, d_head, d_vocab, d_sae, shape = (
+        (4, 8, 500, 256, (16, 16)) if smoke else (12, 64, D_VOCAB, D_SAE, (128, 64))
+    )
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
-        d_model=768,
-        n_heads=12,
-        d_head=64,
-        d_mlp=3072,
+        d_model=n_heads * d_head,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=4 * n_heads * d_head,
         n_ctx=1024,
-        d_vocab=D_VOCAB,
+        d_vocab=d_vocab,
         act_fn="gelu_new",
         normalization_type="LN",
         device="cpu",
@@ -116,9 +136,9 @@ def gpt2_shape(n_layers: int, n_prompts: int):
     )
     model = HookedTransformer(cfg).eval().requires_grad_(False)
     layout = HeadLayout.for_model(model, 0)
-    sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=D_SAE)).requires_grad_(False)
+    sae = StandardSAE(StandardSAEConfig(d_in=layout.d_in, d_sae=d_sae)).requires_grad_(False)
     layout.store_in(sae)
-    tokens = torch.randint(0, D_VOCAB, (n_prompts, 64), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, d_vocab, shape, generator=torch.Generator().manual_seed(0))
     return model, sae, layout, tokens
 
 
@@ -130,7 +150,7 @@ def child(args: argparse.Namespace) -> None:
     from sae_lens_attn.runtime import configure_runtime, configure_torch
 
     configure_torch(configure_runtime(args.threads))  # as the CLI does, before torch starts
-    from sae_lens_attn.dashboard.atlas import build, build_atlas
+    from sae_lens_attn.dashboard.atlas import AtlasConfig, build, build_atlas
 
     start, cpu_start = time.perf_counter(), time.process_time()
     stages = time_stages()
@@ -141,23 +161,38 @@ def child(args: argparse.Namespace) -> None:
         write_shard(staging, shard, features, *rest)
         done = len(features) + (peaks[-1][0] if peaks else 0)
         peaks.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        print(  # one line per shard, as it happens: a run cut short still tells its figures
+            f"shard {shard}: {done} features, peak RSS {peaks[-1][1]:.0f} MB, "
+            f"{time.perf_counter() - start:.0f} s, load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     build._write_shard = recording
-    if args.child == "demo":
+    if args.child == "export":
+        print(json.dumps(export_child(args)))
+        return
+    if args.smoke:
+        model, sae, _, tokens = gpt2_shape(1, smoke=True)
+        features = range(args.n_features if args.child == "gpt2" else 48)
+    elif args.child == "demo":
         from sae_lens_attn.commands._common import load_sae
         from sae_lens_attn.models import load_model
         from sae_lens_attn.models.dataset import corpus_tokens
 
         model, sae = load_model("embedded"), load_sae(Path(args.demo_sae))
-        tokens = corpus_tokens(model.tokenizer, 64, args.prompts, "test")
-        features = range(args.n_features) if args.n_features else None
+        tokens = corpus_tokens(model.tokenizer, 64, 512, "test")
+        features = None
     else:
-        model, sae, _, tokens = gpt2_shape(args.gpt2_layers, args.prompts)
+        model, sae, _, tokens = gpt2_shape(args.gpt2_layers)
         features = range(args.n_features)
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         panels = [p for p in ALL_PANELS if p != "circuit"] if args.no_circuit else None
-        files = build_atlas(model, sae, tokens, Path(tmp) / "site", features=features, panels=panels)
+        config = AtlasConfig(shard_size=16) if args.smoke else None
+        files = build_atlas(
+            model, sae, tokens, Path(tmp) / "site", features=features, panels=panels, config=config
+        )
         size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
     print(
@@ -178,7 +213,28 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
-def run_child(args: argparse.Namespace, config: str, n_features: int, prompts: int) -> dict:
+def export_child(args: argparse.Namespace) -> dict:
+    """`export neuronpedia`'s code (`export_neuronpedia`, as benchmarks/export.py calls it)
+    on the first `--n-features` features at gpt2-small's shape: features per second."""
+    from export import export_after, with_tokenizer
+
+    from sae_lens_attn.dashboard.neuronpedia import NeuronpediaSettings
+
+    model, sae, layout, tokens = gpt2_shape(1, smoke=args.smoke)
+    settings = NeuronpediaSettings(
+        model_id="gpt2-shape", sae_set="bench", batch_size=32 if args.smoke else 128
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        with_tokenizer(model, Path(tmp) / "tokenizer")
+        began = time.perf_counter()
+        export_after(
+            model, sae, layout, tokens, list(range(args.n_features)), settings, Path(tmp) / "np"
+        )
+        seconds = time.perf_counter() - began
+    return {"features": args.n_features, "seconds": seconds, "load_average": os.getloadavg()[0]}
+
+
+def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -190,15 +246,16 @@ def run_child(args: argparse.Namespace, config: str, n_features: int, prompts: i
         str(args.gpt2_layers),
         "--n-features",
         str(n_features),
-        "--prompts",
-        str(prompts),
         "--demo-sae",
         str(args.demo_sae or ""),
+        *(["--smoke"] if args.smoke else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    done = run_python(command, env)
+    # the child's stderr (a line per shard) goes straight through, so a long run shows
+    # where it is and a run cut short still leaves its figures in the log
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
     if done.returncode:
-        raise SystemExit(f"atlas of {config} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{config} child failed (its stderr is above)")
     print(
         f"{config}: {done.stdout.strip().splitlines()[-1]}", file=sys.stderr
     )  # kept if main fails
@@ -215,33 +272,34 @@ def main() -> None:
     parser.add_argument(
         "--no-circuit", action="store_true", help="leave the circuit panel out (child runs only)"
     )
-    parser.add_argument("--child", choices=("demo", "gpt2"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"(b) on all {D_SAE} features of the gpt2-small-shaped SAE, every panel (an hour+)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny shapes, no training: seconds (for the tests)"
+    )
+    parser.add_argument("--child", choices=("demo", "gpt2", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--prompts", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--demo-tokens", type=int, default=200_000, help="(a)'s training tokens")
-    parser.add_argument("--demo-features", type=int, default=0, help="(a): the first N features (0: all)")
-    parser.add_argument("--demo-prompts", type=int, default=512, help="(a)'s prompts")
-    parser.add_argument("--gpt2-features", type=int, default=2000, help="(b)'s features")
-    parser.add_argument("--gpt2-prompts", type=int, default=128, help="(b)'s prompts")
-    args = parse_with_smoke(parser, demo_tokens=8192, demo_features=16, demo_prompts=16, gpt2_layers=1, threads=1,
-                            gpt2_features=256, gpt2_prompts=8)
+    args = parser.parse_args()
     if args.child:
         child(args)
         return
     print(
-        f"atlas benchmark: CPU, {args.threads} thread(s), load average before "
-        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; the machine is shared); "
-        f"{machine_summary()}"
+        f"atlas benchmark: {machine_summary()}, {args.threads} thread(s), load average before "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min; the machine is shared)"
     )
+    n_gpt2 = 64 if args.smoke else D_SAE if args.full else 2000
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.demo_sae:
+        if not args.demo_sae and not args.smoke:
             began = time.perf_counter()
-            args.demo_sae = str(train_demo_sae(Path(tmp) / "demo", args.demo_tokens))
+            args.demo_sae = str(train_demo_sae(Path(tmp) / "demo"))
             print(f"trained the demo-size SAE in {time.perf_counter() - began:.0f} s")
-        runs = {
-            "(a) demo SAE": run_child(args, "demo", args.demo_features, args.demo_prompts),
-            "(b) gpt2 shape": run_child(args, "gpt2", args.gpt2_features, args.gpt2_prompts),
-        }
+        # the gpt2 shape first: with --full it is the long one, and its shard lines come first
+        gpt2 = run_child(args, "gpt2", n_gpt2)
+        runs = {"(a) demo SAE": run_child(args, "demo"), "(b) gpt2 shape": gpt2}
+        export = run_child(args, "export", 8 if args.smoke else 512)
     print(f"{'':<28}" + "".join(f"{name:>22}" for name in runs))
     rows = [
         ("features", "features", "{:.0f}"),
@@ -266,17 +324,29 @@ def main() -> None:
         "(b) peak RSS after each shard (features written: MB): "
         + ", ".join(f"{n}: {mb:.0f}" for n, mb in gpt2["peaks"])
     )
-    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= args.gpt2_features / 2)
+    n_mid, mb_mid = next((n, mb) for n, mb in gpt2["peaks"] if n >= min(1000, n_gpt2 // 2))
     n_end, mb_end = gpt2["peaks"][-1]
-    growth = (mb_end - mb_mid) / ((n_end - n_mid) / 1000)
+    growth = (mb_end - mb_mid) / ((n_end - n_mid) / 1000) if n_end > n_mid else 0.0
+    gpt2_per_s = gpt2["features"] / gpt2["atlas_seconds"]
+    site_kb = gpt2["site_mb"] * 1000 / gpt2["features"]
+    export_per_s = export["features"] / export["seconds"]
     print(
         f"(a): {demo['features']} live features in {demo['atlas_seconds']:.1f} s after loading "
         f"= {per_s:.2f} features/s ({demo['features'] / demo['cpu_seconds']:.1f} per CPU second); "
         f"(b): peak RSS {mb_mid:.0f} MB at {n_mid} features, {mb_end:.0f} MB at {n_end}"
     )
     print(
-        f"atlas_features_per_s={per_s:.2f} atlas_peak_rss_mb={demo['peak_rss_mb']:.0f} "
-        f"atlas_rss_growth_mb_per_1k={growth:.1f}"
+        f"(b): {gpt2['features']} features in {gpt2['atlas_seconds']:.1f} s after loading = "
+        f"{gpt2_per_s:.2f} features/s; site {gpt2['site_mb']:.1f} MB = {site_kb:.1f} KB a "
+        f"feature; export neuronpedia: {export['features']} features in "
+        f"{export['seconds']:.1f} s = {export_per_s:.2f} features/s (load "
+        f"{export['load_average']:.1f})"
+    )
+    peak = max(demo["peak_rss_mb"], gpt2["peak_rss_mb"])
+    print(
+        f"atlas_features_per_s={per_s:.2f} atlas_peak_rss_mb={peak:.0f} "
+        f"atlas_rss_growth_mb_per_1k={growth:.1f} atlas_gpt2_features_per_s={gpt2_per_s:.2f} "
+        f"atlas_site_kb_per_feature={site_kb:.1f} export_features_per_s={export_per_s:.2f}"
     )
 
 

@@ -48,6 +48,8 @@ LAST_LINE_KEYS = (
     "taxonomy_stability",
 )
 LAYERS = (0, 1)
+# train's defaults when this benchmark was measured (block-diagonal ReLU); docs/taxonomy.md
+OLD_DEFAULTS = ("--lr", "3e-4", "--l1-coefficient", "1")
 TAXONOMY = "taxonomy"
 
 
@@ -77,6 +79,7 @@ def train_and_detect(out: Path, tokens: int, args: argparse.Namespace) -> dict[i
         str(args.expansion_factor),
         "--batch-size",
         str(args.batch_size),
+        *OLD_DEFAULTS,
         "--out",
         str(out / "saes"),
     )

@@ -64,10 +64,12 @@ class PluginEntry:
 
 @dataclass(frozen=True)
 class ArchitectureClasses:
-    """The four SAELens classes an architecture registers under one name."""
+    """The SAELens classes an architecture registers under one name: inference and
+    training. A training architecture that saves as another one (as SAELens's BatchTopK
+    saves as JumpReLU) leaves the inference classes None."""
 
-    sae_class: type
-    config_class: type
+    sae_class: type | None
+    config_class: type | None
     training_sae_class: type
     training_config_class: type
 
@@ -320,6 +322,8 @@ def register_architectures_with_sae_lens(manager: PluginManager | None = None) -
             (SAE_CLASS_REGISTRY, classes.sae_class, classes.config_class),
             (SAE_TRAINING_CLASS_REGISTRY, classes.training_sae_class, classes.training_config_class),
         ):
+            if sae_class is None:  # training only: it saves as another architecture
+                continue
             held = registry.get(name)
             if held is None or (builtin and held[0] is not sae_class):
                 # a plain dict assignment: sae_lens.registry's register_* refuse a known name

@@ -38,6 +38,35 @@ def test_the_walker_finds_a_planted_cycle(tmp_path):
     assert architecture.cycles(graph) == [["pkg.a", "pkg.sub.b"]]
 
 
+def test_the_walker_finds_a_planted_upward_import(tmp_path):
+    package = tmp_path / "pkg"
+    for name in ("top", "low"):
+        (package / name).mkdir(parents=True)
+        (package / name / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "top" / "page.py").write_text("from pkg.low import tool\n")
+    # the upward arrow hides inside a function, as the atlas's import of the demo did
+    (package / "low" / "tool.py").write_text("def f():\n    from pkg.top import page\n")
+    graph = architecture.import_graph(package)
+    rows = (("top",), ("low",))
+    # `from pkg.top import page` imports the package pkg.top and its module page
+    assert architecture.upward_imports(graph, rows) == [
+        "pkg.low.tool -> pkg.top",
+        "pkg.low.tool -> pkg.top.page",
+    ]
+    assert architecture.upward_imports(graph, rows[::-1]) == [
+        "pkg.top.page -> pkg.low",
+        "pkg.top.page -> pkg.low.tool",
+    ]
+
+
+def test_demo_sits_above_the_dashboard_it_imports():
+    # one order for the test and the picture: the demo renders dashboards, so the dashboard
+    # (and the atlas in it) may not import the demo
+    assert architecture.LAYERS["demo"] > architecture.LAYERS["dashboard"]
+    assert architecture.LAYERS["dashboard"] > architecture.LAYERS["detectors"]
+
+
 def test_no_file_imports_a_file_that_imports_it_back():
     found = architecture.cycles(architecture.import_graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
@@ -62,11 +91,15 @@ def test_the_picture_has_an_arrow_per_room_edge():
         assert f"<title>{source} imports {target}</title>" in svg
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "sae_lens_attn").rglob("*/__init__.py")))
+@pytest.mark.parametrize(
+    "folder", sorted(p.parent.name for p in (ROOT / "sae_lens_attn").rglob("*/__init__.py"))
+)
 def test_every_room_says_what_it_is_for(folder):
     init = next((ROOT / "sae_lens_attn").rglob(f"{folder}/__init__.py"))
     docstring = ast.get_docstring(ast.parse(init.read_text()))
-    assert docstring and len(docstring.split()) >= 8, f"{init} needs a docstring saying what it is for"
+    assert docstring and len(docstring.split()) >= 8, (
+        f"{init} needs a docstring saying what it is for"
+    )
 
 
 def test_sources_holds_only_activation_sources():
@@ -89,8 +122,10 @@ def test_moved_training_names_still_import_from_sources_with_a_warning():
 def test_moved_modules_keep_their_public_names_importable():
     from sae_lens_attn.attribution.circuit import FeatureCircuit, feature_circuit
     from sae_lens_attn.attribution.circuit.feature import FeatureCircuit as defined
+    from sae_lens_attn.demo.activity import feature_activity as demo_activity
     from sae_lens_attn.demo.pipeline import DemoResult
     from sae_lens_attn.demo.result import DemoResult as result_class
+    from sae_lens_attn.detectors.activity import feature_activity
     from sae_lens_attn.detectors.classes import CLASSES, FamilyRow
     from sae_lens_attn.detectors.results import FamilyRow as results_row
     from sae_lens_attn.detectors.taxonomy import CLASSES as taxonomy_classes
@@ -98,3 +133,4 @@ def test_moved_modules_keep_their_public_names_importable():
     assert FeatureCircuit is defined and callable(feature_circuit)
     assert DemoResult is result_class and FamilyRow is results_row
     assert CLASSES == taxonomy_classes
+    assert demo_activity is feature_activity

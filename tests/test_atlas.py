@@ -4,6 +4,8 @@ tokens that look like markup."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import shutil
 import subprocess
@@ -105,6 +107,18 @@ def test_every_live_feature_is_a_row_and_dead_ones_are_left_out(site, parts):
     assert not staging_folder(site.site).exists()
 
 
+def test_a_shard_holds_each_feature_as_compressed_json(site):
+    text = (site.site / "data" / "features-00000.js").read_text()
+    assert text.startswith("slaAtlasShard(") and text.endswith(");\n")
+    shard = json.loads(text[len("slaAtlasShard(") : -3])
+    for feature, packed in shard.items():
+        raw = gzip.decompress(base64.b64decode(packed))
+        entry = json.loads(raw)
+        assert set(entry) == {"sae_vis", "panels", "prev", "next"}
+        assert f'data-feature-key="{feature}"' in entry["panels"]
+        assert len(packed) < len(raw) / 2  # the page's HTML and numbers compress well
+
+
 def test_index_opens_from_file_with_rows_plots_and_markup_as_text(site, chromium, tmp_path):
     dom = parse_dom(
         run_chromium(
@@ -181,22 +195,25 @@ def test_generation_streams_one_shard_at_a_time(parts, tmp_path, monkeypatch):
     from sae_lens_attn.dashboard import sae_vis
 
     calls = []
-    copies = set()
+    copies, passes = set(), set()
     original = sae_vis.run_sae_vis
 
-    def recording(model, sae, layout, tokens, features, config, dense):
+    def recording(model, sae, layout, tokens, features, config, dense, activations):
         staging = staging_folder(tmp_path / "site")
         calls.append(
             (list(features), sorted(p.name for p in (staging / "data").glob("rows-*.json")))
         )
         copies.add(id(dense))  # one dashboard copy of the SAE for the whole run
-        return original(model, sae, layout, tokens, features, config, dense=dense)
+        passes.add(id(activations))  # and one model pass over the prompts
+        return original(
+            model, sae, layout, tokens, features, config, dense=dense, activations=activations
+        )
 
     monkeypatch.setattr(sae_vis, "run_sae_vis", recording)
     build(parts, tmp_path / "site", panels=["families"])
     assert [max(f) // 4 == min(f) // 4 and len(f) <= 4 for f, _ in calls] == [True] * len(calls)
     assert [len(done) for _, done in calls] == list(range(len(calls)))
-    assert len(calls) > 1 and len(copies) == 1
+    assert len(calls) > 1 and len(copies) == 1 and len(passes) == 1
 
 
 def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatch):
@@ -222,6 +239,52 @@ def test_a_killed_run_resumes_where_it_stopped(parts, site, tmp_path, monkeypatc
     assert index_data(out) == index_data(site.site)
     for shard in (site.site / "data").glob("features-*.js"):
         assert (out / "data" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_a_damaged_shard_is_found_by_its_checksum_and_rebuilt_on_resume(
+    parts, site, tmp_path, monkeypatch
+):
+    out = tmp_path / "site"
+    original = atlas_build._write_shard
+
+    def dies_on_third(staging, shard, *args):
+        if len(list((staging / "data").glob("rows-*"))) == 2:
+            raise KeyboardInterrupt
+        return original(staging, shard, *args)
+
+    monkeypatch.setattr(atlas_build, "_write_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build(parts, out)
+    staging = staging_folder(out)
+    recorded = json.loads((staging / MARKER).read_text())["shards"]
+    assert sorted(recorded) == ["0", "1"]  # the manifest: every finished shard's checksums
+    damaged = staging / "data" / "features-00000.js"
+    damaged.write_bytes(damaged.read_bytes()[:-40] + b"x" * 40)  # same size, other bytes
+
+    computed = []
+    monkeypatch.setattr(
+        atlas_build, "_write_shard", lambda *a: (computed.append(a[1]), original(*a))
+    )
+    with pytest.warns(UserWarning, match=r"shard 0's files do not match the checksums"):
+        files = build(parts, out, resume=True)
+    assert computed[0] == 0 and 1 not in computed  # shard 0 again, shard 1 kept
+    assert files.resumed and index_data(out) == index_data(site.site)
+    for shard in (site.site / "data").glob("features-*.js"):
+        assert (out / "data" / shard.name).read_bytes() == shard.read_bytes()
+    published = json.loads((out / MARKER).read_text())["shards"]
+    assert published == json.loads((site.site / MARKER).read_text())["shards"]
+
+
+def test_features_beyond_d_sae_are_one_error_line(embedded_sae, tmp_path, capsys):
+    from sae_lens_attn import cli
+
+    code = cli.main(
+        ["atlas", "--sae", str(embedded_sae), "--out", str(tmp_path / "site"), "--features", "3,12"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --features: feature 12 is out of range; this SAE has features 0..11"]
+    assert not (tmp_path / "site").exists()
 
 
 def test_resume_with_other_settings_is_refused(parts, tmp_path, monkeypatch):

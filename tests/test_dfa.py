@@ -14,6 +14,7 @@ from sae_lens_attn.attribution import (
     dfa_by_source_and_head,
     dfa_hook_names,
     feature_dfa,
+    site_dfa,
 )
 from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -76,7 +77,9 @@ def test_dfa_sums_to_preactivation_for_dense_sae(cache, apply_b_dec_to_input, no
     )
     pre = reference_pre(sae, x)  # [batch, q, d_sae]
     features = torch.tensor([1, 5, 9, 17, 23])
-    dest = torch.randint(0, x.shape[1], (x.shape[0], len(features)), generator=torch.Generator().manual_seed(1))
+    dest = torch.randint(
+        0, x.shape[1], (x.shape[0], len(features)), generator=torch.Generator().manual_seed(1)
+    )
     dfa = feature_dfa(sae, pattern, v, features, dest, feature_chunk_size=2)
 
     expected = pre[torch.arange(x.shape[0])[:, None], dest, features]
@@ -92,9 +95,11 @@ def test_dfa_sums_to_preactivation_for_dense_sae(cache, apply_b_dec_to_input, no
 def test_dfa_sums_to_preactivation_for_block_diagonal_sae(cache, apply_b_dec_to_input):
     pattern, v, z = cache
     x = z.flatten(-2)
-    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(
-        d_in=64, d_sae=24, n_heads=4, apply_b_dec_to_input=apply_b_dec_to_input
-    ))
+    sae = BlockDiagonalSAE(
+        BlockDiagonalSAEConfig(
+            d_in=64, d_sae=24, n_heads=4, apply_b_dec_to_input=apply_b_dec_to_input
+        )
+    )
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for param in sae.parameters():
@@ -162,3 +167,29 @@ def test_dfa_rejects_inputs_that_do_not_fit_with_a_helpful_message(cache):
         feature_dfa(random_sae(32), pattern, v, [0], torch.zeros(z.shape[0], dtype=torch.long))
     with pytest.raises(ValueError, match="feature 99 is out of range"):
         feature_dfa(random_sae(64), pattern, v, [99], torch.zeros(z.shape[0], dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("heads", "normalize"),
+    [(None, "none"), ([2, 0], "none"), (None, "layer_norm"), ([3, 1], "constant_norm_rescale")],
+)
+def test_site_dfa_equals_feature_dfa_site_by_site(tiny_model, cache, heads, normalize):
+    pattern, v, z = cache
+    layout = HeadLayout.for_model(tiny_model, LAYER, heads=heads)
+    sae = random_sae(layout.d_in, normalize_activations=normalize)
+    generator = torch.Generator().manual_seed(3)
+    n_sites = 40  # more features than one chunk, repeated prompts and features
+    prompt = torch.randint(0, z.shape[0], (n_sites,), generator=generator)
+    feature = torch.randint(0, 24, (n_sites,), generator=generator)
+    dest = torch.randint(0, z.shape[1], (n_sites,), generator=generator)
+    sites = site_dfa(sae, pattern, v, prompt, feature, dest, layout, feature_chunk_size=5)
+    for e in range(n_sites):
+        p, f, d = int(prompt[e]), int(feature[e]), int(dest[e])
+        one = feature_dfa(sae, pattern[p : p + 1], v[p : p + 1], [f], torch.tensor([d]), layout)
+        torch.testing.assert_close(sites.by_source_head[e], one.by_source_head[0, 0])
+        torch.testing.assert_close(
+            sites.bias[e], one.b_dec_term[0] + one.b_enc_term[0], atol=1e-6, rtol=1e-6
+        )
+    pre = sites.by_source_head.sum(dim=(1, 2)) + sites.bias
+    expected = reference_pre(sae, layout.select(z))[prompt, dest, feature]
+    torch.testing.assert_close(pre, expected, atol=1e-5, rtol=1e-5)

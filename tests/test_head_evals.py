@@ -187,6 +187,7 @@ def test_a_head_whose_ablation_changes_nothing_has_no_ce_loss_recovered():
         torch.tensor([0.0, 0.5]),
         torch.tensor([4, 4]),
         10,
+        10,
     )
     table = evals.to_dict()
     assert table["L0H0"]["ce_loss_recovered"] is None and table["L0H1"]["ce_loss_recovered"] == 0.5
@@ -194,5 +195,6 @@ def test_a_head_whose_ablation_changes_nothing_has_no_ce_loss_recovered():
         "L0H0/ce_loss_recovered" not in evals.metrics()
         and "L0H1/ce_loss_recovered" in evals.metrics()
     )
-    rows, _ = head_evals_rows(table)
+    rows, header = head_evals_rows(table)
     assert rows[0][2] == "n/a" and rows[1][2] == "0.500"
+    assert header[4] == "not seen in 10 tok"  # 10 tokens cannot call a feature dead

@@ -241,6 +241,20 @@ def test_export_command_refuses_a_folder_that_is_not_an_export(tmp_path, capsys)
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
 
 
+def test_export_command_refuses_features_beyond_d_sae_before_writing(tmp_path, capsys):
+    sae = unit_decoder_sae()
+    sae.save_model(tmp_path / "sae")
+    out = tmp_path / "out"
+    argv = ["export", "neuronpedia", "--sae", str(tmp_path / "sae"), "--out", str(out)]
+    code = cli.main([*argv, "--features", "0-3,10"])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        "error: --features: feature 10 is out of range; this SAE has features 0..9"
+    )
+    assert not any("Traceback" in line for line in lines) and not out.exists()
+
+
 def test_block_diagonal_sae_on_some_heads_exports_its_own_activations(model, tokens, tmp_path):
     from sae_lens_attn.architectures.block_diagonal import BlockDiagonalSAE, BlockDiagonalSAEConfig
 

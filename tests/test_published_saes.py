@@ -205,3 +205,62 @@ def test_a_saved_sae_on_another_hook_is_refused_before_the_model_loads(tmp_path,
         f"error: --sae {tmp_path / 'sae'}: this SAE reads 'blocks.1.hook_resid_pre'"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dashboard", "--features", "0"],
+        ["detect"],
+        ["atlas"],
+        ["export", "neuronpedia"],
+        ["circuit", "--feature", "0", "--prompt", "a b"],
+    ],
+)
+def test_hook_z_reshaping_on_a_residual_hook_is_one_line_in_every_command(
+    command, tmp_path, capsys
+):
+    # SAELens refuses to build this SAE ("This method should only be called for hook_z
+    # SAEs"): the hook is named before it gets the chance, whatever the reshaping says
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    config = StandardSAEConfig(
+        d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre")
+    )
+    StandardSAE(config).save_model(tmp_path / "sae")
+    cfg_path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["reshape_activations"] = "hook_z"
+    cfg_path.write_text(json.dumps(cfg))
+    out = ["--out", str(tmp_path / "out")] if command[0] != "circuit" else []
+    code = cli.main([*command, "--sae", str(tmp_path / "sae"), *out])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(
+        f"error: --sae {tmp_path / 'sae'}: this SAE reads 'blocks.1.hook_resid_pre', "
+        "not an attention hook_z (blocks.L.attn.hook_z)"
+    )
+    assert "should only be called" not in "\n".join(lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_upstream_sae_with_hook_z_reshaping_on_a_residual_hook_is_one_line(tmp_path, capsys):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sae_lens_attn.sources.saved_sae import check_saved_sae
+
+    config = StandardSAEConfig(
+        d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.0.hook_resid_pre")
+    )
+    StandardSAE(config).save_model(tmp_path / "up")
+    assert check_saved_sae(tmp_path / "up")["W_enc"] == (64, 8)  # any hook, unless hook_z
+    cfg_path = tmp_path / "up" / "cfg.json"
+    cfg_path.write_text(
+        json.dumps({**json.loads(cfg_path.read_text()), "reshape_activations": "hook_z"})
+    )
+    with pytest.raises(
+        ValueError, match=r"^--upstream-sae X: this SAE reads 'blocks.0.hook_resid_pre'"
+    ):
+        check_saved_sae(tmp_path / "up", hook_z=False, label="--upstream-sae X")

@@ -17,7 +17,8 @@ from sae_lens_attn.commands._common import load_sae, resolve_sae_folder
 from sae_lens_attn.errors import InvalidInputError
 from sae_lens_attn.sources.head_layout import HeadLayout
 
-REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2"]
+REDUCED = ["--training-tokens", "2048", "--context-size", "16", "--batch-size", "128", "--expansion-factor", "2",
+           "--dead-tokens", "2048"]
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_train_command_trains_layers_by_architectures_from_one_pass_and_lists_th
         assert (sae.cfg.architecture(), sae.cfg.metadata.hook_name) == (
             entry["architecture"], f"blocks.{entry['layer']}.attn.hook_z")
         assert entry["heads"] == [0, 1, 2, 3]
-        assert {"training_l0", "num_dead_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
+        assert {"training_l0", "dead_eval_tokens", "not_seen_features", "ce_loss_score", "explained_variance"} <= set(entry["metrics"])
         layer = entry["layer"]
         assert {f"L{layer}H{h}/{m}" for h in range(4) for m in ("explained_variance", "ce_loss_recovered", "l0",
                                                                   "dead_share")} <= set(entry["metrics"])
@@ -207,12 +208,9 @@ def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tm
         (["--l1-coefficient", "-1"], "argument --l1-coefficient: '-1' is negative: expected a number >= 0"),
         (["--eval-batches", "-1"], "argument --eval-batches: -1 is too small: expected an integer >= 0"),
         (["--lr", "1e7"], "argument --lr: '1e7' is too large: expected a learning rate in (0, 1e+06]"),
-        (["--architecture", "dense"], "argument --architecture: unknown architecture 'dense': expected one of "
-                                      "block_diagonal, standard, topk"),
-        (["--architecture", "topk"], "--architecture topk needs --k (active features per token), e.g. --k 32"),
-        (["--architecture", "standard", "--k", "4"], "--k applies to topk and block_diagonal; --architecture "
-                                                     "standard has no k"),
-        (["--k", "4,4"], "--k lists a value twice: [4, 4]"),
+        (["--target-l0", "0"], "argument --target-l0: '0' is not positive: expected a number > 0"),
+        (["--matryoshka-widths", "512:128"], "argument --matryoshka-widths: bad widths '512:128': expected "
+                                             "strictly increasing widths separated by ':', e.g. 128:512:2048"),
         (["--layers", "1,1"], "--layers lists a value twice: [1, 1]"),
         (["--out", "FILE"], "argument --out: 'FILE': is an existing file; expected a folder"),
         (["--out", "/proc/sae-lens-attn-out"], "argument --out: '/proc/sae-lens-attn-out': cannot write into /proc"),
@@ -229,6 +227,7 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
     [error_line] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert error_line.startswith("error: ") and message in error_line
     assert result.stdout == "" and "Traceback" not in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["FILE"]  # nothing written
 
 
 @pytest.mark.parametrize(
@@ -236,16 +235,80 @@ def test_bad_train_options_exit_2_with_one_error_line_before_loading_anything(tm
     [
         (["--layers", "0,2"], "layer 2 is out of range; expected one of blocks.0.attn.hook_z .. blocks.1.attn.hook_z"),
         (["--layer", "0", "--context-size", "65"], "--context-size 65 exceeds the model's n_ctx: expected 2..64"),
+        (["--layer", "0", "--architecture", "matching_pursuit", "--per-head-norm"],
+         "--per-head-norm cannot be folded into L0_matching_pursuit: Folding activation whitening is not supported "
+         "for MatchingPursuit SAEs"),
         (["--layer", "0", "--architecture", "topk", "--k", "200"], "--k 200 exceeds the 128 features of L0_topk: expected --k at most d_sae"),
+        (["--layer", "0", "--architecture", "batchtopk", "--k", "129"], "--k 129 exceeds the 128 features of L0_batchtopk"),
+        (["--layer", "0", "--architecture", "block_diagonal_batchtopk", "--k", "32.5"],
+         "L0_block_diagonal_batchtopk: block_diagonal_batchtopk needs k (mean active features per head and token) "
+         "in (0, d_sae_per_head=32], got k=32.5"),
+        (["--layer", "0", "--architecture", "matryoshka_batchtopk", "--k", "4", "--matryoshka-widths", "64:256"],
+         "--matryoshka-widths 64:256 exceeds the 128 features of L0_matryoshka_batchtopk: expected widths at most d_sae"),
         (["--layer", "0", "--k", "33"], "L0_block_diagonal: activation='topk' needs k (features per head) between 1 and d_sae_per_head=32"),
         (["--layer", "0", "--d-sae", "30"], "L0_block_diagonal: d_sae=30 is not divisible by n_heads=4; nearest valid: 28 or 32"),
     ],
 )
 def test_options_that_do_not_fit_the_model_exit_2_before_the_corpus_is_tokenized(tiny_embedded, tmp_path, capsys, argv, message):
-    assert main(["train", "--context-size", "16", *argv, "--out", str(tmp_path), "--expansion-factor", "2"]) == 2
+    assert main(["train", "--context-size", "16", *argv, "--out", str(tmp_path / "out"), "--expansion-factor", "2"]) == 2
     [error_line] = capsys.readouterr().err.splitlines()
     assert error_line.startswith("error: ") and message in error_line
-    assert tiny_embedded == []
+    assert tiny_embedded == [] and not (tmp_path / "out").exists()
+
+
+ALL_SWEEP_VALUES = ",".join(str(c) for c in range(1, 66))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--architecture", "dense"], "unknown architecture 'dense': expected one of abstopk, batchtopk, "
+                                      "block_diagonal, block_diagonal_batchtopk, block_diagonal_jumprelu, gated, "
+                                      "jumprelu, matching_pursuit, matryoshka_batchtopk, standard, topk"),
+        (["--architecture", "topk"], "--architecture topk needs --k (active features per token), e.g. --k 32"),
+        (["--architecture", "block_diagonal_batchtopk"],
+         "--architecture block_diagonal_batchtopk needs --k (active features per head and token), e.g. --k 4"),
+        (["--architecture", "standard", "--k", "4"], "--k does not apply to --architecture standard; it applies to "
+                                                     "abstopk, batchtopk, block_diagonal, block_diagonal_batchtopk, "
+                                                     "matryoshka_batchtopk, topk"),
+        (["--architecture", "topk", "--k", "4", "--l1-coefficient", "2"],
+         "--l1-coefficient does not apply to --architecture topk; it applies to gated, standard"),
+        (["--k", "4", "--l1-coefficient", "2"], "--l1-coefficient does not apply to --architecture block_diagonal; "
+                                                "it applies to gated, standard (block_diagonal: without --k)"),
+        (["--architecture", "jumprelu", "--k", "4"], "--k does not apply to --architecture jumprelu"),
+        (["--architecture", "block_diagonal_jumprelu", "--k", "4"],
+         "--k does not apply to --architecture block_diagonal_jumprelu"),
+        (["--architecture", "standard,topk", "--k", "4", "--target-l0", "10"],
+         "--target-l0 does not apply to --architecture standard,topk; it applies to block_diagonal_jumprelu, jumprelu"),
+        (["--architecture", "block_diagonal", "--l1-coefficient", "2", "--aux-loss-coefficient", "0.5"],
+         "--aux-loss-coefficient does not apply to --architecture block_diagonal"),
+        (["--architecture", "matryoshka_batchtopk", "--k", "4"],
+         "--architecture matryoshka_batchtopk needs --matryoshka-widths (nested widths, e.g. 128:512)"),
+        (["--architecture", "topk", "--k", "2.5"], "--architecture topk needs a whole --k, got 2.5"),
+        (["--k", "2.5"], "block_diagonal keeps a whole number of features per head: --k 2.5; for a mean per head "
+                         "use block_diagonal_batchtopk"),
+        (["--k", "4,4"], "--k lists a value twice: [4, 4]"),
+        (["--architecture", "standard,standard"], "--architecture lists an architecture twice: standard,standard"),
+        (["--architecture", "standard", "--l1-coefficient", ALL_SWEEP_VALUES],
+         "these options ask for 65 SAEs (L0_standard_l1=1 .. L0_standard_l1=65), more than 64; pass --yes to train "
+         "them all, or list fewer values"),
+    ],
+)
+def test_architecture_and_knob_errors_exit_2_with_one_line_and_write_nothing(tiny_embedded, tmp_path, capsys, argv,
+                                                                               message):
+    assert main(["train", "--layer", "0", *argv, "--out", str(tmp_path / "out"), *REDUCED]) == 2
+    captured = capsys.readouterr()
+    [error_line] = captured.err.splitlines()
+    assert error_line.startswith("error: ") and message in error_line
+    assert captured.out == "" and tiny_embedded == [] and not (tmp_path / "out").exists()
+
+
+def test_a_sweep_of_more_than_64_saes_runs_with_yes(tiny_embedded, tmp_path, monkeypatch):
+    import sae_lens_attn.commands.train as train
+
+    monkeypatch.setattr(train, "run_training", lambda train_saes: {})  # the check, not 65 trainings
+    assert main(["train", "--layer", "0", "--architecture", "standard", "--l1-coefficient", ALL_SWEEP_VALUES,
+                 "--yes", "--eval-batches", "0", "--out", str(tmp_path / "out"), *REDUCED]) == 0
 
 
 def test_a_diverging_run_stops_in_that_step_and_keeps_the_last_good_checkpoint(tiny_embedded, tmp_path):
@@ -282,3 +345,97 @@ def test_a_diverging_sae_of_a_multi_sae_run_is_named(tiny_embedded, tmp_path):
     assert message.endswith("; no checkpoint was saved before it; no SAE of this run was saved: train again with a "
                             "lower learning rate or sparsity coefficient")
     assert not (out / "saes.json").exists()
+
+
+def test_autocast_trains_under_bf16_autocast_through_saelens_runner(tiny_embedded, tmp_path, monkeypatch):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    seen = []
+    original = SAETrainer.__init__
+
+    def spy(self, cfg, *args, **kwargs):
+        seen.append(cfg.autocast)
+        original(self, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(SAETrainer, "__init__", spy)
+    assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path / "a"), *REDUCED]) == 0
+    assert main(["train", "--layer", "1", "--eval-batches", "0", "--out", str(tmp_path / "b"), *REDUCED]) == 0
+    assert seen == [True, False]
+
+
+def test_autocast_on_a_cpu_without_native_bf16_warns_once_that_it_is_slow(tiny_embedded, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning) as record:
+        assert main(["train", "--layer", "1", "--autocast", "--eval-batches", "0", "--out", str(tmp_path), *REDUCED]) == 0
+    [warning] = [str(w.message) for w in record if "--autocast" in str(w.message)]
+    assert warning.startswith("--autocast: this CPU has no native bf16 instructions") and "will be slow" in warning
+
+
+def test_autocast_on_a_device_without_bf16_exits_2(tiny_embedded, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert main(["train", "--layer", "1", "--autocast", "--device", "cuda", "--out", str(tmp_path), *REDUCED]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "error: --autocast: cuda does not support bf16; train without --autocast (float32)"
+    assert tiny_embedded == []
+def test_every_training_architecture_trains_from_one_pass_saves_reloads_and_is_evaluated(tiny_embedded, tmp_path):
+    """Each name in SAELens's training registry (ours included), with the knobs each takes,
+    from one model pass: saved, listed, loaded by SAELens, evaluated per head."""
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    # matching_pursuit cannot fold --per-head-norm's scale (tested below); the rest do
+    architectures = sorted(set(SAE_TRAINING_CLASS_REGISTRY) - {"matching_pursuit"})
+    out = tmp_path / "all"
+    assert main(["train", "--layer", "1", "--architecture", ",".join(architectures), "--k", "4",
+                 "--matryoshka-widths", "16:64", "--jumprelu-threshold", "0.02", "--jumprelu-bandwidth", "0.1",
+                 "--topk-threshold-lr", "0.5", "--per-head-norm", "--eval-batches", "1", "--out", str(out), *REDUCED]) == 0
+    entries = {entry["name"]: entry for entry in json.loads((out / "saes.json").read_text())}
+    assert list(entries) == [f"L1_{a}" for a in architectures]
+    saved_as = {"batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu",
+                "block_diagonal_batchtopk": "block_diagonal_jumprelu"}
+    for architecture in architectures:
+        entry = entries[f"L1_{architecture}"]
+        sae = SAE.load_from_disk(out / entry["path"])
+        assert entry["architecture"] == architecture == sae.cfg.metadata.training_architecture
+        assert sae.cfg.architecture() == saved_as.get(architecture, architecture)
+        assert {"ce_loss_score", "L1H0/l0", "L1H3/ce_loss_recovered"} <= set(entry["metrics"])
+        details = sae.cfg.metadata.training_architecture_details
+        if "jumprelu" in architecture:
+            assert (details["jumprelu_init_threshold"], details["jumprelu_bandwidth"]) == (0.02, 0.1)
+        if "batchtopk" in architecture:
+            assert (details["k"], details["topk_threshold_lr"]) == (4, 0.5)
+    assert SAE.load_from_disk(out / "L1_block_diagonal").cfg.k == 4  # per head: TopK in each block
+    assert SAE.load_from_disk(out / "L1_topk").cfg.k == 4
+    assert SAE.load_from_disk(out / "L1_matryoshka_batchtopk").cfg.metadata.training_architecture_details[
+        "matryoshka_widths"] == [16, 64, 128]
+
+
+def test_jumprelu_knobs_sweep_from_one_pass_and_name_each_sae(tiny_embedded, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["train", "--layer", "0", "--architecture", "jumprelu,block_diagonal_jumprelu,matching_pursuit",
+                 "--jumprelu-threshold", "0.01,0.1", "--target-l0", "4,16", "--residual-threshold", "0.5",
+                 "--eval-batches", "1", "--out", str(out), *REDUCED]) == 0
+    names = [entry["name"] for entry in json.loads((out / "saes.json").read_text())]
+    assert names == [f"L0_{a}_thr={t}_target_l0={l0}" for a in ("jumprelu", "block_diagonal_jumprelu")
+                     for t in ("0.01", "0.1") for l0 in (4, 16)] + ["L0_matching_pursuit"]
+    assert SAE.load_from_disk(out / "L0_matching_pursuit").cfg.residual_threshold == 0.5
+    details = SAE.load_from_disk(out / "L0_block_diagonal_jumprelu_thr=0.1_target_l0=16").cfg.metadata[
+        "training_architecture_details"]
+    assert (details["jumprelu_init_threshold"], details["target_l0"], details["jumprelu_sparsity_loss_mode"]) == (
+        0.1, 16, "quadratic")
+
+
+@pytest.mark.parametrize("architecture", ["block_diagonal_batchtopk", "block_diagonal_jumprelu"])
+def test_one_per_head_sae_trains_alone_through_the_single_sae_runner(tiny_embedded, tmp_path, capsys, architecture):
+    out = tmp_path / "one"
+    knob = ["--k", "2"] if "batchtopk" in architecture else ["--target-l0", "8"]
+    assert main(["train", "--layer", "1", "--architecture", architecture, *knob, "--eval-batches", "1",
+                 "--out", str(out), *REDUCED]) == 0
+    sae = SAE.load_from_disk(out)
+    assert type(sae).__name__ == "BlockDiagonalJumpReLUSAE" and sae.cfg.n_heads == 4
+    assert sae.cfg.metadata.training_architecture == architecture
+    saved_as = " (saved as block_diagonal_jumprelu)" if "batchtopk" in architecture else ""
+    assert f"saved {architecture} SAE{saved_as} on blocks.1.attn.hook_z heads [0, 1, 2, 3]" in capsys.readouterr().out
+    [entry] = json.loads((out / "saes.json").read_text())
+    assert entry["architecture"] == architecture and "L1H2/l0" in entry["metrics"]

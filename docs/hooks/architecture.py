@@ -15,25 +15,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sae_lens_attn"
 
-# Rooms from the top layer down: a room imports only rooms of lower layers (and rooms of its
-# own layer, as long as no two files import each other). Modules not named here are the
-# shared helpers (errors, runtime, _atomic, _safe_output, _upstream, _lazy) that every layer
-# may use, and the entry points (cli, __main__, _autoload).
+# The rooms' order, written down once (the test, the picture and its table read it): rooms
+# from the top layer down; a room imports only rooms of lower layers (and rooms of its own
+# layer, as long as no two files import each other). Modules not named here are the shared
+# helpers (errors, runtime, _atomic, _safe_output, _upstream, _lazy, dead) that every layer may
+# use, and the entry points (cli, __main__, _autoload).
 LAYER_ROWS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("commands",),
-    ("dashboard", "demo"),
+    ("demo",),
+    ("dashboard",),
     ("detectors",),
     ("attribution",),
     ("training", "toy"),
     ("architectures", "sources"),
     ("plugins", "models"),
 )
-LAYERS: dict[str, int] = {
-    room: len(LAYER_ROWS) - depth for depth, row in enumerate(LAYER_ROWS) for room in row
-}
-LAYERS["__main__"] = LAYERS["cli"]
-SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy"
+
+SHARED = "errors, runtime, _atomic, _safe_output, _upstream, _lazy, dead"
 _MARKER = "<!-- architecture-diagram -->"
 
 
@@ -112,6 +111,14 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def layer_numbers(rows: tuple[tuple[str, ...], ...]) -> dict[str, int]:
+    """Room -> layer number (higher is further up) of rows listed from the top down."""
+    return {name: len(rows) - depth for depth, row in enumerate(rows) for name in row}
+
+
+LAYERS: dict[str, int] = {**layer_numbers(LAYER_ROWS), "__main__": len(LAYER_ROWS)}
+
+
 def room(module: str) -> str:
     """`sae_lens_attn.detectors.taxonomy` -> `detectors`; the package itself -> ``."""
     parts = module.split(".")
@@ -130,15 +137,18 @@ def room_edges(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
     return sorted(edges)
 
 
-def upward_imports(graph: dict[str, set[str]]) -> list[str]:
-    """`module -> target` for every import of a room in a higher layer."""
+def upward_imports(
+    graph: dict[str, set[str]], rows: tuple[tuple[str, ...], ...] = LAYER_ROWS
+) -> list[str]:
+    """`module -> target` for every import of a room in a higher layer than its own."""
+    layers = LAYERS if rows is LAYER_ROWS else layer_numbers(rows)
     return sorted(
         f"{module} -> {target}"
         for module, targets in graph.items()
         for target in targets
-        if room(module) in LAYERS
-        and room(target) in LAYERS
-        and LAYERS[room(target)] > LAYERS[room(module)]
+        if room(module) in layers
+        and room(target) in layers
+        and layers[room(target)] > layers[room(module)]
     )
 
 
@@ -169,7 +179,9 @@ def diagram_svg(edges: list[tuple[str, str]]) -> str:
         (x1, y1), (x2, y2) = centres[source], centres[target]
         same_row = abs(y1 - y2) < 1
         if same_row:
-            x1, x2 = (x1 + box_w / 2, x2 - box_w / 2) if x2 > x1 else (x1 - box_w / 2, x2 + box_w / 2)
+            x1, x2 = (
+                (x1 + box_w / 2, x2 - box_w / 2) if x2 > x1 else (x1 - box_w / 2, x2 + box_w / 2)
+            )
         else:
             # leave and enter each box towards the other end, so arrows fan out
             spread = max(-0.45 * box_w, min(0.45 * box_w, (x2 - x1) * 0.4))

@@ -64,6 +64,7 @@ from sae_lens_attn.architectures.per_head_topk import (
     per_head_topk_encode,
 )
 from sae_lens_attn.architectures.relu_decode import relu_decode
+from sae_lens_attn.architectures.sparse_relu import sparse_pays, sparse_relu_decode
 
 ARCHITECTURE = "block_diagonal"
 ACTIVATIONS = ("relu", "topk")
@@ -101,6 +102,23 @@ class _BlockDiagonalFields:
         _ensure_registered()  # TrainingSAEConfig.__post_init__ looks us up in SAELens's registry
         super().__post_init__()  # type: ignore[misc]
         _check_block_diagonal_config(self)
+        self._check_activation()
+
+    def _check_activation(self) -> None:
+        """The activation and its fields; the per-head siblings (`block_diagonal_batchtopk`,
+        `block_diagonal_jumprelu`) override this."""
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.activation == "topk":
+            if self.k is None or not 1 <= self.k <= self.d_sae_per_head:
+                raise ValueError(
+                    f"activation='topk' needs k (features per head) between 1 and "
+                    f"d_sae_per_head={self.d_sae_per_head}, got k={self.k}"
+                )
+        elif self.k is not None:
+            raise ValueError(
+                f"k={self.k} is only used with activation='topk'; leave k=None for activation='relu'"
+            )
 
 
 def _ensure_registered() -> None:
@@ -122,18 +140,6 @@ def _check_block_diagonal_config(cfg: Any) -> None:
                 f"{name}={size} is not divisible by n_heads={cfg.n_heads}; nearest valid: "
                 f"{_nearest_multiples(size, cfg.n_heads)}"
             )
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
-    if cfg.activation == "topk":
-        if cfg.k is None or not 1 <= cfg.k <= cfg.d_sae_per_head:
-            raise ValueError(
-                f"activation='topk' needs k (features per head) between 1 and "
-                f"d_sae_per_head={cfg.d_sae_per_head}, got k={cfg.k}"
-            )
-    elif cfg.k is not None:
-        raise ValueError(
-            f"k={cfg.k} is only used with activation='topk'; leave k=None for activation='relu'"
-        )
     if cfg.normalize_activations == "covariance_whitening":
         raise ValueError(
             "normalize_activations='covariance_whitening' mixes heads, so the SAE would no "
@@ -361,16 +367,27 @@ class _BlockDiagonalMixin:
             "scales with fold_input_scaling"
         )
 
+    def _dense_sae_classes(self) -> tuple[type[SAE[Any]], type[SAEConfig]]:
+        """The dense SAELens classes `to_dense_sae` builds (JumpReLU for the per-head
+        JumpReLU family)."""
+        return StandardSAE, StandardSAEConfig
+
+    def _dense_extra_state(self) -> dict[str, torch.Tensor]:
+        """Parameters besides the weights and biases the dense copy takes over."""
+        return {}
+
     @torch.no_grad()
-    def to_dense_sae(self) -> StandardSAE:
-        """An exact dense `StandardSAE` copy (zeros off the blocks, same biases, config
-        and a deep copy of the metadata), for sae_dashboard and other dense-only tools.
+    def to_dense_sae(self) -> SAE[Any]:
+        """An exact dense SAELens copy (a `StandardSAE`, or the class `_dense_sae_classes`
+        names: zeros off the blocks, same biases, config and a deep copy of the
+        metadata), for sae_dashboard and other dense-only tools.
 
         With activation="topk" the copy's `activation_fn` is this SAE's per-head TopK, so
         it computes the same function in memory; saved to disk, it would load as ReLU.
         """
         cfg = self.cfg
-        dense_cfg = StandardSAEConfig(
+        dense_class, dense_config_class = self._dense_sae_classes()
+        dense_cfg = dense_config_class(
             d_in=cfg.d_in,
             d_sae=cfg.d_sae,
             dtype=cfg.dtype,
@@ -380,13 +397,14 @@ class _BlockDiagonalMixin:
             reshape_activations=cfg.reshape_activations,
             metadata=copy.deepcopy(cfg.metadata),
         )
-        dense = StandardSAE(dense_cfg)
+        dense = dense_class(dense_cfg)
         dense.load_state_dict(
             {
                 "W_enc": self.W_enc.clone(),
                 "W_dec": self.W_dec.clone(),
                 "b_enc": self.b_enc.detach().clone(),
                 "b_dec": self.b_dec.detach().clone(),
+                **self._dense_extra_state(),
             },
             assign=True,
         )
@@ -529,11 +547,16 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
 
     def _encode_relu_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training pass's ReLU step as one node: acts, their reconstruction and
-        their token sum, stashed for `decode` and the L1 term."""
+        their token sum, stashed for `decode` and the L1 term. At low density (and no
+        hook on the pre-activations) it runs on the non-zero acts alone (`sparse_relu`)."""
         sae_in = self.process_sae_in(x)
         pre = block_diagonal_matmul(sae_in, self.W_enc_blocks).add_(self.b_enc)
         hidden_pre = self.hook_sae_acts_pre(pre)
-        feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
+        if not _is_hooked(self.hook_sae_acts_pre) and sparse_pays(hidden_pre, self.cfg.d_sae):
+            weights = (self.W_enc_blocks, self.b_enc, self.W_dec_blocks)
+            feature_acts, decoded, token_sum = sparse_relu_decode(hidden_pre, sae_in, *weights)
+        else:
+            feature_acts, decoded, token_sum = relu_decode(hidden_pre, self.W_dec_blocks)
         self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
         self._decoded = (weakref.ref(feature_acts), decoded)
         return feature_acts, hidden_pre

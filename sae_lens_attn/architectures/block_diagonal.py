@@ -1,10 +1,12 @@
-"""Block-diagonal per-head SAE on hook_z (SAELens architecture "block_diagonal").
+"""Block-diagonal per-head SAEs on hook_z (SAELens architectures "block_diagonal",
+"block_diagonal_batchtopk" and "block_diagonal_jumprelu").
 
-The classes live in `_block_diagonal.py` (see its docstring for the architecture). This
-public module imports `sae_lens` first, on purpose: importing SAELens runs our plugin,
-which registers the classes from `_block_diagonal`. Were the classes defined here, a
-program whose first SAELens import came from this module would ask the plugin for them
-while this module was still half-initialised, and the registration would fail.
+The classes live in `_block_diagonal.py`, `_block_diagonal_batchtopk.py` and
+`_block_diagonal_jumprelu.py` (see their docstrings for each architecture). This public
+module imports `sae_lens` first, on purpose: importing SAELens runs our plugin, which
+registers the classes from those modules. Were the classes defined here, a program whose
+first SAELens import came from this module would ask the plugin for them while this
+module was still half-initialised, and the registration would fail.
 """
 
 import sae_lens  # noqa: F401  (first: see above)
@@ -16,11 +18,29 @@ from sae_lens_attn.architectures._block_diagonal import (
     BlockDiagonalTrainingSAEConfig,
     PerHeadTopK,
 )
+from sae_lens_attn.architectures._block_diagonal_batchtopk import (
+    BlockDiagonalBatchTopKTrainingSAE,
+    BlockDiagonalBatchTopKTrainingSAEConfig,
+    PerHeadBatchTopK,
+)
+from sae_lens_attn.architectures._block_diagonal_jumprelu import (
+    BlockDiagonalJumpReLUSAE,
+    BlockDiagonalJumpReLUSAEConfig,
+    BlockDiagonalJumpReLUTrainingSAE,
+    BlockDiagonalJumpReLUTrainingSAEConfig,
+)
 
 __all__ = [
+    "BlockDiagonalBatchTopKTrainingSAE",
+    "BlockDiagonalBatchTopKTrainingSAEConfig",
+    "BlockDiagonalJumpReLUSAE",
+    "BlockDiagonalJumpReLUSAEConfig",
+    "BlockDiagonalJumpReLUTrainingSAE",
+    "BlockDiagonalJumpReLUTrainingSAEConfig",
     "BlockDiagonalSAE",
     "BlockDiagonalSAEConfig",
     "BlockDiagonalTrainingSAE",
     "BlockDiagonalTrainingSAEConfig",
+    "PerHeadBatchTopK",
     "PerHeadTopK",
 ]

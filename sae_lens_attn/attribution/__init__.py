@@ -22,10 +22,12 @@ from sae_lens_attn.attribution.circuit.upstream import (
 )
 from sae_lens_attn.attribution.dfa import (
     FeatureDFA,
+    SiteDFA,
     dfa_by_source,
     dfa_by_source_and_head,
     dfa_hook_names,
     feature_dfa,
+    site_dfa,
 )
 from sae_lens_attn.attribution.heads import (
     decoder_head_attribution,
@@ -49,6 +51,7 @@ __all__ = [
     "FeatureDFA",
     "LogitStats",
     "QueryKeyAttribution",
+    "SiteDFA",
     "ValueSideAttribution",
     "circuit_context",
     "decoder_head_attribution",
@@ -64,6 +67,7 @@ __all__ = [
     "query_key_attribution",
     "sae_head_attribution",
     "sae_output_directions",
+    "site_dfa",
     "split_with_sae",
     "top_logit_tokens",
     "unembed_through_final_ln",

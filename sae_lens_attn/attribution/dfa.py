@@ -34,10 +34,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FeatureDFA",
+    "SiteDFA",
     "dfa_by_source",
     "dfa_by_source_and_head",
     "dfa_hook_names",
     "feature_dfa",
+    "site_dfa",
 ]
 
 DEFAULT_FEATURE_CHUNK = 64
@@ -206,6 +208,39 @@ def _per_token_scale(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     return 1.0 / (centred.std(dim=-1) + _LAYER_NORM_EPS)
 
 
+def _sae_heads(
+    sae: SAE, pattern: torch.Tensor, v: torch.Tensor, layout: HeadLayout | None
+) -> tuple[list[int], torch.Tensor]:
+    """The model heads `sae` reads (checked against its d_in) and `v` with one value head
+    per query head (grouped-query attention repeated)."""
+    if not hasattr(sae, "b_enc") or not hasattr(sae, "W_enc"):
+        raise ValueError(
+            f"{type(sae).__name__} has no W_enc/b_enc pre-activation; DFA supports "
+            "standard, topk, jumprelu, batchtopk and block_diagonal SAEs"
+        )
+    _check_ndim(pattern, v)
+    heads = _layout_heads(sae, layout, pattern.shape[1])
+    if len(heads) * v.shape[-1] != sae.cfg.d_in:
+        raise ValueError(
+            f"SAE d_in={sae.cfg.d_in} does not match {len(heads)} heads x d_head={v.shape[-1]}; "
+            "pass the HeadLayout the SAE was trained on"
+        )
+    if v.shape[2] != pattern.shape[1] and pattern.shape[1] % v.shape[2] == 0:
+        v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)
+    return heads, v
+
+
+def _encoder_side(
+    sae: SAE, features: Sequence[int] | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(feature index, W_enc columns `[d_in, F]`, the columns x meets: centred for
+    SAELens's `layer_norm` input normalisation)."""
+    index = resolve_features(sae, features)
+    W_enc = encoder_columns(sae, index)
+    centred = sae.cfg.normalize_activations == "layer_norm"
+    return index, W_enc, W_enc - W_enc.mean(dim=0, keepdim=True) if centred else W_enc
+
+
 @torch.no_grad()
 def feature_dfa(
     sae: SAE,
@@ -227,28 +262,10 @@ def feature_dfa(
     block-diagonal ones (read from their blocks). `pre_activation` equals SAELens's
     `hook_sae_acts_pre`; TopK's optional decoder-norm rescaling comes after that hook.
     """
-    if not hasattr(sae, "b_enc") or not hasattr(sae, "W_enc"):
-        raise ValueError(
-            f"{type(sae).__name__} has no W_enc/b_enc pre-activation; DFA supports "
-            "standard, topk, jumprelu, batchtopk and block_diagonal SAEs"
-        )
-    _check_ndim(pattern, v)
-    heads = _layout_heads(sae, layout, pattern.shape[1])
-    if len(heads) * v.shape[-1] != sae.cfg.d_in:
-        raise ValueError(
-            f"SAE d_in={sae.cfg.d_in} does not match {len(heads)} heads x d_head={v.shape[-1]}; "
-            "pass the HeadLayout the SAE was trained on"
-        )
-    if v.shape[2] != pattern.shape[1] and pattern.shape[1] % v.shape[2] == 0:
-        v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)
+    heads, v = _sae_heads(sae, pattern, v, layout)
     pattern, v = pattern[:, heads].to(sae.dtype), v[:, :, heads].to(sae.dtype)
-    index = resolve_features(sae, features)
-    W_enc = encoder_columns(sae, index)
-    centred = sae.cfg.normalize_activations == "layer_norm"
-    W_x = W_enc - W_enc.mean(dim=0, keepdim=True) if centred else W_enc
-    terms = dfa_by_source_and_head(
-        pattern, v, W_x, dest, feature_chunk_size=feature_chunk_size
-    )
+    index, W_enc, W_x = _encoder_side(sae, features)
+    terms = dfa_by_source_and_head(pattern, v, W_x, dest, feature_chunk_size=feature_chunk_size)
     _, dest = _check_inputs(pattern, v, W_x, dest)  # as `[batch, n_features]`
     if sae.cfg.normalize_activations in _PER_TOKEN_NORMALISATIONS:
         x = torch.einsum("bhqk,bkhd->bqhd", pattern, v).flatten(-2)
@@ -256,3 +273,59 @@ def feature_dfa(
         terms = terms * scale[..., None, None]
     b_dec_term = -(sae.b_dec @ W_enc) * float(sae.cfg.apply_b_dec_to_input)
     return FeatureDFA(terms, b_dec_term, sae.b_enc[index], dest)
+
+
+@dataclass(frozen=True)
+class SiteDFA:
+    """DFA at sites (prompt, feature, destination): `by_source_head [n_sites, k, n_heads]`
+    and `bias [n_sites]` (the `b_dec` and `b_enc` terms), so that
+    `by_source_head.sum((1, 2)) + bias` is each site's pre-activation."""
+
+    by_source_head: torch.Tensor
+    bias: torch.Tensor
+
+
+@torch.no_grad()
+def site_dfa(
+    sae: SAE,
+    pattern: torch.Tensor,
+    v: torch.Tensor,
+    prompt: torch.Tensor,
+    feature: torch.Tensor,
+    dest: torch.Tensor,
+    layout: HeadLayout | None = None,
+    *,
+    feature_chunk_size: int = 16,
+) -> SiteDFA:
+    """`feature_dfa` at many sites at once: site e is feature `feature[e]` at position
+    `dest[e]` of prompt `prompt[e]` (all `[n_sites]`) of `pattern [batch, n_model_heads, q,
+    k]` and `v [batch, k, n_kv_heads, d_head]`. Per chunk of features the values of the
+    prompts those features need are contracted with W_enc once (`[prompts, chunk, n_heads,
+    k]`), then each site takes its prompt's attention row at its destination; neither
+    input is copied whole. Equal to `feature_dfa` site by site."""
+    heads, v = _sae_heads(sae, pattern, v, layout)
+    all_heads = heads == list(range(pattern.shape[1]))
+    device = pattern.device
+    prompt, feature, dest = (t.to(device=device, dtype=torch.long) for t in (prompt, feature, dest))
+    features, column = feature.unique(return_inverse=True)
+    index, W_enc, W_x = _encoder_side(sae, features)
+    n_heads, d_head, n_src = len(heads), v.shape[3], pattern.shape[3]
+    W_heads = W_x.to(sae.dtype).unflatten(0, (n_heads, d_head))  # [H, d_head, F]
+    rows = pattern[prompt, :, dest]  # [E, model heads, k]: each site's attention row
+    rows = (rows if all_heads else rows[:, heads]).to(sae.dtype)
+    out = rows.new_empty(len(prompt), n_src, n_heads)
+    for start in range(0, len(features), feature_chunk_size):
+        sites = ((column >= start) & (column < start + feature_chunk_size)).nonzero()[:, 0]
+        used, local = prompt[sites].unique(return_inverse=True)
+        values = v[used] if all_heads else v[used][:, :, heads]
+        values_in = torch.einsum(
+            "bkhd,hdf->bfhk", values.to(sae.dtype), W_heads[..., start : start + feature_chunk_size]
+        )
+        out[sites] = (rows[sites] * values_in[local, column[sites] - start]).transpose(1, 2)
+    if sae.cfg.normalize_activations in _PER_TOKEN_NORMALISATIONS:
+        for sites in torch.arange(len(prompt), device=device).split(256):
+            values = v[prompt[sites]] if all_heads else v[prompt[sites]][:, :, heads]
+            x = torch.einsum("ehk,ekhd->ehd", rows[sites], values.to(sae.dtype)).flatten(-2)
+            out[sites] *= _per_token_scale(sae, x[:, None])[:, 0, None, None]
+    b_dec_term = -(sae.b_dec @ W_enc) * float(sae.cfg.apply_b_dec_to_input)
+    return SiteDFA(out, (b_dec_term + sae.b_enc[index])[column])

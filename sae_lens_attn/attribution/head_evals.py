@@ -17,8 +17,10 @@ For head h (its slice `x[..., h*d_head:(h+1)*d_head]` of the SAE input):
   zero decoder row to the first head), so every feature belongs to exactly one head and
   the heads' L0s add up to the SAE's L0. (The demo's older per-head L0 table splits a
   dense feature over heads by its decoder-norm fractions instead.)
-- **dead share**: of the features belonging to head h, the share that never fire on the
-  evaluation tokens.
+- **dead share**: of the features belonging to head h, the share that never fire on N
+  held-out tokens (`sae_lens_attn.dead`: the evaluation tokens, or a larger count passed
+  in); below `DEAD_TOKENS` tokens they are only "not seen in N tokens", and the printed
+  column says which.
 
 Pure functions take tensors; `evaluate_heads` runs the model. Unlike SAELens's evals this
 also works for SAEs on a subset of heads (each head is spliced on its own).
@@ -34,7 +36,9 @@ import torch
 from sae_lens.evals import ExplainedVarianceCalculator
 
 from sae_lens_attn.attribution._sae_weights import is_block_diagonal
+from sae_lens_attn.attribution.firing import encode_flat
 from sae_lens_attn.attribution.heads import sae_head_attribution
+from sae_lens_attn.dead import DEAD_TOKENS, DeadFeatures, dead_features
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS",
-    "EVAL_COLUMNS",
+    "eval_columns",
     "HEAD_EVALS_FILENAME",
     "HeadEvals",
     "ce_loss_recovered",
@@ -87,10 +91,8 @@ def head_l0(active: torch.Tensor, owner: torch.Tensor, n_heads: int) -> torch.Te
 
 def head_dead_share(fire_counts: torch.Tensor, owner: torch.Tensor, n_heads: int) -> torch.Tensor:
     """`fire_counts [d_sae]`, `owner [d_sae]` -> `[n_heads]` share of each head's features
-    that never fire (0 for a head with no features)."""
-    dead = torch.bincount(owner[fire_counts == 0], minlength=n_heads).double()
-    total = torch.bincount(owner, minlength=n_heads).double()
-    return dead / total.clamp_min(1)
+    that never fire (0 for a head with no features); `DeadFeatures.per_head_share`."""
+    return dead_features(fire_counts, 0).per_head_share(owner, n_heads)
 
 
 def head_explained_variance(x: torch.Tensor, x_hat: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -139,7 +141,8 @@ class HeadEvals:
     """Per head (`labels`, the SAE input's head order), each `[n_heads]`:
     `explained_variance`, `ce_loss_with_sae` (head spliced), `ce_loss_with_ablation` (head
     zeroed), `ce_loss_recovered`, `l0`, `dead_share`, `features` (features belonging to
-    the head); `ce_loss_without_sae` and `n_tokens` are shared."""
+    the head); `ce_loss_without_sae`, `n_tokens` and `dead_tokens` (the N that
+    `dead_share` was counted on, `sae_lens_attn.dead`) are shared."""
 
     labels: list[str]
     explained_variance: torch.Tensor
@@ -151,11 +154,12 @@ class HeadEvals:
     dead_share: torch.Tensor
     features: torch.Tensor
     n_tokens: int
+    dead_tokens: int
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         """`{"L1H0": {"explained_variance": ..., "ce_loss_recovered": ..., "l0": ...,
-        "dead_share": ..., "features": n, "ce_loss_with_sae": ..., "ce_loss_with_ablation":
-        ..., "ce_loss_without_sae": ...}, ...}`: strict JSON, a non-finite value (CE loss recovered when
+        "dead_share": ..., "dead_tokens": N, "features": n, "ce_loss_with_sae": ...,
+        "ce_loss_with_ablation": ..., "ce_loss_without_sae": ...}, ...}`: strict JSON, a non-finite value (CE loss recovered when
         ablating the head changes nothing) is None."""
         return {
             label: {
@@ -163,6 +167,7 @@ class HeadEvals:
                 "ce_loss_recovered": _finite(self.ce_loss_recovered[i]),
                 "l0": _finite(self.l0[i]),
                 "dead_share": _finite(self.dead_share[i]),
+                "dead_tokens": self.dead_tokens,
                 "features": int(self.features[i]),
                 "ce_loss_with_sae": _finite(self.ce_loss_with_sae[i]),
                 "ce_loss_with_ablation": _finite(self.ce_loss_with_ablation[i]),
@@ -182,7 +187,15 @@ class HeadEvals:
         }
 
 
-EVAL_COLUMNS = ("EV", "CE rec.", "L0", "dead")  # printed header of `head_eval_cells`
+def eval_columns(table: dict[str, dict[str, float | None]]) -> tuple[str, str, str, str]:
+    """The printed header of `head_eval_cells` for `table` (`HeadEvals.to_dict()`): the
+    last column names N and says "dead" or "not seen" (`sae_lens_attn.dead`)."""
+    n_tokens = next(iter(table.values()), {}).get("dead_tokens")
+    if n_tokens is None:  # written before N was recorded
+        return ("EV", "CE rec.", "L0", "not seen")
+    n_tokens = int(n_tokens)
+    silent = "dead" if n_tokens >= DEAD_TOKENS else "not seen"
+    return ("EV", "CE rec.", "L0", f"{silent} in {n_tokens:,} tok")
 
 
 def head_eval_cells(values: dict[str, float | None]) -> tuple[str, str, str, str]:
@@ -208,7 +221,7 @@ def head_evals_rows(
     rows = [
         (head, *head_eval_cells(values), str(values["features"])) for head, values in table.items()
     ]
-    return rows, ("head", *EVAL_COLUMNS, "features")
+    return rows, ("head", *eval_columns(table), "features")
 
 
 def _reconstruct(
@@ -216,10 +229,9 @@ def _reconstruct(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(acts [..., d_sae], x_hat [..., d_in])` of flat SAE input `x [..., d_in]`, whether or
     not the SAE reshapes hook_z itself."""
-    reshaping = getattr(sae, "hook_z_reshaping_mode", False)
-    acts = sae.encode((layout.split(x) if reshaping else x).to(sae.dtype))
+    acts = encode_flat(sae, x, layout)
     x_hat = sae.decode(acts)
-    return acts, x_hat.flatten(-2) if reshaping else x_hat
+    return acts, x_hat.flatten(-2) if getattr(sae, "hook_z_reshaping_mode", False) else x_hat
 
 
 @torch.no_grad()
@@ -229,9 +241,12 @@ def evaluate_heads(
     layout: HeadLayout,
     tokens: torch.Tensor,
     batch_size: int = 8,
+    dead: DeadFeatures | None = None,
 ) -> HeadEvals:
     """Per-head evals of `sae` (raw hook_z input, as SAELens's evals) on `tokens [n, pos]`:
-    one clean pass and, per head, one pass with the head spliced and one with it zeroed."""
+    one clean pass and, per head, one pass with the head spliced and one with it zeroed.
+    Dead shares come from `dead` (counted on more held-out tokens, `count_firings`) when
+    given, else from these tokens."""
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
         raise ValueError(f"expected tokens [n >= 1, pos >= 2], got {list(tokens.shape)}")
     n_heads, hook = layout.n_heads, layout.hook_name
@@ -273,6 +288,7 @@ def evaluate_heads(
                 loss[name][i] += per_token.sum().item()
         n_tokens += active.shape[0]
         n_predicted += clean.numel()
+    dead = dead if dead is not None else dead_features(fire_counts, n_tokens)
     ce_clean = loss["clean"] / n_predicted
     spliced, ablated = loss["spliced"] / n_predicted, loss["ablated"] / n_predicted
     return HeadEvals(
@@ -285,7 +301,8 @@ def evaluate_heads(
             torch.tensor(ce_clean, dtype=torch.float64), spliced, ablated
         ),
         l0=l0_sum / n_tokens,
-        dead_share=head_dead_share(fire_counts, owner, n_heads),
+        dead_share=dead.per_head_share(owner, n_heads),
         features=torch.bincount(owner, minlength=n_heads),
         n_tokens=n_tokens,
+        dead_tokens=dead.n_tokens,
     )

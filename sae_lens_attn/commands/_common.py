@@ -45,19 +45,24 @@ def add_sae_argument(parser: argparse.ArgumentParser) -> None:
     `args.sae` is the SAE's folder (or the name) once both are parsed, in either order.
     `--allow-nonfinite` goes with them: pass `args.allow_nonfinite` to `load_sae`."""
     parser.add_argument(
-        "--sae", required=True, action=_SAEFolderAction,
+        "--sae",
+        required=True,
+        action=_SAEFolderAction,
         help="an SAE folder (saved by SAELens, or OUT/NAME of a train run), a train output "
         "folder with saes.json (pick one of its SAEs with --sae-name), or a SAELens "
         "pretrained SAE as RELEASE/SAE_ID, e.g. gpt2-small-hook-z-kk/blocks.5.hook_z "
         "(from the model hub or its cache; docs/published-saes.md)",
     )
     parser.add_argument(
-        "--sae-name", default=None, action=_SAEFolderAction,
+        "--sae-name",
+        default=None,
+        action=_SAEFolderAction,
         help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
         "not needed when it lists one SAE (default: none)",
     )
     parser.add_argument(
-        "--allow-nonfinite", action="store_true",
+        "--allow-nonfinite",
+        action="store_true",
         help="go on when the SAE's weights hold NaN or inf: the affected features are skipped "
         "(never live, no class, no page) and listed in the output; without it such an SAE is "
         "refused (docs/reliability.md)",
@@ -92,13 +97,17 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("CPU runtime")
     group.add_argument(
-        "--threads", type=positive_int, default=None,
+        "--threads",
+        type=positive_int,
+        default=None,
         help="torch CPU threads (default: $OMP_NUM_THREADS if set, else the CPU count capped "
         f"at {DEFAULT_MAX_THREADS}: {default_threads()} here); idle threads sleep rather than "
         "spin, so a busy machine does not slow every step (docs/runtime.md)",
     )
     group.add_argument(
-        "--no-huge-pages", dest="huge_pages", action="store_false",
+        "--no-huge-pages",
+        dest="huge_pages",
+        action="store_false",
         help="do not ask Linux for transparent huge pages for torch's CPU tensors (default: "
         "ask, THP_MEM_ALLOC_ENABLE=1; fewer page faults on large activation batches)",
     )
@@ -137,8 +146,10 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
         if (path / SAE_CONFIG_FILENAME).is_file():
             return path
         if len(entries) != 1:
-            raise InvalidInputError(f"{path} holds {len(entries)} SAEs ({SAE_LIST_FILENAME}); choose one "
-                             f"with --sae-name: {names}")
+            raise InvalidInputError(
+                f"{path} holds {len(entries)} SAEs ({SAE_LIST_FILENAME}); choose one "
+                f"with --sae-name: {names}"
+            )
         [entry] = entries
     else:
         matches = [entry for entry in entries if entry["name"] == name]
@@ -147,7 +158,9 @@ def resolve_sae_folder(path: Path, name: str | None = None) -> Path:
         entry = matches[0]
     folder = path / entry["path"]
     if not folder.resolve().is_relative_to(path.resolve()):
-        raise InvalidInputError(f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}")
+        raise InvalidInputError(
+            f"{listing}: path {entry['path']!r} of {entry['name']!r} leaves {path}"
+        )
     return folder
 
 
@@ -180,7 +193,7 @@ def load_sae(
     Either way the weights are checked once loaded (`sources.weight_check`): NaN/inf is a
     `NonFiniteWeightsError` unless `allow_nonfinite` (`--allow-nonfinite`), no usable
     feature a `NoLiveFeaturesError` (exit 1)."""
-    from sae_lens_attn.sources.pretrained_sae import check_hook_z, load_pretrained_sae
+    from sae_lens_attn.sources.pretrained_sae import load_pretrained_sae
     from sae_lens_attn.sources.saved_sae import load_saved_sae
 
     reference = sae_reference(path, option)
@@ -188,11 +201,9 @@ def load_sae(
         return load_pretrained_sae(
             reference, device=device, hook_z=hook_z, option=option, allow_nonfinite=allow_nonfinite
         )
-    sae = load_saved_sae(reference, device=device, allow_nonfinite=allow_nonfinite)
-    hook_name = sae.cfg.metadata.hook_name
-    if hook_z and (hook_name or not sae.cfg.metadata.get("head_layout")):
-        check_hook_z(hook_name, f"{option} {path}")
-    return sae
+    return load_saved_sae(
+        reference, device, allow_nonfinite, hook_z=hook_z, label=f"{option} {path}"
+    )
 
 
 def report_skipped(sae: SAE) -> tuple[int, ...]:
@@ -201,13 +212,20 @@ def report_skipped(sae: SAE) -> tuple[int, ...]:
 
     skipped = skipped_features(sae)
     if skipped:
-        print(f"skipped {len(skipped)} of {sae.cfg.d_sae} features with NaN/inf weights "
-              f"(--allow-nonfinite): {format_indices(skipped)}")
+        print(
+            f"skipped {len(skipped)} of {sae.cfg.d_sae} features with NaN/inf weights "
+            f"(--allow-nonfinite): {format_indices(skipped)}"
+        )
     return skipped
 
 
-def check_features_fire(model: HookedTransformer, sae: SAE, features: Sequence[int] | None,
-                        tokens: torch.Tensor | None, what: str) -> None:
+def check_features_fire(
+    model: HookedTransformer,
+    sae: SAE,
+    features: Sequence[int] | None,
+    tokens: torch.Tensor | None,
+    what: str,
+) -> None:
     """Warn how many of `features` (None: all) never fire on `tokens [n, pos]` (`what`
     names them, e.g. "the 64 evaluation sequences"); `NoLiveFeaturesError` when none
     does. Features already dead by their weights are left to the load-time warning."""
@@ -215,6 +233,7 @@ def check_features_fire(model: HookedTransformer, sae: SAE, features: Sequence[i
         return
     import torch
 
+    from sae_lens_attn.dead import silent_label
     from sae_lens_attn.detectors.induction import live_features
     from sae_lens_attn.errors import NoLiveFeaturesError
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -232,9 +251,12 @@ def check_features_fire(model: HookedTransformer, sae: SAE, features: Sequence[i
             f"({n_tokens} tokens), so every result would be empty; nothing written"
         )
     if silent:
-        warnings.warn(f"{len(silent)} of {len(index)} features never fire on {what} ({n_tokens} "
-                      f"tokens; {format_indices(silent)}): they count as dead, not live",
-                      SAEWeightWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(silent)} of {len(index)} features never fire on {what} ({n_tokens} "
+            f"tokens; {format_indices(silent)}): {silent_label(n_tokens)}, so not live",
+            SAEWeightWarning,
+            stacklevel=2,
+        )
 
 
 def check_sae_folders(*paths: str | Path, hook_z: bool = True, option: str = "--sae") -> None:
@@ -246,7 +268,7 @@ def check_sae_folders(*paths: str | Path, hook_z: bool = True, option: str = "--
     for path in paths:
         reference = sae_reference(path, option)
         if isinstance(reference, Path):
-            check_saved_sae(reference)
+            check_saved_sae(reference, hook_z, f"{option} {path}")
         else:
             check_pretrained_sae(reference, option, hook_z)
 
@@ -255,8 +277,9 @@ def check_features(features: list[int] | None, d_sae: int, option: str = "--feat
     """Every index in `features` (None: all) is a feature of an SAE with `d_sae` features."""
     bad = [feature for feature in features or [] if feature >= d_sae]
     if bad:
-        raise InvalidInputError(f"{option}: feature {bad[0]} is out of range; this SAE has "
-                                f"features 0..{d_sae - 1}")
+        raise InvalidInputError(
+            f"{option}: feature {bad[0]} is out of range; this SAE has features 0..{d_sae - 1}"
+        )
 
 
 def check_model_name(name: str) -> None:

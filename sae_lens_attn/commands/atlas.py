@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.dashboard.atlas import AtlasConfig, build_atlas
     from sae_lens_attn.dashboard.atlas.site import check_site
     from sae_lens_attn.dashboard.render import load_panels
+    from sae_lens_attn.dead import silent_label
     from sae_lens_attn.plugins import get_plugin_manager
     from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         title=f"{layout.hook_name} SAE {args.sae}",
     )
     note = (
-        f" ({files.left_out} selected features left out: dead on these prompts)"
+        f" ({files.left_out} selected features left out: {silent_label(tokens.numel())} "
+        "on these prompts, or a zero decoder row)"
         if files.left_out
         else ""
     )

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     if files.skipped:
-        print(f"note: skipped dead features {', '.join(map(str, files.skipped))} (zero decoder row)")
+        print(f"note: skipped features {', '.join(map(str, files.skipped))} (zero decoder row: they write nothing)")
     if files.skipped_nonfinite:
         print(f"note: skipped features with NaN/inf weights {', '.join(map(str, files.skipped_nonfinite))} "
               "(--allow-nonfinite)")

@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if export.skipped:
         print(
-            f"note: skipped dead features {', '.join(map(str, export.skipped))} (zero or "
-            "non-finite decoder row), listed in skipped_indexes.json"
+            f"note: skipped features {', '.join(map(str, export.skipped))} (zero or "
+            "non-finite decoder row: they write nothing), listed in skipped_indexes.json"
         )
     print(
         f"wrote {len(export.batches)} batch file(s) for {layout.hook_name} to {export.folder} "

@@ -1,6 +1,9 @@
 """`sae-lens-attn train`: train hook_z SAEs with SAELens's runners, one or many per model pass.
 
-`--layers`, `--architecture`, `--l1-coefficient` and `--k` take comma lists; their cross
+With no sparsity option the SAE is per-head TopK (`block_diagonal`, k = d_head // 4 per
+head, `training.configs.default_k_per_head`): sparse and faithful on any model.
+`--layers`, `--architecture`, the sparsity knobs (`--k`, `--l1-coefficient`, ... see
+`_train_knobs.py`), `--b-dec-init` and `--decoder-init` take comma lists; their cross
 product is trained from one forward pass per batch (`train_hook_z_saes`). One SAE is saved
 directly in `--out`, as it always was; several go to `--out/NAME`. Either way
 `--out/saes.json` lists them, so `--sae OUT --sae-name NAME` finds any of them.
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from sae_lens_attn.architectures.init_options import B_DEC_INITS, DECODER_INITS, SAEInit
 from sae_lens_attn.commands._common import (
     EMBEDDED_MODEL,
     add_model_argument,
@@ -22,15 +26,22 @@ from sae_lens_attn.commands._common import (
     load_model,
     writable_folder,
 )
+from sae_lens_attn.commands._train_knobs import (
+    add_knob_arguments,
+    check_k_fits,
+    check_knobs,
+    check_sweep_size,
+    sparsity_variants,
+)
 from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
-    non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
     positive_int,
 )
+from sae_lens_attn.dead import DEAD_TOKENS, DeadFeatures
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -47,22 +58,39 @@ from sae_lens_attn.commands._train_scaleout import (
     under_torchrun,
 )
 
-ARCHITECTURES = ("block_diagonal", "standard", "topk")
-USES_K = ("topk", "block_diagonal")  # block_diagonal with --k: TopK inside each head's block
+# SAELens 6.54's training registry and ours, for --help; the names accepted are read from
+# the registry when `train` runs, so a plugin's architecture is accepted too.
+KNOWN_ARCHITECTURES = ("abstopk", "batchtopk", "block_diagonal", "block_diagonal_batchtopk",
+                       "block_diagonal_jumprelu", "gated", "jumprelu", "matching_pursuit",
+                       "matryoshka_batchtopk", "standard", "topk")
 EVAL_BATCH_PROMPTS = 8
+FRONTIER_FOLDER = "frontier"  # where a sweep of several SAEs on one hook draws its frontier
 # The corpus packs each row as BOS + tokens, and the CE-loss evals need a next token: a
 # row needs at least 2 tokens.
 MIN_CONTEXT_SIZE = 2
+DEFAULT_LR = 1e-2  # the best of 3e-3, 1e-2, 3e-2 for per-head and dense TopK in a one-off run (docs/frontier.md)
 MAX_LR = 1e6  # beyond this Adam's step overflows float32 before training can diverge cleanly
 PRINTED_METRICS = ("l0", "explained_variance", "mse", "ce_loss_score", "ce_loss_with_sae",
                    "ce_loss_without_sae", "ce_loss_with_ablation")
 
 
-def architecture_name(text: str) -> str:
-    """argparse type: one of `ARCHITECTURES`."""
-    if text not in ARCHITECTURES:
-        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}: expected one of {', '.join(ARCHITECTURES)}")
-    return text
+def choice_of(choices: Sequence[str], what: str):  # -> Callable[[str], str]
+    """argparse type: one of `choices`, named `what` in the error."""
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}: expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def variance_share(text: str) -> float:
+    """argparse type: a share in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: expected a number in (0, 1]")
+    return value
 
 
 def learning_rate(text: str) -> float:
@@ -78,9 +106,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train",
         help="train SAEs on attention layers' hook_z (SAELens runners, offline by default)",
         description="Train SAEs on blocks.L.attn.hook_z (all heads or --heads, in that "
-        "order) with SAELens's runners. Comma lists in --layers, --architecture, "
-        "--l1-coefficient and --k train their cross product from one model forward pass per "
-        "batch. No network access unless --wandb or a hub model/dataset is asked for.",
+        "order) with SAELens's runners. Every architecture in SAELens's training registry is "
+        "accepted by name; each sparsity option sets the field of the same name in the "
+        "architectures that have it. Comma lists in --layers, --architecture and the sparsity "
+        "options train their cross product from one model forward pass per batch. No network "
+        "access unless --wandb or a hub model/dataset is asked for.",
     )
     add_model_argument(parser)
     layers = parser.add_mutually_exclusive_group(required=True)
@@ -94,21 +124,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="heads to train on, in this order, e.g. 0,3 or 0-3 (default: all); the same for every layer",
     )
     parser.add_argument(
-        "--architecture", type=comma_list(architecture_name), default="block_diagonal",
-        help=f"one or more of {', '.join(ARCHITECTURES)}, comma-separated (default: block_diagonal)",
+        "--architecture", type=comma_list(str), default="block_diagonal",
+        help="one or more names from SAELens's training registry, comma-separated: "
+        f"{', '.join(KNOWN_ARCHITECTURES)}, or a plugin's (default: block_diagonal, per-head TopK "
+        "with k = d_head // 4 unless --l1-coefficient makes it ReLU)",
     )
     parser.add_argument("--expansion-factor", type=positive_int, default=8, help="d_sae = this x d_in (default: 8)")
     parser.add_argument("--d-sae", type=positive_int, default=None, help="dictionary size (default: --expansion-factor x d_in)")
+    add_knob_arguments(parser)
     parser.add_argument(
-        "--l1-coefficient", type=comma_list(non_negative_float), default=None,
-        help="L1 penalty of ReLU SAEs (standard; block_diagonal without --k); a comma list sweeps it "
-        "(default: SAELens's, 1)",
+        "--b-dec-init", type=comma_list(choice_of(B_DEC_INITS, "b_dec init")), default=None,
+        help="initial b_dec: zeros (SAELens's), or the mean or geometric_median of the first "
+        "training batches, per head for per-head SAEs; a comma list sweeps it (default: zeros)",
     )
     parser.add_argument(
-        "--k", type=comma_list(positive_int), default=None,
-        help="active features per token (topk, required there) or per head (block_diagonal: "
-        "switches it to TopK); a comma list sweeps it (default: none)",
+        "--decoder-init", type=comma_list(choice_of(DECODER_INITS, "decoder init")), default=None,
+        help="initial decoder directions: kaiming (SAELens's) or active_subspace (drawn inside "
+        "each head's principal subspace holding --init-variance of the first batches' "
+        "variance; encoder = decoder transpose either way); a comma list sweeps it (default: kaiming)",
     )
+    parser.add_argument("--init-variance", type=variance_share, default=0.999,
+                        help="share of variance the active subspace holds (default: 0.999)")
+    parser.add_argument("--init-batches", type=positive_int, default=8,
+                        help="model batches drawn for --b-dec-init/--decoder-init (default: 8)")
     parser.add_argument("--per-head-norm", action="store_true",
                         help="scale each head to mean norm sqrt(d_head) while training (folded into the saved SAE)")
     parser.add_argument("--training-tokens", type=positive_int, default=1_000_000,
@@ -116,7 +154,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--context-size", type=int_at_least(MIN_CONTEXT_SIZE), default=128,
                         help=f"tokens per row, {MIN_CONTEXT_SIZE} to the model's n_ctx (default: 128)")
     parser.add_argument("--batch-size", type=positive_int, default=4096, help="training batch size in tokens (default: 4096)")
-    parser.add_argument("--lr", type=learning_rate, default=3e-4, help="Adam learning rate, shared by all SAEs (default: 0.0003)")
+    parser.add_argument("--lr", type=learning_rate, default=DEFAULT_LR,
+                        help=f"Adam learning rate, shared by all SAEs (default: {DEFAULT_LR:g})")
     parser.add_argument(
         "--dataset", default=None,
         help="Hugging Face dataset path (needs the hub); default for the embedded model: its corpus",
@@ -124,9 +163,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--eval-batches", type=non_negative_int, default=4,
                         help=f"batches of {EVAL_BATCH_PROMPTS} held-out prompts for SAELens's evals after "
                         "training (SAEs on all heads only; 0: none; default: 4)")
+    parser.add_argument("--dead-tokens", type=non_negative_int, default=DEAD_TOKENS,
+                        help="held-out tokens each feature is checked on after training: one that never fires "
+                        f"is dead (below {DEAD_TOKENS:,} tokens only 'not seen'); 0: skip (default: {DEAD_TOKENS})")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
+    parser.add_argument(
+        "--autocast", action="store_true",
+        help="train the SAEs under bf16 autocast (SAELens's runner option autocast; default: off, "
+        "float32); a CPU without native bf16 (AVX512-BF16 or AMX) gets a warning that it is slow",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=42,
                         help="seeds each SAE's initialisation and the order of training batches (default: 42)")
     parser.add_argument(
@@ -150,57 +197,64 @@ def layers_of(args: argparse.Namespace) -> list[int]:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Checks across options, before any model or data is loaded."""
-    architectures = args.architecture
-    if len(set(architectures)) != len(architectures):
-        usage_error(f"--architecture lists an architecture twice: {','.join(architectures)}")
-    if "topk" in architectures and args.k is None:
-        usage_error("--architecture topk needs --k (active features per token), e.g. --k 32")
-    if args.k is not None and not set(architectures) & set(USES_K):
-        usage_error(f"--k applies to {' and '.join(USES_K)}; --architecture {','.join(architectures)} has no k")
-    uses_l1 = [a for a in architectures if a == "standard" or (a == "block_diagonal" and args.k is None)]
-    if args.l1_coefficient is not None and not uses_l1:
-        usage_error("--l1-coefficient applies to ReLU SAEs (standard, block_diagonal without --k); "
-                    f"--architecture {','.join(architectures)} with --k has none")
-    for option in ("layers", "l1_coefficient", "k"):
+    for option in ("layers", "b_dec_init", "decoder_init"):
         values = getattr(args, option) or []
         if len(set(values)) != len(values):
             usage_error(f"--{option.replace('_', '-')} lists a value twice: {values}")
+    check_knobs(args)
     if args.dataset is None and args.model != EMBEDDED_MODEL:
         usage_error(f"--model {args.model} needs --dataset (a Hugging Face dataset path)")
 
 
-def sparsity_variants(architecture: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """`(name suffix, config fields)` per sweep value of the option `architecture` uses;
-    the suffix is empty unless that option lists several values."""
-    if architecture in USES_K and args.k is not None:
-        topk = {"activation": "topk"} if architecture == "block_diagonal" else {}
-        return [(f"k={k}" if len(args.k) > 1 else "", {"k": k, **topk}) for k in args.k]
-    if architecture != "topk" and args.l1_coefficient is not None:
-        swept = len(args.l1_coefficient) > 1
-        return [(f"l1={_short(c)}" if swept else "", {"l1_coefficient": c}) for c in args.l1_coefficient]
-    return [("", {})]
+def check_autocast(args: argparse.Namespace) -> None:
+    """`--autocast` needs bf16 on `--device`: exit 2 where it has none; a warning where a
+    CPU has no native bf16 instructions (torch emulates them: slower than float32)."""
+    import warnings
+
+    import torch
+
+    if not args.autocast:
+        return
+    if args.device.startswith("cuda"):
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            usage_error(f"--autocast: {args.device} does not support bf16; train without --autocast (float32)")
+        return
+    if args.device == "cpu" and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        warnings.warn(
+            f"--autocast: this CPU has no native bf16 instructions (no AVX512-BF16, no AMX; torch's kernels: "
+            f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and training will be slow, "
+            "likely slower than float32", stacklevel=1,
+        )
 
 
-def _short(value: float) -> str:
-    """`4.0` -> `4`, `0.5` -> `0.5`; the full repr where 6 digits would lose the value."""
-    short = f"{value:g}"
-    return short if float(short) == value else repr(value)
+def init_variants(args: argparse.Namespace) -> list[tuple[str, SAEInit | None]]:
+    """`(name suffix, SAEInit or None)` per combination of `--b-dec-init` and
+    `--decoder-init`; the suffix names only the options that list several values."""
+    b_decs, decoders = args.b_dec_init or ["zeros"], args.decoder_init or ["kaiming"]
+    variants: list[tuple[str, SAEInit | None]] = []
+    for b_dec in b_decs:
+        for decoder in decoders:
+            init = SAEInit(b_dec, decoder, args.init_variance, args.init_batches)
+            parts = ([f"bdec={b_dec}"] if len(b_decs) > 1 else []) + ([f"dec={decoder}"] if len(decoders) > 1 else [])
+            variants.append(("_".join(parts), init if init.needs_data else None))
+    return variants
 
 
 def sae_specs(args: argparse.Namespace) -> list[HookZSAESpec]:
-    """The cross product layers x architectures x sweep values, named
-    `L{layer}_{architecture}[_k=..|_l1=..]`."""
+    """The cross product layers x architectures x sweep values x initialisations, named
+    `L{layer}_{architecture}[_k=..|_l1=..][_bdec=..][_dec=..]`."""
     from sae_lens_attn.training.multi_training import HookZSAESpec
 
     specs = []
     for layer in layers_of(args):
         for architecture in args.architecture:
             for suffix, sae_kwargs in sparsity_variants(architecture, args):
-                name = f"L{layer}_{architecture}" + (f"_{suffix}" if suffix else "")
-                specs.append(HookZSAESpec(
-                    layer, None if args.heads is None else tuple(args.heads), architecture,
-                    sae_kwargs, args.expansion_factor, args.d_sae, args.per_head_norm, name,
-                ))
+                for init_suffix, init in init_variants(args):
+                    name = "_".join(part for part in (f"L{layer}_{architecture}", suffix, init_suffix) if part)
+                    specs.append(HookZSAESpec(
+                        layer, None if args.heads is None else tuple(args.heads), architecture,
+                        sae_kwargs, args.expansion_factor, args.d_sae, args.per_head_norm, name, init,
+                    ))
     return specs
 
 
@@ -222,10 +276,30 @@ def check_against_model(args: argparse.Namespace, model: HookedTransformer, spec
             cfg = sae_config_for(layout, spec.architecture, spec.expansion_factor, spec.d_sae, **spec.sae_kwargs)
         except ValueError as error:
             usage_error(f"{spec.sae_name}: {error}")
-        k = getattr(cfg, "k", None)
-        if spec.architecture == "topk" and k > cfg.d_sae:  # SAELens's TopK config does not check it
-            usage_error(f"--k {k} exceeds the {cfg.d_sae} features of {spec.sae_name}: expected "
-                        "--k at most d_sae, or a larger --d-sae/--expansion-factor")
+        check_k_fits(spec.sae_name, cfg)
+        if spec.per_head_norm:
+            check_scale_folds(spec.sae_name, cfg)
+
+
+def check_scale_folds(sae_name: str, cfg: Any) -> None:
+    """`--per-head-norm` folds each head's scale into the saved SAE. SAELens's
+    matching_pursuit refuses any fold (its encoder is tied to its decoder): try it on an
+    empty meta-device SAE, before any training."""
+    import dataclasses
+
+    import torch
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    from sae_lens_attn.training.folding import fold_input_scale
+
+    training_class = SAE_TRAINING_CLASS_REGISTRY[cfg.architecture()][0]
+    if hasattr(training_class, "fold_input_scaling"):  # the block-diagonal family folds any scale
+        return
+    sae = training_class(dataclasses.replace(cfg, device="meta"))
+    try:
+        fold_input_scale(sae, torch.ones(cfg.d_in, device="meta"))
+    except NotImplementedError as error:
+        usage_error(f"--per-head-norm cannot be folded into {sae_name}: {error}; train it without --per-head-norm")
 
 
 def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
@@ -237,10 +311,37 @@ def training_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
 
 
 def eval_dataset(args: argparse.Namespace):  # -> datasets.Dataset | str
-    """The `--dataset` path, or held-out rows of the embedded corpus's test split."""
+    """The `--dataset` path, or held-out rows of the embedded corpus's test split: enough
+    for the evals and for `--dead-tokens`."""
     if args.dataset is not None:
         return args.dataset
-    return _corpus_rows(args.context_size, EVAL_BATCH_PROMPTS * args.eval_batches, "test")
+    rows = max(EVAL_BATCH_PROMPTS * args.eval_batches, math.ceil(args.dead_tokens / args.context_size))
+    return _corpus_rows(args.context_size, rows, "test")
+
+
+def _token_rows(held_out: Any, n_rows: int | None = None):  # -> torch.Tensor
+    """The first `n_rows` (default: all) token rows of a held-out dataset."""
+    import torch
+
+    column = "input_ids" if "input_ids" in held_out.column_names else "tokens"
+    return torch.tensor(held_out[column][:n_rows])
+
+
+def count_dead(args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout,
+               held_out: Any) -> DeadFeatures | None:
+    """Features that never fire on `--dead-tokens` held-out tokens (`sae_lens_attn.dead`),
+    printed with N; None when skipped."""
+    from sae_lens_attn.attribution.firing import count_firings
+
+    if args.dead_tokens == 0 or held_out is None:
+        return None
+    if isinstance(held_out, str):
+        print(f"dead-feature count skipped for {name}: it needs the held-out rows as tokens (--dataset {held_out})")
+        return None
+    tokens = _token_rows(held_out, math.ceil(args.dead_tokens / args.context_size))
+    dead = count_firings(model, sae, layout, tokens, batch_size=4 * EVAL_BATCH_PROMPTS)
+    print(dead.describe())
+    return dead
 
 
 def _corpus_rows(context_size: int, n_rows: int, split: str):  # -> datasets.Dataset
@@ -269,13 +370,14 @@ def train_saes(
         dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
         lr=args.lr, train_batch_size_tokens=args.batch_size, log_to_wandb=args.wandb,
         wandb_project=args.wandb_project, device=args.device, seed=args.seed,
+        runner_kwargs={"autocast": args.autocast},
     )
     if len(specs) == 1:
         [spec] = specs
         sae, layout = train_hook_z_sae(
             model, spec.layer, spec.heads, spec.architecture, expansion_factor=spec.expansion_factor,
             d_sae=spec.d_sae, per_head_norm=spec.per_head_norm, sae_kwargs=dict(spec.sae_kwargs),
-            output_path=args.out, **run, **scaleout,
+            output_path=args.out, init=spec.init, **run, **scaleout,
         )
         return {spec.sae_name: (sae, layout, args.out)}
     trained = train_hook_z_saes(model, specs, output_path=args.out, **run)
@@ -284,36 +386,36 @@ def train_saes(
 
 def evaluate(
     args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
-    folder: Path,
+    folder: Path, dead: DeadFeatures | None = None,
 ) -> dict[str, float]:
     """SAELens's evals and the per-head evals on the `held_out` prompts (printed), or a
-    message saying why none ran."""
+    message saying why none ran. Per-head dead shares come from `dead` when given."""
     from sae_lens_attn.training.evaluation import evaluate_hook_z_sae, subset_message
 
     if args.eval_batches == 0:
         return {}
     metrics: dict[str, float] = {}
+    n_rows = args.eval_batches * EVAL_BATCH_PROMPTS
     if layout.uses_all_heads:
-        metrics = evaluate_hook_z_sae(
-            sae, model, held_out, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
+        eval_rows = held_out if isinstance(held_out, str) else held_out.select(range(min(n_rows, len(held_out))))
+        metrics = evaluate_hook_z_sae(  # the rows per-head evals take: the first n_rows
+            sae, model, eval_rows, n_batches=args.eval_batches, batch_size_prompts=EVAL_BATCH_PROMPTS
         )
         print(f"SAELens evals on {args.eval_batches} x {EVAL_BATCH_PROMPTS} held-out prompts: {name}")
         for metric in PRINTED_METRICS:
             print(f"  {metric:<22}  {metrics[metric]:.4f}")
     else:
         print(f"evals skipped for {name}: {subset_message(layout)}; per-head evals below")
-    return {**metrics, **evaluate_per_head(args, model, name, sae, layout, held_out, folder)}
+    return {**metrics, **evaluate_per_head(args, model, name, sae, layout, held_out, folder, dead)}
 
 
 def evaluate_per_head(
     args: argparse.Namespace, model: HookedTransformer, name: str, sae: SAE, layout: HeadLayout, held_out: Any,
-    folder: Path,
+    folder: Path, dead: DeadFeatures | None = None,
 ) -> dict[str, float]:
     """Per-head evals (`attribution.head_evals`) on the held-out rows: printed, written to
     the SAE's `head_evals.json`, returned flat (`L1H0/explained_variance`, ...)."""
     import json
-
-    import torch
 
     from sae_lens_attn._atomic import atomic_write_text
     from sae_lens_attn.attribution.head_evals import (
@@ -326,9 +428,8 @@ def evaluate_per_head(
     if isinstance(held_out, str):
         print(f"per-head evals skipped for {name}: they need the held-out rows as tokens (--dataset {held_out})")
         return {}
-    column = "input_ids" if "input_ids" in held_out.column_names else "tokens"
-    tokens = torch.tensor(held_out[column][: args.eval_batches * EVAL_BATCH_PROMPTS])
-    evals = evaluate_heads(model, sae, layout, tokens, batch_size=EVAL_BATCH_PROMPTS)
+    tokens = _token_rows(held_out, args.eval_batches * EVAL_BATCH_PROMPTS)
+    evals = evaluate_heads(model, sae, layout, tokens, batch_size=EVAL_BATCH_PROMPTS, dead=dead)
     print(f"per-head evals on the same prompts (only that head spliced): {name}")
     print(format_table(*head_evals_rows(evals.to_dict())))
     atomic_write_text(folder / HEAD_EVALS_FILENAME, json.dumps(evals.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -339,8 +440,10 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_attn.training.outputs import sae_list_entry, training_metrics, write_sae_list
 
     check_arguments(args)
+    check_autocast(args)
     check_output_folder(args.out)
     specs = sae_specs(args)
+    check_sweep_size(len(specs), [spec.sae_name for spec in specs], args.yes)
     scaleout = scaleout_options(args)
     if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
@@ -350,17 +453,27 @@ def run(args: argparse.Namespace) -> int:
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
     if rank() != 0:
         return 0  # rank 0 saved the SAE; it alone evaluates and lists it
-    held_out = eval_dataset(args) if args.eval_batches > 0 else None
+    held_out = eval_dataset(args) if args.eval_batches > 0 or args.dead_tokens > 0 else None
     entries = []
+    trained_as = {spec.sae_name: spec.architecture for spec in specs}
     for name, (sae, layout, folder) in trained.items():
+        architecture = trained_as[name]
+        saved_as = "" if sae.cfg.architecture() == architecture else f" (saved as {sae.cfg.architecture()})"
         print(
-            f"saved {sae.cfg.architecture()} SAE on {layout.hook_name} heads {list(layout.heads)} "
+            f"saved {architecture} SAE{saved_as} on {layout.hook_name} heads {list(layout.heads)} "
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
-        print(f"training L0 {sae.cfg.metadata.l0:.2f}, dead features {sae.cfg.metadata.num_dead_features}")
-        metrics = {**training_metrics(sae), **evaluate(args, model, name, sae, layout, held_out, folder)}
+        print(f"training L0 {sae.cfg.metadata.l0:.2f}")
+        dead = count_dead(args, model, name, sae, layout, held_out)
+        metrics = {**training_metrics(sae), **(dead.metrics() if dead else {}),
+                   **evaluate(args, model, name, sae, layout, held_out, folder, dead)}
         path = folder.relative_to(args.out).as_posix()
-        entries.append(sae_list_entry(name, layout.layer, layout.heads, sae.cfg.architecture(), path, metrics))
+        entries.append(sae_list_entry(name, layout.layer, layout.heads, architecture, path, metrics))
     listing = write_sae_list(args.out, entries)
     print(f"listed {len(entries)} SAE{'s' if len(entries) > 1 else ''} in {listing}")
+    if len(entries) > 1 and args.eval_batches > 0 and len({(e["layer"], tuple(e["heads"])) for e in entries}) == 1:
+        from sae_lens_attn.commands.frontier import print_frontier
+        from sae_lens_attn.training.frontier import read_frontier_points
+
+        print_frontier(read_frontier_points([listing]), args.out / FRONTIER_FOLDER)
     return 0

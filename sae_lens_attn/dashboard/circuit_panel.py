@@ -3,8 +3,10 @@
 `upstream_figure`: bar chart of the largest upstream contributions (by source position
 and residual component, summed over heads). `effects_figure`: direct vs total logit
 effect per token for the tokens the feature promotes most. `CircuitPanel`: the upstream
-bar chart for each feature's top example, computed in `prepare` (one TransformerLens
-cache per prompt, shared by every feature whose top example it is).
+bar chart for each feature's top example, computed in `prepare`: one batched forward pass
+per `prompts_per_pass` top-example prompts, stopping after the SAE's layer, and only the
+shown features' columns of the encoder (`circuit_contexts`); a prompt's context serves
+every feature whose top example it is.
 """
 
 from __future__ import annotations
@@ -66,10 +68,7 @@ def effects_figure(circuit: FeatureCircuit, decode: Decode = str, k: int = 10) -
     rows = downstream_rows(circuit, k, decode)
     labels = plotly_texts(quoted(row["token"]) for row in rows)
     figure = go.Figure(
-        [
-            go.Bar(name=kind, x=labels, y=[row[kind] for row in rows])
-            for kind in ("direct", "total")
-        ]
+        [go.Bar(name=kind, x=labels, y=[row[kind] for row in rows]) for kind in ("direct", "total")]
     )
     figure.update_layout(
         barmode="group",
@@ -88,14 +87,13 @@ class CircuitPanel(DashboardPanel):
     wide = True
     n_sources = 3
     n_bars = 15
+    prompts_per_pass = 16  # prompts per batched forward pass (memory: one chunk's cache)
 
     def __init__(self) -> None:
         self.circuits: dict[int, FeatureCircuit] = {}
 
     def prepare(self, context: DashboardContext, reports: Sequence[FeatureReport]) -> None:
-        import torch
-
-        from sae_lens_attn.attribution.circuit.context import circuit_context
+        from sae_lens_attn.attribution.circuit.context import circuit_contexts
         from sae_lens_attn.attribution.circuit.feature import circuit_from_context
 
         self.circuits = {}  # only these reports' circuits: a long run renders many batches
@@ -103,20 +101,25 @@ class CircuitPanel(DashboardPanel):
         for report in reports:
             if report.examples:
                 by_prompt[report.examples[0].prompt_index].append(report)
-        model = context.model
-        for prompt, prompt_reports in by_prompt.items():
-            tokens = context.tokens[prompt].to(model.cfg.device)
+        prompts = sorted(by_prompt)
+        for start in range(0, len(prompts), self.prompts_per_pass):
+            chunk = prompts[start : start + self.prompts_per_pass]
+            features = sorted({r.feature for prompt in chunk for r in by_prompt[prompt]})
             try:
-                with torch.no_grad():
-                    _, cache = model.run_with_cache(tokens[None])
-                circuit_ctx = circuit_context(model, context.sae, cache, layout=context.layout)
-                for report in prompt_reports:
-                    self.circuits[report.feature] = circuit_from_context(
-                        circuit_ctx, tokens, report.feature, report.examples[0].dest,
-                        self.n_sources,
-                    )
+                contexts = circuit_contexts(
+                    context.model, context.sae, context.tokens[chunk], context.layout, features
+                )
+                for prompt, circuit_ctx in zip(chunk, contexts, strict=True):
+                    for report in by_prompt[prompt]:
+                        self.circuits[report.feature] = circuit_from_context(
+                            circuit_ctx,
+                            context.tokens[prompt],
+                            report.feature,
+                            report.examples[0].dest,
+                            self.n_sources,
+                        )
             except ValueError as err:  # a model the decomposition does not cover
-                warnings.warn(f"circuit panel: prompt {prompt} skipped: {err}", stacklevel=2)
+                warnings.warn(f"circuit panel: prompts {chunk} skipped: {err}", stacklevel=2)
 
     def render(self, report: FeatureReport, context: DashboardContext) -> PanelOutput | None:
         from sae_lens_attn.attribution.circuit.feature import circuit_summary

@@ -2,11 +2,14 @@
 DFA by source position and head attribution.
 
 Each batch is made the way `sae_dashboard.neuronpedia.neuronpedia_runner.NeuronpediaRunner
-.run` makes it: `SaeVisRunner` with the runner's sequence layout (`neuronpedia_layout`:
-whole prompts, top activations and quantile groups) and `ignore_tokens` (pad, BOS, EOS),
-then sae_dashboard's own `NeuronpediaConverter.convert_to_np_json`. We run it on the
-dashboard's copy of the SAE (`dashboard.sae_vis.run_sae_vis`: any hook_z SAE, activations
-of the SAE as given) and add, per batch:
+.run` makes it: `SaeVisRunner`'s data with the runner's sequence layout
+(`neuronpedia_layout`: whole prompts, top activations and quantile groups) and
+`ignore_tokens` (pad, BOS, EOS), then sae_dashboard's own
+`NeuronpediaConverter.convert_to_np_json`. The data comes from one model pass over the
+prompts for the whole export (`dashboard.one_pass`: equal to the runner's, which ran the
+model again for every 64 features), on the dashboard's copy of the SAE
+(`dashboard.sae_vis.run_sae_vis`: any hook_z SAE, activations of the SAE as given); the
+DFA reads the attention kept by that pass. We add, per batch:
 
 - every activation's `dfa_values`, `dfa_maxValue`, `dfa_targetIndex` (Neuronpedia's DFA
   fields, in the converter's convention: source positions 1.., BOS dropped, the target
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from sae_lens_attn.dashboard.data import ExampleSite
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.detectors.results import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
 
@@ -169,7 +173,10 @@ def activation_sites(sae_vis_data: SaeVisData) -> dict[int, list[ExampleSite]]:
 
 
 def _rounded(values: Sequence[float]) -> list[float]:
-    return [round(float(v), 3) for v in values]
+    """To 3 decimals with NumPy, as the converter rounds its own values (`round_list`)."""
+    import numpy as np
+
+    return np.round(np.asarray(values, dtype=np.float64), 3).tolist()
 
 
 def add_dfa_fields(activation: dict[str, Any], dfa: torch.Tensor, bias: float) -> None:
@@ -203,9 +210,14 @@ def batch_document(
     settings: NeuronpediaSettings,
     families: Sequence[FamilyRow] | None = None,
     vocab: dict[int, str] | None = None,
+    *,
+    dense: SAE | None = None,
+    activations: PromptActivations | None = None,
 ) -> dict[str, Any]:
     """One Neuronpedia batch (`NeuronpediaDashboardBatch` as a dict) for live `features`,
-    with our fields added (see the module docstring)."""
+    with our fields added (see the module docstring). `dense` and `activations`: the
+    dashboard copy of `sae` and the one pass over `tokens`, made once for all batches
+    (default: made for this batch)."""
     from sae_dashboard.neuronpedia.neuronpedia_converter import NeuronpediaConverter
 
     from sae_lens_attn.attribution.heads import sae_head_attribution
@@ -227,11 +239,13 @@ def batch_document(
         config,
         vis_layout=neuronpedia_layout(settings),
         ignore_tokens=ignored_tokens(model),
+        dense=dense,
+        activations=activations,
     )
     vocab = vocab if vocab is not None else vocab_dict(model)
     np_cfg = runner_config(settings, layout, Path("."), tokens)
     batch = json.loads(NeuronpediaConverter.convert_to_np_json(model, vis, np_cfg, vocab))
-    examples = sites_dfa(model, vis, layout, tokens, activation_sites(vis))
+    examples = sites_dfa(model, vis, layout, tokens, activation_sites(vis), activations)
     order = list(vis.feature_data_dict)
     decoder = sae_head_attribution(sae, layout.n_heads, order, side="decoder").cpu().tolist()
     encoder = sae_head_attribution(sae, layout.n_heads, order, side="encoder").cpu().tolist()
@@ -278,6 +292,8 @@ def export_neuronpedia(
     from tqdm.auto import tqdm
 
     from sae_lens_attn.attribution.logit_lens import dead_rows
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
+    from sae_lens_attn.dashboard.sae_vis import dashboard_copy
     from sae_lens_attn.sources.head_layout import HeadLayout
     from sae_lens_attn.sources.model_inputs import check_token_rows
 
@@ -324,12 +340,18 @@ def export_neuronpedia(
     batches = [live[i : i + settings.batch_size] for i in range(0, len(live), settings.batch_size)]
     paths = []
     bar = tqdm(total=len(live), desc="neuronpedia", unit="feature", disable=not progress)
+    shared: dict[str, Any] = {}  # one dashboard copy and one model pass for every batch
     for number, batch_features in enumerate(batches):
         path = folder / f"batch-{number}.json"
         paths.append(path)
         if not path.is_file():  # resuming: a finished batch is kept, as the runner does
+            if not shared:
+                shared["dense"] = dashboard_copy(sae, layout)
+                shared["activations"] = PromptActivations.collect(
+                    model, layout.layer, tokens, settings.minibatch_size_tokens
+                )
             document = batch_document(
-                model, sae, layout, tokens, batch_features, settings, families, vocab
+                model, sae, layout, tokens, batch_features, settings, families, vocab, **shared
             )
             atomic_write_text(path, json.dumps(document, allow_nan=False))
         bar.update(len(batch_features))

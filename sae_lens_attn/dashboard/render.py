@@ -70,9 +70,17 @@ def render_panel(panel: Any, report: FeatureReport, context: DashboardContext):
     try:
         output = panel.render(report, context)
     except Exception as err:  # a third-party panel must not take the page down
-        warnings.warn(f"dashboard panel {panel.name!r} failed on feature {report.feature}: {err!r}", stacklevel=2)
+        warnings.warn(
+            f"dashboard panel {panel.name!r} failed on feature {report.feature}: {err!r}",
+            stacklevel=2,
+        )
         message = f"This panel failed: {err!r}"
-        return (panel.name, panel.title, f'<p class="sla-note sla-failed">{esc(message)}</p>', False), None
+        return (
+            panel.name,
+            panel.title,
+            f'<p class="sla-note sla-failed">{esc(message)}</p>',
+            False,
+        ), None
     if output is None:
         return None, None
     return (panel.name, panel.title, output.html, getattr(panel, "wide", False)), output.data
@@ -102,6 +110,7 @@ def render_dashboard(
 
     from sae_lens_attn.attribution.logit_lens import dead_rows
     from sae_lens_attn.dashboard.data import feature_reports
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.dashboard.page import assemble_page, feature_section, sae_dashboard_page
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -113,15 +122,23 @@ def render_dashboard(
         raise ValueError("no features to render; pass at least one feature index")
     bad = [f for f in features if not 0 <= f < sae.cfg.d_sae]
     if bad:
-        raise ValueError(f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}")
+        raise ValueError(
+            f"feature {bad[0]} is out of range; this SAE has features 0..{sae.cfg.d_sae - 1}"
+        )
     nonfinite = set(skipped_features(sae))
     nonfinite_shown = tuple(f for f in features if f in nonfinite)
     dead = dead_rows(sae.W_dec.detach()[features]).tolist()
-    skipped = tuple(f for f, is_dead in zip(features, dead, strict=True) if is_dead and f not in nonfinite)
-    features = [f for f, is_dead in zip(features, dead, strict=True) if not is_dead and f not in nonfinite]
+    skipped = tuple(
+        f for f, is_dead in zip(features, dead, strict=True) if is_dead and f not in nonfinite
+    )
+    features = [
+        f for f, is_dead in zip(features, dead, strict=True) if not is_dead and f not in nonfinite
+    ]
     if not features:
-        raise InvalidInputError(f"features {list(skipped + nonfinite_shown)}: all dead (zero decoder rows) "
-                                "or skipped for NaN/inf weights, nothing to show; pick live features")
+        raise InvalidInputError(
+            f"features {list(skipped + nonfinite_shown)}: all have zero decoder rows "
+            "or skipped for NaN/inf weights, nothing to show; pick live features"
+        )
     config = config or DashboardConfig()
     layout = layout or HeadLayout.from_sae(sae, model)
     check_token_rows(tokens, model, "dashboard prompts")
@@ -129,12 +146,24 @@ def render_dashboard(
 
     steps = tqdm(total=3 + len(features), desc="dashboard", disable=not progress, unit="step")
     steps.set_postfix_str("sae_dashboard data")
-    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config)
+    activations = PromptActivations.collect(
+        model, layout.layer, tokens, config.minibatch_size_tokens
+    )
+    sae_vis_data = run_sae_vis(
+        model, sae, layout, tokens, features, config, activations=activations
+    )
     steps.update(1)
     steps.set_postfix_str("DFA, head attribution, logit lens")
     reports = feature_reports(
-        model, sae, layout, tokens, sae_vis_data, config.dfa_examples,
-        config.logit_lens_tokens, families,
+        model,
+        sae,
+        layout,
+        tokens,
+        sae_vis_data,
+        config.dfa_examples,
+        config.logit_lens_tokens,
+        families,
+        activations,
     )
     steps.update(1)
     context = DashboardContext.for_model(model, sae, layout, tokens, families is not None, config)
@@ -188,9 +217,13 @@ def render_dashboard(
 def _skipped_notes(dead: Sequence[int], nonfinite: Sequence[int]) -> list[str]:
     """Page notes listing the requested features that have no page, and why."""
     notes = []
-    for features, why in ((dead, "dead (zero decoder row)"),
-                          (nonfinite, "skipped: NaN or inf in their weights (--allow-nonfinite)")):
+    for features, why in (
+        (dead, "zero decoder row (they write nothing)"),
+        (nonfinite, "skipped: NaN or inf in their weights (--allow-nonfinite)"),
+    ):
         if features:
-            notes.append(f'<p class="sla-note sla-skipped">Features {", ".join(map(str, features))}: '
-                         f"{why}; no page.</p>")
+            notes.append(
+                f'<p class="sla-note sla-skipped">Features {", ".join(map(str, features))}: '
+                f"{why}; no page.</p>"
+            )
     return notes

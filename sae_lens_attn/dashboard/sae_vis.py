@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
     from sae_lens_attn.dashboard.config import DashboardConfig
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.sources.head_layout import HeadLayout
 
 
@@ -135,24 +135,15 @@ def tidy_ticks(sae_vis_data: SaeVisData, n_ticks: int = 5) -> None:
     Workaround for sae_dashboard 0.8 `HistogramData.from_data` ("5 ticks" mode): when the
     data range is below 0.3 the tick spacing becomes 1e-6 and it emits one tick per 1e-6
     (hundreds of thousands; ~1.4 MB of JSON per feature, and a slow page). Pinned by
-    `test_sae_dashboard_tick_bug_is_still_there` in tests/test_dashboard.py.
+    `test_sae_dashboard_tick_bug_is_still_there` in tests/test_dashboard.py. The one-pass
+    builder (`one_pass.histogram`) gives its histograms these ticks directly.
     """
+    from sae_lens_attn.dashboard.one_pass import tidy_tick_values
+
     for feature_data in sae_vis_data.feature_data_dict.values():
         for hist in (feature_data.logits_histogram_data, feature_data.acts_histogram_data):
-            if len(hist.tick_vals) <= 4 * n_ticks or not hist.bar_values:
-                continue
-            low, high = min(hist.bar_values), max(hist.bar_values)
-            step = _nice_step((high - low) / (n_ticks - 1))
-            first, last = math.floor(low / step), math.ceil(high / step)
-            hist.tick_vals = [round(k * step, 12) for k in range(first, last + 1)]
-
-
-def _nice_step(raw: float) -> float:
-    """The smallest of 1, 2, 5 x 10^n that is >= raw."""
-    if raw <= 0:
-        return 1.0
-    magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+            if len(hist.tick_vals) > 4 * n_ticks and hist.bar_values:
+                hist.tick_vals = tidy_tick_values(hist.bar_values, n_ticks)
 
 
 def run_sae_vis(
@@ -165,18 +156,25 @@ def run_sae_vis(
     vis_layout: SaeVisLayoutConfig | None = None,
     ignore_tokens: set[int] | None = None,
     dense: SAE | None = None,
+    activations: PromptActivations | None = None,
 ) -> SaeVisData:
-    """sae_dashboard's `SaeVisRunner` on a dense full-width copy of `sae`; `sae` itself
-    is left untouched. The returned data's `encoder` is that copy (decoder norms not
-    folded: its activations are those of `sae`). `vis_layout`: sae_dashboard's layout
-    (default `sae_vis_layout(config)`); `ignore_tokens`: token ids never picked as
-    examples (sae_dashboard's `ignore_tokens`, default none); `dense`: a
-    `dashboard_copy(sae, layout)` made once by a caller that runs many feature batches
-    (default: a new copy for this call)."""
+    """What sae_dashboard's `SaeVisRunner` returns for `features` on a dense full-width
+    copy of `sae`, built from one model pass (`one_pass`); `sae` itself is left untouched.
+    The returned data's `encoder` is that copy (decoder norms not folded: its activations
+    are those of `sae`). `vis_layout`: sae_dashboard's layout (default
+    `sae_vis_layout(config)`); `ignore_tokens`: token ids never picked as examples
+    (sae_dashboard's `ignore_tokens`, default none); `dense`: a `dashboard_copy(sae,
+    layout)` and `activations`: a `PromptActivations.collect` of `tokens`, both made once
+    by a caller that runs many feature batches (default: new ones for this call)."""
     from sae_dashboard.sae_vis_data import SaeVisConfig
-    from sae_dashboard.sae_vis_runner import SaeVisRunner
+
+    from sae_lens_attn.dashboard.one_pass import PromptActivations, one_pass_sae_vis_data
 
     dense = dense if dense is not None else dashboard_copy(sae, layout)
+    if activations is None:
+        activations = PromptActivations.collect(
+            model, layout.layer, tokens, config.minibatch_size_tokens
+        )
     vis_config = SaeVisConfig(
         hook_point=layout.hook_name,
         features=features,
@@ -187,6 +185,4 @@ def run_sae_vis(
         verbose=False,
         ignore_tokens=ignore_tokens or set(),
     )
-    data = SaeVisRunner(vis_config).run(encoder=dense, model=model, tokens=tokens)
-    tidy_ticks(data)
-    return data
+    return one_pass_sae_vis_data(activations, model, dense, vis_config)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from sae_lens_attn.demo.activity import feature_activity
 from sae_lens_attn.demo.result import DemoResult, SAEResult
 from sae_lens_attn.demo.settings import ARCHITECTURES, DemoSettings
+from sae_lens_attn.detectors.activity import feature_activity
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -54,7 +54,9 @@ def model_summary(model: HookedTransformer, name: str, layer: int) -> dict[str, 
     }
 
 
-def corpus_splits(model: HookedTransformer, settings: DemoSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def corpus_splits(
+    model: HookedTransformer, settings: DemoSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`([train_sequences, ctx], [eval_sequences, ctx])` stdlib-corpus tokens in the model's
     own tokenizer (the embedded one, or a hub model's)."""
     from sae_lens_attn.models.dataset import corpus_tokens
@@ -62,8 +64,9 @@ def corpus_splits(model: HookedTransformer, settings: DemoSettings) -> tuple[tor
     if model.tokenizer is None:
         raise ValueError("the demo needs a model with a tokenizer to tokenize its corpus")
     if settings.context_size > model.cfg.n_ctx:
-        raise ValueError(f"context_size {settings.context_size} exceeds the model's n_ctx "
-                         f"{model.cfg.n_ctx}")
+        raise ValueError(
+            f"context_size {settings.context_size} exceeds the model's n_ctx {model.cfg.n_ctx}"
+        )
     train = corpus_tokens(model.tokenizer, settings.context_size, settings.train_sequences, "train")
     test = corpus_tokens(model.tokenizer, settings.context_size, settings.eval_sequences, "test")
     return train, test
@@ -86,8 +89,17 @@ def run_detectors(
         name = loaded.entry.name
         try:
             detector = loaded.entry.load()
-            rows.extend(detector.detect(model, sae, layout, tokens=tokens, family_rows=list(rows),
-                                        n_prompts=settings.detector_prompts, progress=True))
+            rows.extend(
+                detector.detect(
+                    model,
+                    sae,
+                    layout,
+                    tokens=tokens,
+                    family_rows=list(rows),
+                    n_prompts=settings.detector_prompts,
+                    progress=True,
+                )
+            )
         except Exception as error:  # a third-party detector must not end the demo
             errors[name] = f"{type(error).__name__}: {error}"
             warnings.warn(f"detector {name!r} failed: {errors[name]}", stacklevel=2)
@@ -113,7 +125,9 @@ def carrying_heads(sae: SAE, layout: HeadLayout, features: list[int]) -> dict[st
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def features_to_show(sae: SAE, layout: HeadLayout, live: list[int], n: int, extra: list[int]) -> list[int]:
+def features_to_show(
+    sae: SAE, layout: HeadLayout, live: list[int], n: int, extra: list[int]
+) -> list[int]:
     """The first `n` live features taken round-robin over their dominant heads (so a
     block-diagonal SAE shows every head, not just head 0's block), then `extra`."""
     from sae_lens_attn.attribution.heads import sae_head_attribution
@@ -141,14 +155,22 @@ def train_demo_saes(
     from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
 
     specs = [
-        HookZSAESpec(settings.layer, architecture=architecture,
-                     sae_kwargs=settings.sae_kwargs.get(architecture, {}),
-                     expansion_factor=settings.expansion_factor, name=architecture)
+        HookZSAESpec(
+            settings.layer,
+            architecture=architecture,
+            sae_kwargs=settings.sae_kwargs.get(architecture, {}),
+            expansion_factor=settings.expansion_factor,
+            name=architecture,
+        )
         for architecture in ARCHITECTURES
     ]
     trained = train_hook_z_saes(
-        model, specs, dataset=train_tokens, training_tokens=settings.training_tokens,
-        train_batch_size_tokens=settings.train_batch_size_tokens, lr=settings.lr,
+        model,
+        specs,
+        dataset=train_tokens,
+        training_tokens=settings.training_tokens,
+        train_batch_size_tokens=settings.train_batch_size_tokens,
+        lr=settings.lr,
         seed=settings.seed,
     )
     for architecture, (sae, _) in trained.items():
@@ -178,12 +200,22 @@ def demo_one_sae(
     step(f"{architecture}: SAELens evals, per-head evals, dead share, per-head L0")
     with _timed(seconds, "evaluate"):
         n_eval = settings.eval_batches * settings.eval_batch_prompts
-        metrics = evaluate_hook_z_sae(sae, model, eval_tokens[:n_eval],
-                                      n_batches=settings.eval_batches,
-                                      batch_size_prompts=settings.eval_batch_prompts)
-        head_evals = evaluate_heads(model, sae, layout, eval_tokens[:n_eval],
-                                    batch_size=settings.eval_batch_prompts).to_dict()
+        metrics = evaluate_hook_z_sae(
+            sae,
+            model,
+            eval_tokens[:n_eval],
+            n_batches=settings.eval_batches,
+            batch_size_prompts=settings.eval_batch_prompts,
+        )
         activity = feature_activity(model, sae, layout, eval_tokens)
+        head_evals = evaluate_heads(
+            model,
+            sae,
+            layout,
+            eval_tokens[:n_eval],  # dead: on all eval tokens
+            batch_size=settings.eval_batch_prompts,
+            dead=activity.dead,
+        ).to_dict()
     step(f"{architecture}: detectors")
     with _timed(seconds, "detect"):
         rows, errors = run_detectors(model, sae, layout, eval_tokens, settings)
@@ -193,13 +225,20 @@ def demo_one_sae(
     step(f"{architecture}: dashboards")
     if architecture in settings.dashboard_architectures:
         with _timed(seconds, "dashboard"):
-            shown = features_to_show(sae, layout, activity.live_features(),
-                                     settings.dashboard_live_features, induction)
+            shown = features_to_show(
+                sae, layout, activity.live_features(), settings.dashboard_live_features, induction
+            )
             if shown:
                 files = render_dashboard(
-                    model, sae, eval_tokens[: settings.dashboard_prompts], shown,
-                    folder / "dashboard", layout=layout, families=rows,
-                    config=DashboardConfig(), progress=True,
+                    model,
+                    sae,
+                    eval_tokens[: settings.dashboard_prompts],
+                    shown,
+                    folder / "dashboard",
+                    layout=layout,
+                    families=rows,
+                    config=DashboardConfig(),
+                    progress=True,
                 )
                 dashboard = files.html.relative_to(out)
     return SAEResult(
@@ -262,8 +301,9 @@ def run_demo(
         for architecture in ARCHITECTURES
     ]
     step("writing the report")
-    result = DemoResult(model_name, model_summary(model, model_name, settings.layer), settings,
-                        results, seconds)
+    result = DemoResult(
+        model_name, model_summary(model, model_name, settings.layer), settings, results, seconds
+    )
     seconds["total"] = round(time.perf_counter() - start, 1)
     result.report, result.index = write_report(result, out)
     steps.update(1)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Union
 
 from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn._safe_output import markdown_text
+from sae_lens_attn.dead import DEAD_TOKENS
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -65,11 +66,12 @@ def metrics_table(result: DemoResult) -> Table:
     return Table(
         f"SAEs on {result.model_summary['hook_name']}",
         ("architecture", "d_sae", "L0", "explained variance", "CE loss recovered",
-         "dead", "live features", "files"),
+         result.saes[0].activity.dead.label if result.saes else "dead", "live features", "files"),
         rows,
-        "L0 (mean active features per token; the per-head table splits it) and dead "
-        f"(never fires) on {result.settings.eval_sequences} held-out sequences of "
-        f"{result.settings.context_size} tokens; explained variance and CE loss recovered "
+        "L0 (mean active features per token; the per-head table splits it) and features that "
+        f"never fire on {result.settings.eval_sequences} held-out sequences of "
+        f"{result.settings.context_size} tokens (called dead only from {DEAD_TOKENS:,} tokens on); "
+        "explained variance and CE loss recovered "
         "from SAELens's evals (`run_evals`) on the first "
         f"{result.settings.eval_batches * result.settings.eval_batch_prompts} of them.",
     )
@@ -90,16 +92,18 @@ def per_head_table(result: DemoResult) -> Table:
 
 
 def head_evals_table(result: DemoResult) -> Table:
-    from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+    from sae_lens_attn.attribution.head_evals import eval_columns, head_eval_cells
 
     rows = [(sae.architecture, head, *head_eval_cells(values), str(values["features"]))
             for sae in result.saes for head, values in sae.head_evals.items()]
+    columns = eval_columns(result.saes[0].head_evals if result.saes else {})
     return Table(
-        "Per-head evals", ("architecture", "head", *EVAL_COLUMNS, "features"), rows,
+        "Per-head evals", ("architecture", "head", *columns, "features"), rows,
         "Per head: explained variance (EV) of its slice of hook_z; CE loss recovered (CE rec.) when "
         "only that head's output is replaced by its reconstruction, against zero-ablating that head "
-        "alone; L0 and dead share of the features that belong to it (its block; for dense SAEs the "
-        "head holding most of the feature's decoder norm); on the same prompts as SAELens's evals.",
+        "alone; L0 and the share of the features that belong to it (its block; for dense SAEs the "
+        "head holding most of the feature's decoder norm) that never fire, counted on all held-out "
+        "sequences as above; the rest on the same prompts as SAELens's evals.",
     )
 
 
@@ -284,6 +288,7 @@ def summary(result: DemoResult, head_tables: dict[str, dict] | None = None) -> d
                 "metrics": {k: v for k, v in sae.metrics.items() if isinstance(v, (int, float))},
                 "l0": sae.activity.l0,
                 "dead_share": sae.activity.dead_share,
+                "dead_eval_tokens": sae.activity.n_tokens,
                 "live_features": sae.live_count,
                 "per_head_l0": dict(zip(sae.head_labels, sae.activity.per_head_l0.tolist(),
                                         strict=True)),

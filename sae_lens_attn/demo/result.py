@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_lens_attn.demo.activity import FeatureActivity
 from sae_lens_attn.demo.settings import DemoSettings
+from sae_lens_attn.detectors.activity import FeatureActivity
 
 
 @dataclass

@@ -30,7 +30,7 @@ class DemoSettings:
     lr: float = 1e-3
     sae_kwargs: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
-            "block_diagonal": {"l1_coefficient": 2.0},
+            "block_diagonal": {"activation": "topk"},  # train's default: per-head TopK, k = d_head // 4
             "standard": {"l1_coefficient": 2.0},
         }
     )

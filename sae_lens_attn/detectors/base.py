@@ -7,13 +7,13 @@ A detector is any object with `name`, `description` and `detect(model, sae, layo
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from sae_lens_attn.attribution._sae_weights import column_view, features_encode_independently
 from sae_lens_attn.detectors.classes import FamilyRow
 from sae_lens_attn.models.token_display import quoted
 from sae_lens_attn.sources.head_layout import HeadLayout
@@ -89,43 +89,15 @@ def encode_hook_z(sae: SAE, x: torch.Tensor, layout: HeadLayout) -> torch.Tensor
     return sae.encode(x.to(sae.dtype))
 
 
-# Parameters with one entry per feature in SAELens's standard, JumpReLU and gated SAEs
-# (`W_enc` has features as its last axis); their `encode` reads nothing else per feature.
-_FEATURE_VECTORS = ("b_enc", "threshold", "b_gate", "b_mag", "r_mag")
-
-
-def _features_encode_independently(sae: SAE) -> bool:
-    """True when `type(sae).encode` is SAELens's standard, JumpReLU or gated `encode`, in
-    which each feature's activation depends on its own encoder column and biases only
-    (not TopK, not a subclass that changed `encode`)."""
-    from sae_lens import GatedSAE, JumpReLUSAE, StandardSAE
-
-    encode = getattr(type(sae), "encode", None)
-    return any(encode is cls.encode for cls in (StandardSAE, JumpReLUSAE, GatedSAE))
-
-
-def _column_view(sae: SAE, columns: torch.Tensor) -> SAE:
-    """A shallow copy of `sae` whose per-feature parameters are those of `columns` only;
-    it shares the original's modules (hooks) and config, and changes nothing of it."""
-    view = copy.copy(sae)
-    parameters = dict(sae._parameters)
-    parameters["W_enc"] = parameters["W_enc"][:, columns]
-    for name in _FEATURE_VECTORS:
-        if parameters.get(name) is not None:
-            parameters[name] = parameters[name][columns]
-    view.__dict__["_parameters"] = parameters
-    return view
-
-
 def encode_hook_z_columns(sae: SAE, x: torch.Tensor, layout: HeadLayout, columns: torch.Tensor) -> torch.Tensor:
     """`encode_hook_z(sae, x, layout)[..., columns]` as `[..., len(columns)]`, computing
     only those features where each feature encodes on its own (SAELens's standard,
     JumpReLU and gated SAEs: a fraction of the encoder's work when `columns` are few);
     other SAEs (TopK, block-diagonal) encode every feature and select."""
     columns = columns.to(sae.b_dec.device)
-    if not _features_encode_independently(sae):
+    if not features_encode_independently(sae):
         return encode_hook_z(sae, x, layout)[..., columns]
-    return encode_hook_z(_column_view(sae, columns), x, layout)
+    return encode_hook_z(column_view(sae, columns), x, layout)
 
 
 def token_strings_of(model: HookedTransformer) -> list[str] | None:

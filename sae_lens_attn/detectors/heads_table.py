@@ -93,11 +93,12 @@ def format_heads_table(
     ]
     header = ("head", *seen, "features", "families >= 10%")
     if head_evals:
-        from sae_lens_attn.attribution.head_evals import EVAL_COLUMNS, head_eval_cells
+        from sae_lens_attn.attribution.head_evals import eval_columns, head_eval_cells
 
-        blank = ("",) * len(EVAL_COLUMNS)
+        columns = eval_columns(head_evals)
+        blank = ("",) * len(columns)
         rows = [(*row, *(head_eval_cells(head_evals[row[0]]) if row[0] in head_evals else blank)) for row in rows]
-        header = (*header, *EVAL_COLUMNS)
+        header = (*header, *columns)
     return rows, header
 
 

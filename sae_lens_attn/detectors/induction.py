@@ -46,6 +46,7 @@ from sae_lens_attn.attribution.logit_lens import (
     sae_output_directions,
     unembed_through_final_ln,
 )
+from sae_lens_attn.dead import silent_label
 from sae_lens_attn.detectors.base import (
     DEAD_SUMMARY,
     display_token,
@@ -293,7 +294,7 @@ class InductionDetector:
             )
         return self._rows(
             model, sae, layout, index, live, tested, top_tokens, top_values, counts,
-            min_induction_rate, max_control_rate, live_by_tokens=tokens is not None,
+            min_induction_rate, max_control_rate, n_tokens=None if tokens is None else int(tokens.numel()),
         )
 
     def _rows(
@@ -309,7 +310,7 @@ class InductionDetector:
         counts: InductionCounts,
         min_induction_rate: float,
         max_control_rate: float,
-        live_by_tokens: bool,
+        n_tokens: int | None,
     ) -> list[FamilyRow]:
         rate = InductionCounts.rate
         induction = rate(counts.induction_fires, counts.induction_tests)
@@ -322,12 +323,12 @@ class InductionDetector:
         head_of = dict(zip(members.tolist(), heads.tolist(), strict=True))
         strings = token_strings_of(model)
         position = {feature: i for i, feature in enumerate(tested.tolist())}
-        live_by = "tokens" if live_by_tokens else "weights"
+        live_by = "weights" if n_tokens is None else "tokens"
         rows = []
         dead = dead_rows(sae.W_dec.detach()[index.to(sae.W_dec.device)]).tolist()
         for feature, is_live, is_dead in zip(index.tolist(), live.tolist(), dead, strict=True):
             if not is_live:
-                summary = DEAD_SUMMARY if is_dead else "not live: never fires on the evaluation tokens"
+                summary = DEAD_SUMMARY if is_dead else f"not live: {silent_label(n_tokens or 0)}"
                 evidence = {"live": False, "live_by": live_by, "summary": summary}
                 rows.append(FamilyRow(self.name, feature, None, 0.0, evidence))
                 continue

@@ -31,20 +31,27 @@ SAVED_BY = "as written by SAE.save_model"
 UNIONS = (typing.Union, types.UnionType)
 
 
-def check_saved_sae(path: str | Path) -> dict[str, tuple[int, ...]]:
+def check_saved_sae(
+    path: str | Path, hook_z: bool = False, label: str | None = None
+) -> dict[str, tuple[int, ...]]:
     """Validate the SAE folder `path` without reading tensor data.
 
     Returns the parameter shapes the config implies, `{name: shape}`; raises
-    `InvalidInputError` / `MissingInputError` with a one-line reason otherwise.
+    `InvalidInputError` / `MissingInputError` with a one-line reason otherwise. The hook
+    is checked before the SAE is built (`check_saved_hook`); `label` names the SAE in that
+    message (default `SAE folder PATH`).
     """
     path = Path(path)
     what = f"SAE folder {path}"
     if not path.exists():
         raise MissingInputError(f"{what}: does not exist (expected a folder {SAVED_BY})")
     if not path.is_dir():
-        raise InvalidInputError(f"{what}: is a file, expected a folder holding {CFG_FILENAME} "
-                                f"and {WEIGHTS_FILENAME} ({SAVED_BY})")
+        raise InvalidInputError(
+            f"{what}: is a file, expected a folder holding {CFG_FILENAME} "
+            f"and {WEIGHTS_FILENAME} ({SAVED_BY})"
+        )
     cfg_dict = _read_cfg(path / CFG_FILENAME, what)
+    check_saved_hook(cfg_dict, label or what, hook_z)
     config = _config_from_dict(cfg_dict, f"{what}: {CFG_FILENAME}")
     found = _weight_shapes(path / WEIGHTS_FILENAME, what)
     expected, found = _shapes_as_loaded(config, found)
@@ -66,8 +73,29 @@ def check_saved_sae(path: str | Path) -> dict[str, tuple[int, ...]]:
     return expected
 
 
-def load_saved_sae(path: str | Path, device: str = "cpu", allow_nonfinite: bool = False) -> SAE:
-    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path)`, its weights then
+def check_saved_hook(cfg_dict: dict[str, Any], what: str, hook_z: bool = False) -> None:
+    """The hook check of every saved SAE, on its `cfg.json` before SAELens builds it: with
+    `hook_z` (the SAE is the one a command analyses) its `hook_name` must be an attention
+    `blocks.L.attn.hook_z` (an SAE with no hook name but a stored head layout passes);
+    whatever `hook_z` says, hook_z reshaping (`reshape_activations="hook_z"`) needs a hook_z
+    hook, which SAELens would refuse with an exception when building the SAE."""
+    from sae_lens_attn.sources.pretrained_sae import check_hook_z
+
+    metadata = cfg_dict.get("metadata") or {}
+    hook_name = metadata.get("hook_name") or cfg_dict.get("hook_name")
+    reshapes = cfg_dict.get("reshape_activations") == "hook_z"
+    if reshapes or (hook_z and (hook_name or not metadata.get("head_layout"))):
+        check_hook_z(hook_name, what)
+
+
+def load_saved_sae(
+    path: str | Path,
+    device: str = "cpu",
+    allow_nonfinite: bool = False,
+    hook_z: bool = False,
+    label: str | None = None,
+) -> SAE:
+    """`SAE.load_from_disk(path, device)` after `check_saved_sae(path, hook_z, label)`, its weights then
     checked once in memory (`weight_check.check_loaded_sae`: NaN or inf is a
     `NonFiniteWeightsError` unless `allow_nonfinite`, zero rows a warning, no usable
     feature a `NoLiveFeaturesError`); an SAE with hook_z reshaping gets its input shape
@@ -77,7 +105,7 @@ def load_saved_sae(path: str | Path, device: str = "cpu", allow_nonfinite: bool 
     from sae_lens_attn._upstream import guard_hook_z_input
     from sae_lens_attn.sources.weight_check import check_loaded_sae
 
-    check_saved_sae(path)
+    check_saved_sae(path, hook_z, label)
     sae = SAE.load_from_disk(path, device=device)
     check_loaded_sae(sae, f"SAE folder {path}", allow_nonfinite=allow_nonfinite)
     return guard_hook_z_input(sae)
@@ -85,15 +113,19 @@ def load_saved_sae(path: str | Path, device: str = "cpu", allow_nonfinite: bool 
 
 def _read_cfg(cfg_path: Path, what: str) -> dict[str, Any]:
     if not cfg_path.is_file():
-        raise MissingInputError(f"{what}: no {CFG_FILENAME} (expected {CFG_FILENAME} and "
-                                f"{WEIGHTS_FILENAME}, {SAVED_BY})")
+        raise MissingInputError(
+            f"{what}: no {CFG_FILENAME} (expected {CFG_FILENAME} and "
+            f"{WEIGHTS_FILENAME}, {SAVED_BY})"
+        )
     try:
         cfg_dict = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InvalidInputError(f"{what}: {CFG_FILENAME} is not valid JSON ({err})") from None
     if not isinstance(cfg_dict, dict):
-        raise InvalidInputError(f"{what}: {CFG_FILENAME} holds a {type(cfg_dict).__name__}, "
-                                "expected a JSON object of config fields")
+        raise InvalidInputError(
+            f"{what}: {CFG_FILENAME} holds a {type(cfg_dict).__name__}, "
+            "expected a JSON object of config fields"
+        )
     return cfg_dict
 
 
@@ -115,8 +147,10 @@ def _config_from_dict(cfg_dict: dict[str, Any], what: str) -> Any:
     if architecture is None:
         raise InvalidInputError(f"{what}: no 'architecture' field; expected one of {known}")
     if not isinstance(architecture, str) or architecture not in SAE_CLASS_REGISTRY:
-        raise InvalidInputError(f"{what}: unknown architecture {architecture!r}; SAELens knows "
-                                f"{known} (a plugin's architecture needs that plugin installed)")
+        raise InvalidInputError(
+            f"{what}: unknown architecture {architecture!r}; SAELens knows "
+            f"{known} (a plugin's architecture needs that plugin installed)"
+        )
     config_class = SAE_CLASS_REGISTRY[architecture][1]
     _check_fields(cfg_dict, config_class, what)
     try:
@@ -132,20 +166,31 @@ def _check_fields(cfg_dict: dict[str, Any], config_class: type, what: str) -> No
         hints = typing.get_type_hints(config_class)
     except Exception:  # annotations a plugin's config cannot resolve: check presence only
         hints = {}
-    required = [field.name for field in dataclasses.fields(config_class) if field.init
-                and field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING]
+    required = [
+        field.name
+        for field in dataclasses.fields(config_class)
+        if field.init
+        and field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING
+    ]
     missing = [name for name in required if name not in cfg_dict]
     if missing:
-        raise InvalidInputError(f"{what}: missing field(s) {', '.join(missing)} "
-                                f"(a {config_class.__name__} needs {', '.join(required)})")
+        raise InvalidInputError(
+            f"{what}: missing field(s) {', '.join(missing)} "
+            f"(a {config_class.__name__} needs {', '.join(required)})"
+        )
     for name, value in cfg_dict.items():
         hint = hints.get(name)
         allowed = typing.get_args(hint) if typing.get_origin(hint) in UNIONS else (hint,)
         wants_int = int in allowed and set(allowed) <= {int, type(None)}
-        if wants_int and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidInputError(f"{what}: field {name} is {value!r} "
-                                    f"({type(value).__name__}), expected an integer")
+        if (
+            wants_int
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int))
+        ):
+            raise InvalidInputError(
+                f"{what}: field {name} is {value!r} ({type(value).__name__}), expected an integer"
+            )
     for name in ("d_in", "d_sae"):
         if cfg_dict[name] < 1:
             raise InvalidInputError(f"{what}: field {name} is {cfg_dict[name]}, expected >= 1")
@@ -180,11 +225,14 @@ def _weight_shapes(weights_path: Path, what: str) -> dict[str, tuple[int, ...]]:
     if not weights_path.is_file():
         raise MissingInputError(f"{what}: no {WEIGHTS_FILENAME} ({SAVED_BY})")
     if weights_path.stat().st_size == 0:
-        raise InvalidInputError(f"{what}: {WEIGHTS_FILENAME} is empty (0 bytes); save the "
-                                "SAE again with SAE.save_model")
+        raise InvalidInputError(
+            f"{what}: {WEIGHTS_FILENAME} is empty (0 bytes); save the SAE again with SAE.save_model"
+        )
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError) as err:
-        raise InvalidInputError(f"{what}: {WEIGHTS_FILENAME} is damaged or truncated and "
-                                f"cannot be read ({err}); save the SAE again") from None
+        raise InvalidInputError(
+            f"{what}: {WEIGHTS_FILENAME} is damaged or truncated and "
+            f"cannot be read ({err}); save the SAE again"
+        ) from None

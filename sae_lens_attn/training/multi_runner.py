@@ -20,6 +20,7 @@ changes, per SAE:
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,9 +43,11 @@ from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_write_text
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.multi_store import MultiHookZActivationsStore, stream_key
 from sae_lens_attn.training.evaluation import subset_message, with_input_scale
+from sae_lens_attn.training.initialisation import draw_multi_sample, initialise_training_sae
 from sae_lens_attn.training.outputs import (
     publish_sae_folder,
     sae_list_entry,
@@ -53,6 +56,7 @@ from sae_lens_attn.training.outputs import (
     write_sae_list,
 )
 from sae_lens_attn.training.runner import PER_HEAD_NORM_COMPATIBLE, finish_hook_z_sae
+from sae_lens_attn.training.timing import record_training_time, timed_steps
 from sae_lens_attn.training.trainer import DivergenceCheckedTrainer
 
 
@@ -88,7 +92,9 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
     each name to `stream_key(source)` and `cfg.saes[name].d_in` must be `source.d_in`
     (`multi_runner_config` builds such a config). Sources with the same stream key are
     one stream: its first source object serves them all. `folders` maps SAE names to
-    their folders under `cfg.output_path` (default: the name).
+    their folders under `cfg.output_path` (default: the name). `inits` maps SAE names to
+    a data-driven initialisation (`SAEInit`), applied before training from the first
+    batches of training inputs (not when resuming).
     """
 
     sources: dict[str, HookZSource]
@@ -102,6 +108,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         override_saes: dict[str, TrainingSAE[Any]] | None = None,
         folders: Mapping[str, str] | None = None,
         n_batches_for_head_norm: int = 8,
+        inits: Mapping[str, SAEInit] | None = None,
     ) -> None:
         check_config_matches_sources(cfg, sources)
         if cfg.compile_llm:
@@ -138,6 +145,18 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
             for name, source in self.sources.items():
                 source.load_state(Path(cfg.resume_from_checkpoint) / name)
         self.activations_store.estimate_per_head_scales(n_batches_for_head_norm)
+        if cfg.resume_from_checkpoint is None:
+            self._initialise(inits or {})
+
+    def _initialise(self, inits: Mapping[str, SAEInit]) -> None:
+        """Initialise the SAEs that ask for it from the same first batches (as many as
+        the largest `n_batches` asked for; each SAE takes its own stream's inputs)."""
+        wanted = {name: init for name, init in inits.items() if init.needs_data}
+        if not wanted:
+            return
+        samples = draw_multi_sample(self.activations_store, max(init.n_batches for init in wanted.values()))
+        for name, init in wanted.items():
+            initialise_training_sae(self.saes[name], samples[stream_key(self.sources[name])], init)
 
     @override
     def _set_sae_metadata(self) -> None:
@@ -150,12 +169,16 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         progress_every_step(trainer)
         for name, sae_trainer in trainer.trainers.items():  # stop at the first NaN/inf, naming the SAE
             DivergenceCheckedTrainer.watch(sae_trainer, f"SAE {name!r}: ", "no SAE of this run was saved")
-        saes = super()._run_with_interruption_handling(trainer)
+        began = time.perf_counter()
+        with timed_steps(trainer.trainers) as step_seconds:
+            saes = super()._run_with_interruption_handling(trainer)
+        total_seconds = time.perf_counter() - began
         for name, sae in saes.items():
             try:
                 finish_hook_z_sae(sae, self.sources[name])
             except ValueError as error:
                 raise ValueError(f"SAE {name!r}: {error}; no SAE of this run was saved") from None
+        record_training_time(saes, step_seconds, total_seconds, trainer.n_training_samples)
         return saes
 
     @override

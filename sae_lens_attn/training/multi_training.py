@@ -13,6 +13,7 @@ from sae_lens import SAE, LoggingConfig
 from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.training.configs import sae_config_for
@@ -31,7 +32,8 @@ class HookZSAESpec:
     `heads`: all heads of `layer` when None, else these, in this order. `sae_kwargs` are
     fields of the architecture's training config (`l1_coefficient`, `k`, ...). `name`
     names the SAE (its folder and its `saes.json` entry); default `L{layer}_{architecture}`,
-    with `H{h}` per head for a head subset, e.g. `L1H3H0_block_diagonal`.
+    with `H{h}` per head for a head subset, e.g. `L1H3H0_block_diagonal`. `init`: a
+    data-driven initialisation (`SAEInit`; default SAELens's).
     """
 
     layer: int
@@ -42,6 +44,7 @@ class HookZSAESpec:
     d_sae: int | None = None
     per_head_norm: bool = False
     name: str | None = None
+    init: SAEInit | None = None
 
     @property
     def sae_name(self) -> str:
@@ -77,8 +80,8 @@ def train_hook_z_saes(
     arguments returns: same initialisation (seeded per SAE), same batches in the same
     order, its own optimizer and schedule, per-head norm, folding and layout metadata.
     With `output_path`, SAE `name` is saved to `output_path/name` (each folder published
-    whole) and `output_path/saes.json` lists them (with `training_l0` and
-    `num_dead_features` as metrics). `runner_kwargs` are further
+    whole) and `output_path/saes.json` lists them (`training_l0` as their metric;
+    `sae-lens-attn train` adds the evals and the dead count on held-out tokens). `runner_kwargs` are further
     `MultiSAETrainingRunnerConfig` fields. A learning rate shared by all SAEs is
     SAELens's multi-SAE design; sweep sparsity through `sae_kwargs`.
     """
@@ -122,7 +125,8 @@ def train_hook_z_saes(
             **runner_options(context_size, train_batch_size_tokens, runner_kwargs or {}),
         )
         runner = HookZMultiSAETrainingRunner(
-            cfg, sources, override_dataset=override_dataset, override_saes=saes
+            cfg, sources, override_dataset=override_dataset, override_saes=saes,
+            inits={spec.sae_name: spec.init for spec in specs if spec.init is not None},
         )
         seed_data_order(seed)
         runner.run()

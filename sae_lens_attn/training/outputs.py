@@ -24,6 +24,7 @@ from sae_lens_attn._atomic import atomic_write_text
 SAE_LIST_FILENAME = "saes.json"
 SAE_CONFIG_FILENAME = "cfg.json"  # what makes a folder look like a saved SAE (SAE.load_from_disk)
 ENTRY_KEYS = ("name", "layer", "heads", "architecture", "path", "metrics")
+TIMING_KEYS = ("training_tokens", "training_seconds", "training_seconds_alone")  # training.timing
 
 
 def sae_list_entry(
@@ -46,10 +47,14 @@ def sae_list_entry(
 
 
 def training_metrics(sae: Any) -> dict[str, Any]:
-    """What SAELens's trainer recorded about a trained SAE: `training_l0` (mean L0 over
-    the last sparsity window) and `num_dead_features`."""
+    """What training recorded about a trained SAE: SAELens's `training_l0` (mean L0 over
+    the last sparsity window) and ours (`training.timing`): `training_tokens`,
+    `training_seconds` and `training_seconds_alone` (absent in SAEs saved before they were
+    recorded). Not SAELens's `num_dead_features`, which counts features silent for
+    `dead_feature_window` training steps, another meaning of "dead" than ours
+    (`sae_lens_attn.dead`: never fired on N held-out tokens, added by `train`)."""
     metadata = sae.cfg.metadata
-    return {"training_l0": metadata.get("l0"), "num_dead_features": metadata.get("num_dead_features")}
+    return {"training_l0": metadata.get("l0"), **{key: metadata.get(key) for key in TIMING_KEYS}}
 
 
 def write_sae_list(folder: str | Path, entries: Sequence[Mapping[str, Any]]) -> Path:

@@ -19,6 +19,7 @@ rank's share of the run, and only rank 0 writes.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from typing_extensions import override
 
 from sae_lens_attn._atomic import atomic_directory
 from sae_lens_attn._upstream import disable_datasets_torchvision_formatting, progress_every_step
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.hook_z import STATE_FILENAME, HookZSource
 from sae_lens_attn.sources.store import HookZActivationsStore, check_config_matches_source
 from sae_lens_attn.training.checkpoints import (
@@ -39,7 +41,9 @@ from sae_lens_attn.training.checkpoints import (
 )
 from sae_lens_attn.training.evaluation import HookZEvaluator
 from sae_lens_attn.training.folding import fold_input_scale
+from sae_lens_attn.training.initialisation import draw_sample, initialise_training_sae
 from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.timing import record_training_time
 from sae_lens_attn.training.trainer import HookZSAETrainer, deferred_interrupts
 
 # SAELens normalisations that commute with a per-head diagonal scale and are folded
@@ -59,6 +63,9 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
     `checkpoint_every`: a checkpoint every N steps under `cfg.checkpoint_path`.
     `resume_from`: a `step_N` checkpoint folder written by this class, resumed exactly
     (same world size and parallel mode).
+    `init`: initialise the SAE from the first `init.n_batches` batches of training inputs
+    (`SAEInit`: b_dec from data, decoder in the active subspace) before training; not
+    when resuming.
     """
 
     source: HookZSource
@@ -75,6 +82,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         parallel: Parallelism | None = None,
         checkpoint_every: int | None = None,
         resume_from: str | Path | None = None,
+        init: SAEInit | None = None,
     ) -> None:
         check_config_matches_source(cfg, source)
         if source.per_head_norm and cfg.sae.normalize_activations not in PER_HEAD_NORM_COMPATIBLE:
@@ -116,6 +124,11 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         if source.per_head_norm and source.per_head_scale is None:
             self.activations_store.estimate_per_head_scale(n_batches_for_head_norm)
             self.parallel.agree_on_per_head_scale(source)
+        if init is not None and init.needs_data and self._resume_folder is None and cfg.resume_from_checkpoint is None:
+            if self.parallel.world_size > 1:
+                raise ValueError("data-driven initialisation (b_dec/decoder init) trains one process only; "
+                                 "run without torchrun or with SAELens's initialisation")
+            initialise_training_sae(self.sae, draw_sample(self.activations_store, init.n_batches), init)
 
     def _check_resume(self, resume_from: str | Path | None, cfg: LanguageModelSAERunnerConfig[Any]) -> Path | None:
         if self.parallel.comm is not None and cfg.resume_from_checkpoint is not None:
@@ -163,16 +176,19 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         progress_every_step(trainer)
         self._resume(trainer)
         self.parallel.install(self.sae)
+        began = time.perf_counter()
         try:
             with deferred_interrupts(self.parallel):
                 sae = trainer.fit()
         finally:
             self.parallel.uninstall()
+        seconds = time.perf_counter() - began
         sae, self._final_log_sparsity = self.parallel.assemble(sae, trainer, self.source)
         self.cfg = self.full_cfg  # the runner config saved with the SAE: the whole run's
         if sae is None:
             return None
         finish_hook_z_sae(sae, self.full_source)
+        record_training_time({"sae": sae}, {"sae": 0.0}, seconds, trainer.n_training_samples)
         for key, value in self.parallel.metadata().items():
             sae.cfg.metadata[key] = value
         return sae

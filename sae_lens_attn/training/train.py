@@ -14,6 +14,7 @@ from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
+from sae_lens_attn.architectures.init_options import SAEInit
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
@@ -51,6 +52,7 @@ def train_hook_z_sae(
     parallel: str | Parallelism | None = None,
     checkpoint_every: int | None = None,
     resume_from: str | Path | None = None,
+    init: SAEInit | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -59,7 +61,9 @@ def train_hook_z_sae(
     published there only once complete, or to a temporary folder): it takes raw hook_z (any per-head scale is folded in), holds
     its `HeadLayout` in `cfg.metadata["head_layout"]`, and on all heads has
     `reshape_activations="hook_z"`, so `HookedSAETransformer` splices it in at hook_z.
-    The trainer records `cfg.metadata.l0` and `num_dead_features`; for CE loss and
+    The trainer records `cfg.metadata.l0` (and SAELens's `num_dead_features`, silent for
+    `dead_feature_window` steps: not our "dead", see `sae_lens_attn.dead` and
+    `count_firings`); for CE loss and
     explained variance call `evaluate_hook_z_sae(sae, model, dataset)`.
 
     `dataset` is pretokenized (`input_ids`/`tokens` rows), a `[n_seq, pos]` token
@@ -72,7 +76,9 @@ def train_hook_z_sae(
     Under torchrun, `parallel` is "data" (the default there) or "heads" (see
     `sae_lens_attn.training.parallel.base`); every rank returns the SAE rank 0 saved.
     `checkpoint_every` N steps (into `checkpoint_path`) and `resume_from` a `step_N`
-    checkpoint folder: see `HookZTrainingRunner`.
+    checkpoint folder: see `HookZTrainingRunner`. `init` (`SAEInit`): b_dec from the
+    data's mean or geometric median and decoder rows in each head's active subspace,
+    from the first training batches (default: SAELens's initialisation).
     """
     device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
@@ -109,7 +115,7 @@ def train_hook_z_sae(
         )
         runner = HookZTrainingRunner(
             cfg, source, override_dataset=override_dataset, parallel=plan,
-            checkpoint_every=checkpoint_every, resume_from=resume_from,
+            checkpoint_every=checkpoint_every, resume_from=resume_from, init=init,
         )
         seed_data_order(seed)
         runner.run()

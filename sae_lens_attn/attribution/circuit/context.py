@@ -4,14 +4,16 @@ the value-side and query/key-side attributions share."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
+from sae_lens_attn.attribution._sae_weights import column_view, features_encode_independently
 from sae_lens_attn.attribution.circuit.components import (
     ComponentSplit,
     LayerInputComponents,
+    cache_head_results,
     layer_input_components,
     single_prompt_cache,
 )
@@ -49,7 +51,9 @@ class CircuitContext:
     def check_feature(self, feature: int) -> None:
         d_sae = self.pre_acts.shape[-1]
         if not 0 <= feature < d_sae:
-            raise ValueError(f"feature {feature} is out of range; the SAE has features 0..{d_sae - 1}")
+            raise ValueError(
+                f"feature {feature} is out of range; the SAE has features 0..{d_sae - 1}"
+            )
 
     def check_position(self, position: int, what: str = "position") -> None:
         if not 0 <= position < self.n_positions:
@@ -74,9 +78,86 @@ def circuit_context(
     """
     layout = layout or HeadLayout.from_sae(sae, model)
     prompt_cache = single_prompt_cache(cache, batch)
-    splits = tuple(split_with_sae(up, prompt_cache, model, layout.layer) for up in upstream_saes)
-    components = layer_input_components(prompt_cache, model, layout.layer, splits)
     z = prompt_cache[layout.hook_name].detach()
+    pre_acts, acts = _sae_activations(sae, z, layout)
+    return _context(model, sae, layout, prompt_cache, upstream_saes, pre_acts, acts)
+
+
+def circuit_contexts(
+    model: HookedTransformer,
+    sae: SAE,
+    tokens: torch.Tensor,
+    layout: HeadLayout | None = None,
+    features: Sequence[int] | None = None,
+) -> list[CircuitContext]:
+    """The contexts of every prompt of `tokens [n_prompts, pos]` from one batched forward
+    pass that stops after the SAE's layer (nothing later is read), the same as
+    `circuit_context` of each prompt up to float rounding.
+
+    `features`: only these features' `pre_acts` / `acts` are computed (the others read 0)
+    for SAELens's standard, JumpReLU and gated SAEs, a fraction of the encoder's work;
+    other SAEs encode every feature.
+    """
+    layout = layout or HeadLayout.from_sae(sae, model)
+    cache = cache_to_attention(model, tokens.to(model.cfg.device), layout.layer)
+    components = layer_input_components(cache, model, layout.layer)
+    z = cache[layout.hook_name].detach()
+    columns = None if features is None else torch.as_tensor(list(features), dtype=torch.long)
+    pre_acts, acts = _sae_activations(sae, z, layout, columns)
+    contexts = []
+    for b in range(tokens.shape[0]):
+        prompt_cache = single_prompt_cache(cache, b)
+        contexts.append(
+            CircuitContext(
+                model=model,
+                sae=sae,
+                layout=layout,
+                cache=prompt_cache,
+                components=replace(components, normalized=components.normalized[:, b]),
+                splits=(),
+                sae_in=layout.select(prompt_cache[layout.hook_name].detach()),
+                pre_acts=pre_acts[b],
+                acts=acts[b],
+            )
+        )
+    return contexts
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once what is needed is cached."""
+
+
+def cache_to_attention(
+    model: HookedTransformer, tokens: torch.Tensor, layer: int
+) -> ActivationCache:
+    """The activation cache of `tokens [batch, pos]` up to layer `layer`'s attention
+    (its pattern, scores and hook_z; nothing of its MLP or later), with head results.
+
+    TransformerLens's `stop_at_layer` would still run the layer's MLP; a hook after the
+    attention's hook_z ends the pass instead."""
+    from transformer_lens import ActivationCache
+
+    cache_dict, caching_hooks, _ = model.get_caching_hooks()
+
+    def stop(activation: torch.Tensor, hook: object) -> None:
+        raise _Stop
+
+    stopper = (f"blocks.{layer}.attn.hook_z", stop)
+    with torch.no_grad(), model.hooks(fwd_hooks=[*caching_hooks, stopper]):
+        try:
+            model(tokens, stop_at_layer=layer + 1)
+        except _Stop:
+            pass
+    cache = ActivationCache(cache_dict, model)
+    cache_head_results(cache)
+    return cache
+
+
+def _sae_activations(
+    sae: SAE, z: torch.Tensor, layout: HeadLayout, columns: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hook_sae_acts_pre` and `hook_sae_acts_post` `[..., pos, d_sae]` of the SAE on hook_z
+    `z [..., pos, n_model_heads, d_head]`; with `columns`, only those features (others 0)."""
     captured: dict[str, torch.Tensor] = {}
     # Hooks named by module path rather than read back by `HookPoint.name`: splicing an SAE
     # into a HookedSAETransformer renames its hook points (see circuit_downstream).
@@ -84,8 +165,33 @@ def circuit_context(
         (f"hook_sae_acts_{key}", lambda act, hook, key=key: captured.__setitem__(key, act))
         for key in ("pre", "post")
     ]
-    with torch.no_grad():
-        sae.run_with_hooks(sae_input(sae, z, layout), fwd_hooks=fwd_hooks)
+    if columns is None or not features_encode_independently(sae):
+        with torch.no_grad():
+            sae.run_with_hooks(sae_input(sae, z, layout), fwd_hooks=fwd_hooks)
+        return captured["pre"].detach(), captured["post"].detach()
+    # the view shares the SAE's hook points, so the hooks added to the SAE see its encode
+    with torch.no_grad(), sae.hooks(fwd_hooks=fwd_hooks):
+        column_view(sae, columns).encode(sae_input(sae, z, layout))
+    full = []
+    for key in ("pre", "post"):
+        part = captured[key].detach()
+        out = part.new_zeros(*part.shape[:-1], sae.cfg.d_sae)
+        out[..., columns.to(out.device)] = part
+        full.append(out)
+    return full[0], full[1]
+
+
+def _context(
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    prompt_cache: ActivationCache,
+    upstream_saes: Sequence[SAE],
+    pre_acts: torch.Tensor,
+    acts: torch.Tensor,
+) -> CircuitContext:
+    splits = tuple(split_with_sae(up, prompt_cache, model, layout.layer) for up in upstream_saes)
+    components = layer_input_components(prompt_cache, model, layout.layer, splits)
     return CircuitContext(
         model=model,
         sae=sae,
@@ -93,7 +199,7 @@ def circuit_context(
         cache=prompt_cache,
         components=components,
         splits=splits,
-        sae_in=layout.select(z),
-        pre_acts=captured["pre"].detach(),
-        acts=captured["post"].detach(),
+        sae_in=layout.select(prompt_cache[layout.hook_name].detach()),
+        pre_acts=pre_acts,
+        acts=acts,
     )

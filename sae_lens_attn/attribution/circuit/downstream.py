@@ -92,7 +92,9 @@ def downstream_effect(
             f"{list(layout.heads)} of {layout.n_model_heads}, so it cannot be spliced"
         )
     if not 0 <= feature < sae.cfg.d_sae:
-        raise ValueError(f"feature {feature} is out of range; the SAE has features 0..{sae.cfg.d_sae - 1}")
+        raise ValueError(
+            f"feature {feature} is out of range; the SAE has features 0..{sae.cfg.d_sae - 1}"
+        )
     spliced = as_hooked_sae_transformer(model)
     hook = layout.hook_name
     names = (f"{hook}.hook_sae_acts_post", f"{hook}.hook_sae_output", "ln_final.hook_scale")
@@ -109,7 +111,9 @@ def downstream_effect(
             captured["z"] = output
 
         hooks = [(names[0], ablate), (names[1], capture)]
-        if freeze_final_ln_scale and names[2] in spliced.hook_dict:  # no final LN: nothing to freeze
+        if (
+            freeze_final_ln_scale and names[2] in spliced.hook_dict
+        ):  # no final LN: nothing to freeze
             hooks.append((names[2], lambda scale, hook: cache[names[2]]))
         ablated_logits = spliced.run_with_hooks(tokens, fwd_hooks=hooks)
         delta_z = cache[names[1]] - captured["z"]  # [1, pos, n_heads, d_head]

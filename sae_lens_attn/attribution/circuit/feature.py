@@ -142,20 +142,28 @@ def upstream_rows(circuit: FeatureCircuit, decode: Decode = str) -> list[dict[st
             for label, term in zip(value.labels, value.terms[:, source, i].tolist(), strict=True):
                 if term != 0.0:
                     rows.append(
-                        {"source": source, "source_token": token, "head": head,
-                         "component": label, "contribution": term}
+                        {
+                            "source": source,
+                            "source_token": token,
+                            "head": head,
+                            "component": label,
+                            "contribution": term,
+                        }
                     )
     for label, term in (("b_dec centring", value.centring), ("b_enc", value.b_enc)):
         rows.append(
-            {"source": None, "source_token": None, "head": None,
-             "component": label, "contribution": term}
+            {
+                "source": None,
+                "source_token": None,
+                "head": None,
+                "component": label,
+                "contribution": term,
+            }
         )
     return rows
 
 
-def component_totals(
-    circuit: FeatureCircuit, decode: Decode = str
-) -> list[tuple[str, float]]:
+def component_totals(circuit: FeatureCircuit, decode: Decode = str) -> list[tuple[str, float]]:
     """(label, contribution) of each (top source, component), summed over heads, largest
     |contribution| first; labels read `src 7 'tok': L0H3`."""
     value = circuit.value
@@ -184,8 +192,14 @@ def query_key_rows(circuit: FeatureCircuit) -> list[dict[str, Any]]:
     ):
         ordered = sorted(zip(labels, totals, strict=True), key=lambda item: -abs(item[1]))
         rows.extend(
-            {"head": qk.head, "destination": qk.destination, "source": qk.source,
-             "side": side, "component": label, "score_contribution": total}
+            {
+                "head": qk.head,
+                "destination": qk.destination,
+                "source": qk.source,
+                "side": side,
+                "component": label,
+                "score_contribution": total,
+            }
             for label, total in ordered
         )
     return rows
@@ -203,10 +217,14 @@ def downstream_rows(
     tokens = effect.top_tokens(position, k, by="direct")
     tokens += [t for t in effect.top_tokens(position, k, by="total") if t not in tokens]
     return [
-        {"position": position, "token_id": token, "token": decode(token),
-         "direct": effect.direct[position, token].item(),
-         "total": effect.total[position, token].item(),
-         "indirect": effect.indirect[position, token].item()}
+        {
+            "position": position,
+            "token_id": token,
+            "token": decode(token),
+            "direct": effect.direct[position, token].item(),
+            "total": effect.total[position, token].item(),
+            "indirect": effect.indirect[position, token].item(),
+        }
         for token in tokens
     ]
 
@@ -234,8 +252,12 @@ def circuit_summary(circuit: FeatureCircuit, k: int = 5, decode: Decode = str) -
     }
     if circuit.query_key is not None:
         qk = circuit.query_key
-        summary["query_key"] = {"head": qk.head, "source": qk.source, "score": qk.score,
-                                "closure_error": qk.closure_error}
+        summary["query_key"] = {
+            "head": qk.head,
+            "source": qk.source,
+            "score": qk.score,
+            "closure_error": qk.closure_error,
+        }
     if circuit.downstream is not None:
         rows = downstream_rows(circuit, k, decode)
         summary["top_promoted_direct"] = rows[:k]

@@ -3,10 +3,12 @@
 Steps: which features are live (a nonzero, finite decoder row, and firing at least once
 on the prompts: `feature_activity`, one model pass); detector rows (the taxonomy class and
 families: run here, or given); then one shard per `shard_size` feature indices, each
-computed as the dashboard computes its features (sae_dashboard's runner on the shard's
-features in one call, our `feature_reports` and every panel, batched per shard) and
+computed as the dashboard computes its features (sae_dashboard's data for the shard's
+features from the run's one model pass over the prompts, `one_pass`; our
+`feature_reports` and every panel, batched per shard) and
 written at once, so memory holds one shard, not the atlas. A shard's index rows are
-written last; a shard with rows is done and is skipped by `--resume`. Finally the
+written last, then the checksums of its files go into `atlas.json`; `--resume` skips a
+shard whose files match them and computes any other again. Finally the
 index data is written and the staging folder is published (`site.publish`).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,13 +30,23 @@ from sae_lens_attn.dashboard.atlas.pages import (
     FEATURE_NAME,
     INDEX_DATA,
     INDEX_NAME,
+    packed_json,
     rows_name,
     shard_name,
     write_data_script,
     write_feature_page,
     write_static_files,
 )
-from sae_lens_attn.dashboard.atlas.site import check_site, publish, start_staging, write_marker
+from sae_lens_attn.dashboard.atlas.site import (
+    MARKER,
+    check_site,
+    publish,
+    read_marker,
+    record_shard,
+    shard_is_intact,
+    start_staging,
+    write_marker,
+)
 from sae_lens_attn.dashboard.config import DashboardConfig
 from sae_lens_attn.errors import InvalidInputError
 
@@ -42,6 +55,7 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.dashboard.panels import DashboardContext, DashboardPanel, FeatureReport
     from sae_lens_attn.detectors.results import FamilyRow
     from sae_lens_attn.sources.head_layout import HeadLayout
@@ -105,6 +119,7 @@ def build_atlas(
     """
     from tqdm.auto import tqdm
 
+    from sae_lens_attn.dashboard.one_pass import PromptActivations
     from sae_lens_attn.dashboard.panels import DashboardContext
     from sae_lens_attn.dashboard.render import load_panels
     from sae_lens_attn.dashboard.sae_vis import dashboard_copy
@@ -133,7 +148,9 @@ def build_atlas(
     for row in rows or ():
         by_feature[row.feature].append(row)
     write_static_files(staging)
-    context = DashboardContext.for_model(model, sae, layout, tokens, rows is not None, config.dashboard)
+    context = DashboardContext.for_model(
+        model, sae, layout, tokens, rows is not None, config.dashboard
+    )
     shards: dict[int, list[int]] = defaultdict(list)
     for feature in live:
         shards[feature // config.shard_size].append(feature)
@@ -147,8 +164,20 @@ def build_atlas(
     # one dense copy for sae_dashboard for the whole run: a new one per shard left the heap
     # fragmented, and the peak grew with the number of shards
     dense = dashboard_copy(sae, layout)
+    # one model pass over the prompts for every shard's examples, histograms and DFA
+    activations = PromptActivations.collect(
+        model, layout.layer, tokens, config.dashboard.minibatch_size_tokens
+    )
+    marker = read_marker(staging)
     for shard, shard_features in shards.items():
-        if not (data_dir / rows_name(shard)).is_file() or not (staging / FEATURE_NAME).is_file():
+        intact = (staging / FEATURE_NAME).is_file() and shard_is_intact(staging, shard, marker)
+        if resumed and not intact and (data_dir / rows_name(shard)).is_file():
+            warnings.warn(
+                f"--resume: shard {shard}'s files do not match the checksums in {MARKER} "
+                "(changed or damaged); computing it again",
+                stacklevel=2,
+            )
+        if not intact:
             _write_shard(
                 staging,
                 shard,
@@ -159,6 +188,10 @@ def build_atlas(
                 neighbours,
                 config,
                 dense,
+                activations,
+            )
+            record_shard(
+                staging, shard, [data_dir / shard_name(shard), data_dir / rows_name(shard)]
             )
             release_freed_memory()
         bar.update(len(shard_features))
@@ -213,7 +246,7 @@ def live_features(
     """The `selected` features, ascending, with a finite nonzero decoder row that fire on
     `tokens` at least once."""
     from sae_lens_attn.attribution.logit_lens import dead_rows
-    from sae_lens_attn.demo.activity import feature_activity
+    from sae_lens_attn.detectors.activity import feature_activity
 
     fires = feature_activity(model, sae, layout, tokens).live
     dead = dead_rows(sae.W_dec.detach().cpu())
@@ -325,16 +358,20 @@ def _write_shard(
     neighbours: dict[int, tuple[int | None, int | None]],
     config: AtlasConfig,
     dense: SAE,
+    activations: PromptActivations,
 ) -> None:
     """Compute and write one shard: its data script, then its index rows. `dense`: the
-    run's `dashboard_copy` of the SAE, which sae_dashboard reads."""
+    run's `dashboard_copy` of the SAE, which sae_dashboard's data reads; `activations`:
+    the run's one model pass over the prompts."""
     from sae_lens_attn.dashboard.data import feature_reports
     from sae_lens_attn.dashboard.page import feature_section, sae_dashboard_js_data
     from sae_lens_attn.dashboard.render import render_panel
     from sae_lens_attn.dashboard.sae_vis import run_sae_vis
 
     model, sae, layout, tokens = context.model, context.sae, context.layout, context.tokens
-    sae_vis_data = run_sae_vis(model, sae, layout, tokens, features, config.dashboard, dense=dense)
+    sae_vis_data = run_sae_vis(
+        model, sae, layout, tokens, features, config.dashboard, dense=dense, activations=activations
+    )
     families = [row for f in features for row in by_feature.get(f, ())]
     reports = feature_reports(
         model,
@@ -345,6 +382,7 @@ def _write_shard(
         config.dashboard.dfa_examples,
         config.dashboard.logit_lens_tokens,
         families if context.detectors_ran else None,
+        activations,
     )
     for panel in panels:
         panel.prepare(context, reports)
@@ -364,12 +402,14 @@ def _write_shard(
             box for panel in panels if (box := render_panel(panel, report, context)[0]) is not None
         ]
         previous, following = neighbours[report.feature]
-        entries[str(report.feature)] = {
-            "sae_vis": sae_vis_js[str(report.feature)],
-            "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
-            "prev": previous,
-            "next": following,
-        }
+        entries[str(report.feature)] = packed_json(
+            {
+                "sae_vis": sae_vis_js[str(report.feature)],
+                "panels": feature_section(str(report.feature), f"Feature {report.feature}", boxes),
+                "prev": previous,
+                "next": following,
+            }
+        )
         index_rows.append(
             index_row(report, context, stats.max[i], stats.frac_nonzero[i], config.top_tokens)
         )

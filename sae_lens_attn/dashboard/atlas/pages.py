@@ -2,7 +2,9 @@
 
 Data files are JavaScript (`slaAtlasIndex({...})`, `slaAtlasShard({...})`) loaded with
 `<script src>`, because browsers refuse `fetch` of files under `file://`: the site opens
-from disk with no server. Their JSON is written by `script_safe_json` (`<`, `>`, `&` as
+from disk with no server. A shard maps each feature to its data as gzip-compressed JSON in
+base64 (`packed_json`, a tenth of the size); the feature page loads its one shard and
+unpacks its one feature with the browser's `DecompressionStream`. Their JSON is written by `script_safe_json` (`<`, `>`, `&` as
 `\\u003c`-style escapes), and the pages put every token, class and family name into the
 DOM as text (`textContent`), never as HTML; plotly labels get `&`, `<`, `>` escaped.
 The feature page is sae_dashboard's page (`sae_dashboard_page(..., deferred=True)`) plus
@@ -11,7 +13,11 @@ our panels, filled in from the feature's shard when it has loaded.
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +53,28 @@ def rows_name(shard: int) -> str:
 def write_data_script(path: Path, function: str, data: Any) -> None:
     """`function(<data as script-safe JSON>);` into `path`, atomically."""
     atomic_write_text(path, f"{function}({script_safe_json(data)});\n")
+
+
+def packed_json(data: Any) -> str:
+    """`data` as JSON, gzip-compressed and base64-encoded: what a shard holds per feature,
+    so the page decompresses (`DecompressionStream`) only the feature it shows. Non-finite
+    floats become null (JSON has none); the bytes do not depend on the time (mtime 0)."""
+    try:
+        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps(_finite(data), allow_nan=False, separators=(",", ":"))
+    packed = gzip.compress(text.encode("utf-8"), compresslevel=3, mtime=0)
+    return base64.b64encode(packed).decode("ascii")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def write_static_files(site: Path) -> None:
@@ -94,9 +122,18 @@ FEATURE_SCRIPT = """
     const feature = match ? parseInt(match[1], 10) : NaN;
     const status = text => { document.getElementById('sla-atlas-status').textContent = text; };
     window.addEventListener('hashchange', () => location.reload());
+    // each feature's data is gzip-compressed JSON in base64: only the one shown is unpacked
+    async function unpack(packed) {
+        const bytes = Uint8Array.from(atob(packed), c => c.charCodeAt(0));
+        const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+        return JSON.parse(await new Response(stream).text());
+    }
     window.slaAtlasShard = function (shard) {
-        const entry = shard[String(feature)];
-        if (!entry) { status('Feature ' + feature + ' is not in this atlas (dead, never fires on the prompts, or not selected).'); return; }
+        const packed = shard[String(feature)];
+        if (!packed) { status('Feature ' + feature + ' is not in this atlas (dead, never fires on the prompts, or not selected).'); return; }
+        unpack(packed).then(show, error => status('Feature ' + feature + ': its data could not be read (' + error + ').'));
+    };
+    function show(entry) {
         document.title = 'SAE atlas: feature ' + feature;
         document.getElementById('sla-atlas-heading').textContent = 'Feature ' + feature;
         for (const [id, target] of [['sla-atlas-prev', entry.prev], ['sla-atlas-next', entry.next]]) {
@@ -110,7 +147,7 @@ FEATURE_SCRIPT = """
         section.querySelectorAll('.sla-feature').forEach(part => { part.hidden = false; });
         slaDrawFigures(section);
         document.body.dataset.atlasFeature = String(feature);
-    };
+    }
     document.addEventListener('DOMContentLoaded', () => {
         if (!Number.isInteger(feature)) { status('No feature in the address: open feature.html#N from the index.'); return; }
         const script = document.createElement('script');

@@ -2,7 +2,9 @@
 
 A site is built in a staging folder beside it (`.<name>.atlas-partial`); `atlas.json`
 there records the settings it was started with, so `--resume` continues only the same
-atlas. When every shard is written, the staging folder replaces the site in two renames
+atlas, and the SHA-256 of every finished shard's files (`record_shard`), so `--resume`
+rebuilds a shard whose files were changed or damaged (`shard_is_intact`) instead of
+serving it. When every shard is written, the staging folder replaces the site in two renames
 (an earlier atlas is moved aside first, then deleted): the site folder is either the old
 atlas or the complete new one, never half-written. A folder that exists, is not empty and
 has no atlas marker is never written into or removed.
@@ -10,6 +12,7 @@ has no atlas marker is never written into or removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -83,14 +86,53 @@ def start_staging(site: Path, settings: dict[str, Any], resume: bool) -> tuple[P
 
 
 def write_marker(folder: Path, settings: dict[str, Any], complete: bool, **extra: Any) -> None:
+    """`atlas.json` of `folder`, keeping the shard checksums it records."""
+    previous = read_marker(folder) or {}
     marker = {
         "format": FORMAT,
         "version": VERSION,
         "complete": complete,
         "settings": settings,
+        SHARDS: previous.get(SHARDS, {}),
         **extra,
     }
     atomic_write_text(folder / MARKER, json.dumps(marker, indent=1))
+
+
+SHARDS = "shards"
+
+
+def file_checksum(path: Path) -> str:
+    """SHA-256 of the file's bytes, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_shard(folder: Path, shard: int, files: list[Path]) -> None:
+    """Record in `atlas.json` the checksum of each of shard `shard`'s `files` (written,
+    inside `folder`)."""
+    marker = read_marker(folder)
+    if marker is None:
+        raise InvalidInputError(f"{folder}: no {MARKER}; not an atlas being built")
+    marker.setdefault(SHARDS, {})[str(shard)] = {
+        path.relative_to(folder).as_posix(): file_checksum(path) for path in files
+    }
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=1))
+
+
+def shard_is_intact(folder: Path, shard: int, marker: dict[str, Any] | None) -> bool:
+    """Whether `marker` (this folder's `atlas.json`) records shard `shard` as finished and
+    each of its files still has the recorded checksum."""
+    recorded = (marker or {}).get(SHARDS, {}).get(str(shard))
+    if not recorded:
+        return False
+    return all(
+        (path := folder / name).is_file() and file_checksum(path) == checksum
+        for name, checksum in recorded.items()
+    )
 
 
 def publish(staging: Path, site: Path) -> None:

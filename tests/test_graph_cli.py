@@ -1,0 +1,346 @@
+"""`sae-lens-attn graph` on the embedded model with tiny SAEs trained on layers 0 and 1:
+the known induction circuit, circuit-tracer's JSON models, both pages in headless
+Chromium, `serve`, and every bad input of the issue (one `error:` line, exit 2, nothing
+written; a layer without an SAE is a `warning:` line).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import test_dashboard
+from test_dashboard import parse_dom, run_chromium
+
+from sae_lens_attn import cli
+from sae_lens_attn.attribution.graph import build_graph
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+chromium = test_dashboard.chromium  # the session fixture: Chromium, installed if missing
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+PROMPT = "max_size = 10\nmax"  # the README's `_` induction prompt
+DESTINATION, FIRST = 7, 1  # the second `max`, the first one
+
+
+@pytest.fixture(scope="module")
+def embedded_saes(tmp_path_factory):
+    """Block-diagonal SAEs on layers 0 and 1 of the embedded model (40k tokens each, a few
+    seconds), saved; and the model."""
+    from sae_lens_attn.models import load_embedded_model, load_embedded_tokenizer
+    from sae_lens_attn.models.dataset import corpus_tokens
+    from sae_lens_attn.training.train import train_hook_z_sae
+
+    model = load_embedded_model()
+    tokens = corpus_tokens(load_embedded_tokenizer(), 64, 1000, "train")
+    root = tmp_path_factory.mktemp("graph_saes")
+    saes, folders = [], []
+    for layer in (0, 1):
+        sae, _ = train_hook_z_sae(
+            model,
+            layer,
+            architecture="block_diagonal",
+            dataset=tokens,
+            training_tokens=40_000,
+            d_sae=512,
+            lr=2e-3,
+            output_path=root / f"L{layer}",
+        )
+        saes.append(sae)
+        folders.append(str(root / f"L{layer}"))
+    return model, saes, folders
+
+
+def induction_feature(model, saes) -> tuple[int, object]:
+    """The layer-1 feature most active at the second `max` whose DFA comes mostly from the
+    `_` after the first one (chosen by the value side of `circuit`, not by the graph)."""
+    from sae_lens_attn.attribution.circuit import feature_circuit
+    from sae_lens_attn.attribution.graph.nodes import layer_features
+
+    tokens = model.to_tokens(PROMPT)[0]
+    _, cache = model.run_with_cache(tokens[None])
+    acts = layer_features(saes[1], model, cache.remove_batch_dim()).acts[DESTINATION]
+    for feature in acts.argsort(descending=True)[:10].tolist():
+        circuit = feature_circuit(
+            model,
+            saes[1],
+            tokens,
+            feature,
+            destination=DESTINATION,
+            query_key=False,
+            downstream=False,
+        )
+        by_source = circuit.value.dfa.sum(-1)
+        if (
+            int(by_source.argmax()) == FIRST + 1
+            and by_source[FIRST + 1] > 0.5 * by_source.abs().sum()
+        ):
+            return feature, tokens
+    pytest.fail("no layer-1 feature at the second `max` reads the `_` after the first one")
+
+
+def test_induction_feature_routes_through_layer_0_features_after_the_earlier_occurrence(
+    embedded_saes,
+):
+    model, saes, _ = embedded_saes
+    feature, tokens = induction_feature(model, saes)
+    graph = build_graph(model, saes, tokens, feature=(1, feature), position=DESTINATION)
+    assert graph.closure_max_abs < 1e-4
+    nodes, root = graph.nodes, graph.root
+    root_head = int(nodes.head[root])
+    assert root_head in (0, 2)  # the model's induction heads, L1H0 and L1H2
+    into_root = [e for e in graph.edges if e.target == root]
+    from_layer_0 = [
+        e
+        for e in into_root
+        if graph.kind(e.source) == "feature" and int(nodes.layer[e.source]) == 0
+    ]
+    assert from_layer_0, "no layer-0 feature feeds the induction feature"
+    after = FIRST + 1
+    assert all(int(nodes.position[e.source]) == after for e in from_layer_0)
+    for edge in into_root:  # every edge goes through the root's head only (block-diagonal)
+        terms = dict(edge.heads)
+        assert terms[root_head] == pytest.approx(edge.weight, abs=1e-5)
+    # the recursion goes on: those layer-0 features have their own edges, down to tokens
+    expanded = {e.target for e in graph.edges}
+    assert any(e.source in expanded for e in from_layer_0)
+    assert any(
+        graph.kind(e.source) == "embedding" and e.target in {f.source for f in from_layer_0}
+        for e in graph.edges
+    )
+    # what freezing hides: the previous-token head L0H0 acts on the key side. Its layer-0
+    # features at the source carry little of the value side ...
+    row = graph.incoming(root)
+    at_source = (nodes.kind[: len(row)] == 2) & (nodes.position[: len(row)] == after)
+    prev_head = at_source & (nodes.head[: len(row)] == 0)
+    assert row[prev_head].abs().sum() < 0.5 * row[at_source].abs().sum()
+    # ... while `circuit`'s query/key side names it as what raises the attention score
+    from sae_lens_attn.attribution.circuit import feature_circuit
+
+    circuit = feature_circuit(
+        model, saes[1], tokens, feature, destination=DESTINATION, downstream=False
+    )
+    qk = circuit.query_key
+    assert qk.key_labels[int(qk.key_totals.argmax())] == "L0H0"
+
+
+def run_graph(out: Path, folders: list[str], *extra: str) -> int:
+    return cli.main(
+        [
+            "graph",
+            *sum((["--sae", f] for f in folders), []),
+            "--prompt",
+            PROMPT,
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def graph_folder(embedded_saes, tmp_path_factory):
+    model, saes, folders = embedded_saes
+    feature, _ = induction_feature(model, saes)
+    out = tmp_path_factory.mktemp("graph_cli") / "graph"
+    assert (
+        run_graph(
+            out,
+            folders,
+            "--feature",
+            f"1:{feature}@{DESTINATION}",
+            "--feature-url",
+            "atlas-L{layer}/feature.html#{feature}",
+        )
+        == 0
+    )
+    return out, feature
+
+
+def test_graph_json_passes_circuit_tracers_models(graph_folder):
+    graph_models = pytest.importorskip("circuit_tracer.frontend.graph_models")
+    out, feature = graph_folder
+    data = json.loads((out / "graph.json").read_text())
+    model = graph_models.Model.model_validate(data)
+    ids = {node.node_id for node in model.nodes}
+    assert len(ids) == len(model.nodes)
+    assert all(link["source"] in ids and link["target"] in ids for link in model.links)
+    assert f"1_{feature}_{DESTINATION}" in ids
+    assert any(node.feature_type == "embedding" for node in model.nodes)
+    metadata = json.loads((out / "graph-metadata.json").read_text())
+    graph_models.Metadata.model_validate(metadata["graphs"][0])
+    info = data["metadata"]["info"]
+    assert info["closure_max_abs"] < 1e-4
+    assert 0 <= info["pruned_replacement_score"] <= info["replacement_score"] <= 1
+
+
+def test_our_page_opens_from_file_and_draws_the_graph(graph_folder, chromium, tmp_path):
+    out, feature = graph_folder
+    data = json.loads((out / "graph.json").read_text())
+    dom = parse_dom(
+        run_chromium(
+            chromium,
+            out / "graph.html",
+            tmp_path / "profile",
+            screenshot=ARTIFACTS / "graph-page.png",
+        )
+    )
+    body = dom.find_all("body")[0]
+    assert body.attrs["data-graph-nodes"] == str(len(data["nodes"]))
+    circles = dom.find_all("circle")
+    assert len(circles) == len(data["nodes"])
+    assert len(dom.find_all("path")) == len(data["links"])
+    tokens = [n.text() for n in dom.find_all("span", "tok")]
+    assert tokens == data["metadata"]["prompt_tokens"]
+
+
+def test_serve_serves_circuit_tracers_viewer_with_the_graph(graph_folder):
+    pytest.importorskip("circuit_tracer.frontend.local_server")
+    out, _ = graph_folder
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sae_lens_attn", "serve", str(out), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().split(" at ")[1].split()[0]
+        base = url.split("/index.html")[0]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert b"attribution_graph/init-cg.js" in response.read()
+        with urllib.request.urlopen(base + "/data/graph-metadata.json", timeout=10) as response:
+            slug = json.load(response)["graphs"][0]["slug"]
+        with urllib.request.urlopen(f"{base}/graph_data/{slug}.json", timeout=10) as response:
+            assert json.load(response)["nodes"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+def saved_copy(folder: str, target: Path, **metadata) -> str:
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(folder)
+    for key, value in metadata.items():
+        setattr(sae.cfg.metadata, key, value)
+    sae.save_model(target)
+    return str(target)
+
+
+def expect_error(capsys, out: Path, code: int, *needles: str) -> None:
+    lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    err = [line for line in lines if not line.startswith("graph:")]  # the progress bar
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert not out.exists()
+
+
+def test_saes_of_different_models_are_refused(embedded_saes, tmp_path, capsys):
+    _, _, folders = embedded_saes
+    other = saved_copy(folders[0], tmp_path / "other", model_name="gpt2-small")
+    out = tmp_path / "out"
+    expect_error(
+        capsys, out, run_graph(out, [other, folders[1]], "--logit", "_"), "different models"
+    )
+
+
+def test_two_saes_for_one_layer_are_refused(embedded_saes, tmp_path, capsys):
+    _, _, folders = embedded_saes
+    out = tmp_path / "out"
+    expect_error(
+        capsys,
+        out,
+        run_graph(out, [folders[0], folders[0], folders[1]], "--logit", "_"),
+        "two SAEs for layer 0",
+    )
+
+
+def test_a_non_hook_z_sae_is_refused(embedded_saes, tmp_path, capsys):
+    _, _, folders = embedded_saes
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    mlp = tmp_path / "mlp"
+    StandardSAE(
+        StandardSAEConfig(
+            d_in=128, d_sae=64, metadata=SAEMetadata(hook_name="blocks.0.hook_mlp_out")
+        )
+    ).save_model(mlp)
+    out = tmp_path / "out"
+    expect_error(
+        capsys,
+        out,
+        run_graph(out, [str(mlp), folders[1]], "--logit", "_"),
+        "'blocks.0.hook_mlp_out', not an attention hook_z",
+    )
+
+
+def test_a_prompt_longer_than_n_ctx_is_refused(embedded_saes, tmp_path, capsys):
+    model, _, folders = embedded_saes
+    out = tmp_path / "out"
+    code = cli.main(
+        [
+            "graph",
+            "--sae",
+            folders[0],
+            "--sae",
+            folders[1],
+            "--prompt",
+            " ".join(map(str, range(2 * model.cfg.n_ctx))),
+            "--logit",
+            "_",
+            "--out",
+            str(out),
+        ]
+    )
+    expect_error(capsys, out, code, f"n_ctx={model.cfg.n_ctx}")
+
+
+def test_a_feature_inactive_at_the_position_lists_where_it_is_active(
+    embedded_saes, tmp_path, capsys
+):
+    model, saes, folders = embedded_saes
+    feature, tokens = induction_feature(model, saes)
+    from sae_lens_attn.attribution.graph.nodes import layer_features
+
+    _, cache = model.run_with_cache(tokens[None])
+    acts = layer_features(saes[1], model, cache.remove_batch_dim()).acts[:, feature]
+    active = (acts > 0).nonzero().flatten().tolist()
+    silent = next(p for p in range(len(tokens)) if p not in active)
+    out = tmp_path / "out"
+    expect_error(
+        capsys,
+        out,
+        run_graph(out, folders, "--feature", f"1:{feature}@{silent}"),
+        f"not active at position {silent}",
+        "active at positions: " + ", ".join(map(str, active)),
+    )
+
+
+def test_a_logit_that_is_not_one_token_is_refused(embedded_saes, tmp_path, capsys):
+    _, _, folders = embedded_saes
+    out = tmp_path / "out"
+    expect_error(
+        capsys, out, run_graph(out, folders, "--logit", "max_size = 10"), "expected one token"
+    )
+
+
+def test_a_layer_without_an_sae_is_error_nodes_with_a_warning(embedded_saes, tmp_path, capsys):
+    model, saes, folders = embedded_saes
+    out = tmp_path / "out"
+    assert run_graph(out, folders[1:], "--logit", "_") == 0
+    err = capsys.readouterr().err
+    assert "warning: no SAE for layer(s) 0" in err and "error:" not in err
+    data = json.loads((out / "graph.json").read_text())
+    assert data["metadata"]["info"]["missing_layers"] == [0]
+    layer_0 = [n for n in data["nodes"] if n["layer"] == "0"]
+    assert layer_0 and all(n["feature_type"].endswith("error") for n in layer_0)
