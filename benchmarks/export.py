@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+LAST_LINE_KEYS = ("export_features_per_s", "export_before_features_per_s", "export_speedup")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 LAST_LINE_KEYS = ("export_features_per_s", "export_before_features_per_s", "export_speedup")

@@ -51,6 +51,8 @@ from _bench import load_average
 
 from sae_lens_attn.commands._values import positive_int
 
+LAST_LINE_KEYS = ("frontier_min_gap_equal_tokens", "frontier_min_gap_equal_time", "default_l0", "default_ce", "dead_share_x32")
+
 LAYER = 1
 TARGET_L0S = (8, 20, 40)
 PER_HEAD_K = (2, 5, 10)  # per head, x 4 heads = L0 8, 20, 40 on the embedded model

@@ -12,7 +12,8 @@
 `graph_peak_rss_mb` is the process's peak RSS while `build_graph` runs, the resident model
 and SAEs included (the peak is reset once they are built; the peak of building them is
 printed beside it). `--smoke` runs a 2-layer stand-in in
-seconds.
+seconds. Last line: `graph_s= graph_peak_rss_mb= embedded_graph_s= closure_max_abs=` (the
+largest error of the graph's closure).
 
     python benchmarks/graph.py [--threads 2] [--smoke]
 """
@@ -24,6 +25,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+LAST_LINE_KEYS = ("graph_s", "graph_peak_rss_mb", "embedded_graph_s", "closure_max_abs")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

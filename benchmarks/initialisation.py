@@ -25,6 +25,8 @@ import math
 import os
 import time
 
+LAST_LINE_KEYS = ("dead_share_*", "best_topk_init", "best_topk_dead_share")
+
 DEFAULT_INITS = "zeros:kaiming,mean:kaiming,geometric_median:kaiming,geometric_median:active_subspace"
 
 

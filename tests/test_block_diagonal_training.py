@@ -127,8 +127,10 @@ def test_runner_training_lowers_mse_and_l0(trained, held_out_z):
     initial.load_state_dict(trained["initial_state"])
     mse_before, l0_before = mse_and_l0(initial, held_out_z)
     mse_after, l0_after = mse_and_l0(sae, held_out_z)
-    assert mse_after < 0.5 * mse_before  # 22.9 -> 5.8 when written
-    assert l0_after < 0.7 * l0_before  # 123 -> 57
+    # 22.85 -> 5.77 (0.25x) and 123.2 -> 57.1 (0.46x), the same on the AVX-512 and AVX2
+    # kernel paths of an AMD EPYC (issue 29): margins 2x and 1.5x
+    assert mse_after < 0.5 * mse_before
+    assert l0_after < 0.7 * l0_before
     # the trainer's dead-feature and sparsity statistics ran on our [batch, d_sae] acts
     assert 0 < sae.cfg.metadata.l0 < sae.cfg.d_sae
     assert 0 <= sae.cfg.metadata.num_dead_features < sae.cfg.d_sae
@@ -162,7 +164,8 @@ def test_saelens_run_evals_on_the_trained_sae(trained):
         ),
         exclude_special_tokens=False,
     )
-    assert metrics["reconstruction_quality"]["explained_variance"] > 0.3  # 0.48 when written
+    # 0.476 on both kernel paths (AVX-512, AVX2) of an AMD EPYC, 0.48 when written
+    assert metrics["reconstruction_quality"]["explained_variance"] > 0.3
     assert 0 < metrics["sparsity"]["l0"] < sae.cfg.d_sae
     # the splice path of the CE metrics ran (a random model's CE says nothing more)
     assert math.isfinite(metrics["model_performance_preservation"]["ce_loss_with_sae"])
