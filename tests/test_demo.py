@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sae_lens_attn.cli import main
-from sae_lens_attn.detectors.activity import feature_activity
 from sae_lens_attn.demo.pipeline import features_to_show
+from sae_lens_attn.detectors.activity import feature_activity
 from sae_lens_attn.sources.head_layout import HeadLayout
 
 OUR_PANELS = {"dfa", "head_attribution", "logit_lens", "families"}
