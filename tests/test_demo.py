@@ -28,7 +28,13 @@ def test_quick_demo_writes_a_report_an_index_and_a_summary(demo_dir):
     index = (demo_dir / "index.html").read_text()
     summary = json.loads((demo_dir / "summary.json").read_text())
     assert [sae["architecture"] for sae in summary["saes"]] == ["block_diagonal", "standard"]
-    for heading in ("Per-head L0", "Per-head evals", "Feature families", "is next by induction", "CE loss recovered"):
+    for heading in (
+        "Per-head L0",
+        "Per-head evals",
+        "Feature families",
+        "is next by induction",
+        "CE loss recovered",
+    ):
         assert heading in report and heading in index
     assert "block_diagonal/dashboard/dashboard.html" in report
     assert 'href="block_diagonal/dashboard/dashboard.html"' in index
@@ -44,9 +50,16 @@ def test_quick_demo_reports_the_taxonomy_per_head_for_both_saes(demo_dir):
     summary = json.loads((demo_dir / "summary.json").read_text())
     for entry in summary["saes"]:
         taxonomy = entry["taxonomy"]
-        rows = [r for r in load_family_rows(demo_dir / entry["architecture"] / "families")
-                if r.detector == "taxonomy" and r.live]
-        assert taxonomy["live"] == len(rows) == sum(sum(c.values()) for c in taxonomy["heads"].values())
+        rows = [
+            r
+            for r in load_family_rows(demo_dir / entry["architecture"] / "families")
+            if r.detector == "taxonomy" and r.live
+        ]
+        assert (
+            taxonomy["live"]
+            == len(rows)
+            == sum(sum(c.values()) for c in taxonomy["heads"].values())
+        )
         assert sum(taxonomy["classes"].values()) == len(rows)
         assert set(taxonomy["heads"]) <= {f"L1H{h}" for h in range(4)}
 
@@ -66,7 +79,9 @@ def test_quick_demo_saves_loadable_saes_and_detector_results(demo_dir):
         assert HeadLayout.from_sae(sae, model).hook_name == "blocks.1.attn.hook_z"
         rows = load_family_rows(folder / "families")
         assert {row.detector for row in rows} >= {"induction", "logit_lens", "enrichment"}
-        induction = sorted(r.feature for r in rows if r.detector == "induction" and r.family == "induction")
+        induction = sorted(
+            r.feature for r in rows if r.detector == "induction" and r.family == "induction"
+        )
         assert induction == entry["induction_features"]
         metrics = entry["metrics"]
         assert 0 <= entry["dead_share"] <= 1 and metrics["l0"] >= 0
@@ -91,8 +106,12 @@ def test_quick_demo_per_head_l0_adds_up_to_the_reported_l0(demo_dir):
         assert sum(entry["per_head_l0"].values()) == pytest.approx(entry["l0"], rel=1e-4)
         head_evals = entry["head_evals"]  # on SAELens's eval prompts: the heads add up to its L0
         assert list(head_evals) == [f"L1H{h}" for h in range(4)]
-        assert sum(h["l0"] for h in head_evals.values()) == pytest.approx(entry["metrics"]["l0"], rel=1e-4)
-        families = json.loads((demo_dir / entry["architecture"] / "families" / "families.json").read_text())
+        assert sum(h["l0"] for h in head_evals.values()) == pytest.approx(
+            entry["metrics"]["l0"], rel=1e-4
+        )
+        families = json.loads(
+            (demo_dir / entry["architecture"] / "families" / "families.json").read_text()
+        )
         assert families["head_evals"] == head_evals
         assert f"| {entry['architecture']} | {entry['d_sae']} | {entry['l0']:.1f} |" in report
 
@@ -144,15 +163,18 @@ def test_per_head_l0_adds_up_and_matches_counting_blocks_of_a_dense_copy(tiny_mo
 
     layout = HeadLayout.for_model(tiny_model, 1)
     torch.manual_seed(0)
-    sae = BlockDiagonalSAE(BlockDiagonalSAEConfig(d_in=layout.d_in, d_sae=8 * layout.d_in,
-                                                  n_heads=layout.n_heads))
+    sae = BlockDiagonalSAE(
+        BlockDiagonalSAEConfig(d_in=layout.d_in, d_sae=8 * layout.d_in, n_heads=layout.n_heads)
+    )
     with torch.no_grad():
         sae.b_enc.fill_(-0.02)  # some features stay silent
     activity = feature_activity(tiny_model, sae, layout, tiny_tokens, batch_size=3)
 
     dense = sae.to_dense_sae()
     _, cache = tiny_model.run_with_cache(tiny_tokens)
-    acts = dense.encode(cache["blocks.1.attn.hook_z"].flatten(-2)).flatten(0, 1) > 0  # [tokens, d_sae]
+    acts = (
+        dense.encode(cache["blocks.1.attn.hook_z"].flatten(-2)).flatten(0, 1) > 0
+    )  # [tokens, d_sae]
     m = sae.cfg.d_sae // layout.n_heads
     expected = acts.float().unflatten(1, (layout.n_heads, m)).sum(-1).mean(0)
     assert torch.allclose(activity.per_head_l0, expected, atol=1e-5)

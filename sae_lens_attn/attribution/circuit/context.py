@@ -31,7 +31,9 @@ class CircuitContext:
 
     `cache`: single-prompt cache (no batch dimension). `sae_in [pos, d_in]`: the SAE input
     (the layout's heads of hook_z, flattened head-major). `pre_acts [pos, d_sae]`: the
-    SAE's own pre-activations (`hook_sae_acts_pre`), `acts [pos, d_sae]` its activations.
+    SAE's own pre-activations (`hook_sae_acts_pre`), `acts [pos, d_sae]` its activations;
+    with `features`, `[pos, len(features)]` for those features only (read them with
+    `pre_acts_of` / `acts_of`).
     """
 
     model: HookedTransformer
@@ -43,17 +45,32 @@ class CircuitContext:
     sae_in: torch.Tensor
     pre_acts: torch.Tensor
     acts: torch.Tensor
+    features: tuple[int, ...] | None = None
 
     @property
     def n_positions(self) -> int:
         return self.sae_in.shape[0]
 
     def check_feature(self, feature: int) -> None:
-        d_sae = self.pre_acts.shape[-1]
+        d_sae = self.sae.cfg.d_sae
         if not 0 <= feature < d_sae:
             raise ValueError(
                 f"feature {feature} is out of range; the SAE has features 0..{d_sae - 1}"
             )
+        if self.features is not None and feature not in self.features:
+            raise ValueError(f"feature {feature} was not encoded in this context")
+
+    def pre_acts_of(self, feature: int) -> torch.Tensor:
+        """`[pos]`: the feature's pre-activation at every position."""
+        return self.pre_acts[:, self._column(feature)]
+
+    def acts_of(self, feature: int) -> torch.Tensor:
+        """`[pos]`: the feature's activation at every position."""
+        return self.acts[:, self._column(feature)]
+
+    def _column(self, feature: int) -> int:
+        self.check_feature(feature)
+        return feature if self.features is None else self.features.index(feature)
 
     def check_position(self, position: int, what: str = "position") -> None:
         if not 0 <= position < self.n_positions:
@@ -94,15 +111,16 @@ def circuit_contexts(
     pass that stops after the SAE's layer (nothing later is read), the same as
     `circuit_context` of each prompt up to float rounding.
 
-    `features`: only these features' `pre_acts` / `acts` are computed (the others read 0)
-    for SAELens's standard, JumpReLU and gated SAEs, a fraction of the encoder's work;
-    other SAEs encode every feature.
+    `features`: only these features' `pre_acts` / `acts` are computed and kept (the
+    contexts' `features`), a fraction of the encoder's work for SAELens's standard,
+    JumpReLU and gated SAEs; other SAEs encode every feature and keep those.
     """
     layout = layout or HeadLayout.from_sae(sae, model)
     cache = cache_to_attention(model, tokens.to(model.cfg.device), layout.layer)
     components = layer_input_components(cache, model, layout.layer)
     z = cache[layout.hook_name].detach()
-    columns = None if features is None else torch.as_tensor(list(features), dtype=torch.long)
+    kept = None if features is None else tuple(int(f) for f in features)
+    columns = None if kept is None else torch.as_tensor(kept, dtype=torch.long)
     pre_acts, acts = _sae_activations(sae, z, layout, columns)
     contexts = []
     for b in range(tokens.shape[0]):
@@ -118,6 +136,7 @@ def circuit_contexts(
                 sae_in=layout.select(prompt_cache[layout.hook_name].detach()),
                 pre_acts=pre_acts[b],
                 acts=acts[b],
+                features=kept,
             )
         )
     return contexts
@@ -157,7 +176,7 @@ def _sae_activations(
     sae: SAE, z: torch.Tensor, layout: HeadLayout, columns: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`hook_sae_acts_pre` and `hook_sae_acts_post` `[..., pos, d_sae]` of the SAE on hook_z
-    `z [..., pos, n_model_heads, d_head]`; with `columns`, only those features (others 0)."""
+    `z [..., pos, n_model_heads, d_head]`; with `columns`, `[..., pos, len(columns)]`."""
     captured: dict[str, torch.Tensor] = {}
     # Hooks named by module path rather than read back by `HookPoint.name`: splicing an SAE
     # into a HookedSAETransformer renames its hook points (see circuit_downstream).
@@ -168,17 +187,15 @@ def _sae_activations(
     if columns is None or not features_encode_independently(sae):
         with torch.no_grad():
             sae.run_with_hooks(sae_input(sae, z, layout), fwd_hooks=fwd_hooks)
-        return captured["pre"].detach(), captured["post"].detach()
+        pre, post = captured["pre"].detach(), captured["post"].detach()
+        if columns is None:
+            return pre, post
+        columns = columns.to(pre.device)
+        return pre[..., columns], post[..., columns]
     # the view shares the SAE's hook points, so the hooks added to the SAE see its encode
     with torch.no_grad(), sae.hooks(fwd_hooks=fwd_hooks):
         column_view(sae, columns).encode(sae_input(sae, z, layout))
-    full = []
-    for key in ("pre", "post"):
-        part = captured[key].detach()
-        out = part.new_zeros(*part.shape[:-1], sae.cfg.d_sae)
-        out[..., columns.to(out.device)] = part
-        full.append(out)
-    return full[0], full[1]
+    return captured["pre"].detach(), captured["post"].detach()
 
 
 def _context(

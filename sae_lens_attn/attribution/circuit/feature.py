@@ -61,9 +61,8 @@ class FeatureCircuit:
 
 def pick_destination(context: CircuitContext, feature: int) -> int:
     """The position where the feature is most active (most pre-activated if it is silent)."""
-    context.check_feature(feature)
-    acts = context.acts[:, feature]
-    scores = acts if bool((acts > 0).any()) else context.pre_acts[:, feature]
+    acts = context.acts_of(feature)
+    scores = acts if bool((acts > 0).any()) else context.pre_acts_of(feature)
     return int(scores.argmax())
 
 
@@ -122,7 +121,7 @@ def circuit_from_context(
     return FeatureCircuit(
         feature=feature,
         destination=destination,
-        activation=context.acts[destination, feature].item(),
+        activation=context.acts_of(feature)[destination].item(),
         tokens=tokens.detach().cpu(),
         value=value,
         top_sources=sources,

@@ -79,7 +79,9 @@ def value_side_attribution(
     pattern = context.cache[f"blocks.{layout.layer}.attn.hook_pattern"][heads, destination]
     weight = pattern.T * enc.scale  # [pos, n_heads]
     with torch.no_grad():
-        residual_read = torch.einsum("hmd,hd->hm", attn.W_V[heads], read)  # [n_heads, d_model]
+        # the layout's heads of W_V, without a copy when it has them all
+        W_V = attn.W_V if layout.uses_all_heads else attn.W_V[heads]
+        residual_read = torch.einsum("hmd,hd->hm", W_V, read)  # [n_heads, d_model]
         components = torch.einsum("cpm,hm->cph", context.components.normalized, residual_read)
         ln_bias = (residual_read @ context.components.ln_bias).expand_as(weight)
         b_v = (attn.b_V[heads] * read).sum(-1).expand_as(weight)
@@ -93,5 +95,5 @@ def value_side_attribution(
         terms=terms.detach(),
         centring=enc.centring,
         b_enc=enc.b_enc,
-        pre_activation=context.pre_acts[destination, feature].item(),
+        pre_activation=context.pre_acts_of(feature)[destination].item(),
     )
