@@ -32,11 +32,15 @@ def _cantor(x: int, y: int) -> int:
 
 def cumulative_influence(graph: AttributionGraph) -> torch.Tensor:
     """`[n_nodes]`: the share of total influence held by nodes at least as influential
-    (circuit-tracer's `cumulative_scores`, shown as `influence`)."""
+    (circuit-tracer's `cumulative_scores`, shown as `influence`); 0 for the root, where
+    influence starts. circuit-tracer's viewer hides every node above its pruning slider
+    but embeddings and logits, so a feature root written as 1.0 (it has no influence of
+    its own) would not be drawn."""
     scores = graph.node_influence
     ordered, order = scores.sort(descending=True)
     cumulative = torch.zeros_like(scores)
     cumulative[order] = ordered.cumsum(0) / ordered.sum().clamp(min=1e-30)
+    cumulative[graph.root] = 0.0
     return cumulative
 
 
