@@ -170,6 +170,9 @@ def test_graph_json_passes_circuit_tracers_models(graph_folder):
     model = graph_models.Model.model_validate(data)
     ids = {node.node_id for node in model.nodes}
     assert len(ids) == len(model.nodes)
+    # the viewer's own key (`featureId` in its util-cg.js) is unique too
+    keys = {(node.layer, node.feature, node.ctx_idx) for node in model.nodes}
+    assert len(keys) == len(model.nodes)
     assert all(link["source"] in ids and link["target"] in ids for link in model.links)
     assert f"1_{feature}_{DESTINATION}" in ids
     assert any(node.feature_type == "embedding" for node in model.nodes)
@@ -266,8 +269,17 @@ def test_circuit_tracers_viewer_renders_the_graph_offline(
     # the root opens selected (`qParams.clickedId`): its panel lists its incoming edges
     assert data["qParams"]["clickedId"] == root
     (inputs,) = dom.find_all("div", "input")
+    # one row per incoming edge, labelled with its source (embeddings get the viewer's own
+    # label), so the two error nodes at one position are told apart
+    clerps = {node["node_id"]: node["clerp"] for node in data["nodes"]}
+    sources = [clerps[link["source"]] for link in data["links"] if link["target"] == root]
     rows = inputs.find_all("div", "feature-row")
-    assert len(rows) == sum(link["target"] == root for link in data["links"]) > 0
+    labels = [row.find_all("div", "label")[0].attrs["title"] for row in rows]
+    assert len(labels) == len(sources) > 0
+    assert sorted(t for t in labels if not t.startswith("Emb:")) == sorted(
+        t for t in sources if not t.startswith("Emb:")
+    )
+    assert any(t.startswith("Err: attention") for t in labels)
 
 
 # --- bad input ----------------------------------------------------------------------

@@ -81,7 +81,9 @@ def node_record(graph: AttributionGraph, node: int, decode: Decode, influence: f
         record.update(
             node_id=f"{prefix}_{layer}_{position}",
             jsNodeId=f"{prefix}{layer}_{position}-0",
-            feature=-1,
+            # circuit-tracer's error nodes are -1; its viewer keys nodes by
+            # `{layer}_{feature}_{ctx_idx}`, so our second error kind needs its own
+            feature=-1 if kind == "mlp" else -2,
             layer=str(layer),
             feature_type=f"{name} reconstruction error",
             clerp=f"Err: {name} L{layer} {token!r}",
