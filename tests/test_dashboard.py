@@ -134,7 +134,11 @@ def chromium() -> str:
 
 
 def run_chromium(
-    chromium: str, page: Path | str, profile: Path, screenshot: Path | None = None, width: int = 1600
+    chromium: str,
+    page: Path | str,
+    profile: Path,
+    screenshot: Path | None = None,
+    width: int = 1600,
 ) -> str:
     """The DOM of `page` (a file, or a URL on the loopback interface) after its scripts ran
     (and a screenshot), with no network, in a window `width` px wide."""
