@@ -39,6 +39,11 @@ CHROMIUM_FLAGS = [
     "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
     "--host-resolver-rules=MAP * ~NOTFOUND",
 ]
+# for a page served on 127.0.0.1: that address alone is reachable, directly
+LOOPBACK_FLAGS = [
+    *(f for f in CHROMIUM_FLAGS if not f.startswith(("--proxy-bypass", "--host-resolver"))),
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
 
 
 # ---------------------------------------------------------------- a minimal DOM parser
@@ -129,15 +134,21 @@ def chromium() -> str:
 
 
 def run_chromium(
-    chromium: str, page: Path, profile: Path, screenshot: Path | None = None, width: int = 1600
+    chromium: str,
+    page: Path | str,
+    profile: Path,
+    screenshot: Path | None = None,
+    width: int = 1600,
 ) -> str:
-    """The DOM of `page` after its scripts ran (and a screenshot), with no network, in a
-    window `width` px wide."""
-    args = [chromium, *CHROMIUM_FLAGS, f"--window-size={width},1900", f"--user-data-dir={profile}",
+    """The DOM of `page` (a file, or a URL on the loopback interface) after its scripts ran
+    (and a screenshot), with no network, in a window `width` px wide."""
+    flags = LOOPBACK_FLAGS if isinstance(page, str) else CHROMIUM_FLAGS
+    args = [chromium, *flags, f"--window-size={width},1900", f"--user-data-dir={profile}",
             "--dump-dom"]
     if screenshot is not None:
         args.append(f"--screenshot={screenshot}")
-    result = subprocess.run([*args, page.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+    url = page if isinstance(page, str) else page.resolve().as_uri()
+    result = subprocess.run([*args, url], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

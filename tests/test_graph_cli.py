@@ -7,6 +7,7 @@ written; a layer without an SAE is a `warning:` line).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -169,6 +170,9 @@ def test_graph_json_passes_circuit_tracers_models(graph_folder):
     model = graph_models.Model.model_validate(data)
     ids = {node.node_id for node in model.nodes}
     assert len(ids) == len(model.nodes)
+    # the viewer's own key (`featureId` in its util-cg.js) is unique too
+    keys = {(node.layer, node.feature, node.ctx_idx) for node in model.nodes}
+    assert len(keys) == len(model.nodes)
     assert all(link["source"] in ids and link["target"] in ids for link in model.links)
     assert f"1_{feature}_{DESTINATION}" in ids
     assert any(node.feature_type == "embedding" for node in model.nodes)
@@ -199,7 +203,9 @@ def test_our_page_opens_from_file_and_draws_the_graph(graph_folder, chromium, tm
     assert tokens == data["metadata"]["prompt_tokens"]
 
 
-def test_serve_serves_circuit_tracers_viewer_with_the_graph(graph_folder):
+@pytest.fixture
+def served_graph(graph_folder):
+    """`sae-lens-attn serve` on the graph folder, on a free port: its viewer URL."""
     pytest.importorskip("circuit_tracer.frontend.local_server")
     out, _ = graph_folder
     server = subprocess.Popen(
@@ -208,17 +214,72 @@ def test_serve_serves_circuit_tracers_viewer_with_the_graph(graph_folder):
         text=True,
     )
     try:
-        url = server.stdout.readline().split(" at ")[1].split()[0]
-        base = url.split("/index.html")[0]
-        with urllib.request.urlopen(url, timeout=10) as response:
-            assert b"attribution_graph/init-cg.js" in response.read()
-        with urllib.request.urlopen(base + "/data/graph-metadata.json", timeout=10) as response:
-            slug = json.load(response)["graphs"][0]["slug"]
-        with urllib.request.urlopen(f"{base}/graph_data/{slug}.json", timeout=10) as response:
-            assert json.load(response)["nodes"]
+        yield server.stdout.readline().split(" at ")[1].split()[0]
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_serve_serves_circuit_tracers_viewer_with_the_graph(served_graph):
+    base = served_graph.split("/index.html")[0]
+    with urllib.request.urlopen(served_graph, timeout=10) as response:
+        page = response.read().decode()
+    assert "attribution_graph/init-cg.js" in page
+    scripts = re.findall(r"<script src=['\"]([^'\"]+)", page)
+    assert scripts and not [src for src in scripts if "//" in src]  # all on this server
+    for src in scripts:
+        with urllib.request.urlopen(base + "/" + src.lstrip("./"), timeout=10) as response:
+            assert response.status == 200 and response.read()
+    with urllib.request.urlopen(base + "/data/graph-metadata.json", timeout=10) as response:
+        slug = json.load(response)["graphs"][0]["slug"]
+    with urllib.request.urlopen(f"{base}/graph_data/{slug}.json", timeout=10) as response:
+        assert json.load(response)["nodes"]
+
+
+def test_circuit_tracers_viewer_renders_the_graph_offline(
+    graph_folder, served_graph, chromium, tmp_path
+):
+    """circuit-tracer's own frontend, served by `serve`, draws every node of the graph
+    (its pruning slider starts at the graph's node threshold) and the prompt's tokens in
+    Chromium with no network: its CDN libraries come from our vendored copies."""
+    out, _ = graph_folder
+    data = json.loads((out / "graph.json").read_text())
+    dom = parse_dom(
+        run_chromium(
+            chromium, served_graph, tmp_path / "profile", screenshot=ARTIFACTS / "graph-viewer.png"
+        )
+    )
+    (link_graph,) = dom.find_all("div", "link-graph")
+    threshold = data["metadata"]["node_threshold"]
+    shown = [
+        node
+        for node in data["nodes"]
+        if node["feature_type"] in ("embedding", "logit") or node["influence"] <= threshold
+    ]
+    root = data["metadata"]["info"]["root"]
+    assert root in {node["node_id"] for node in shown}
+    assert (
+        len(link_graph.find_all("text", "node"))
+        == len(shown)
+        > len(data["metadata"]["prompt_tokens"])
+    )
+    tokens = [g.text() for g in link_graph.find_all("g", "prompt-token")]
+    assert tokens == data["metadata"]["prompt_tokens"]
+    assert dom.find_all("select", "graph-prompt-select")[0].text().endswith(PROMPT)
+    # the root opens selected (`qParams.clickedId`): its panel lists its incoming edges
+    assert data["qParams"]["clickedId"] == root
+    (inputs,) = dom.find_all("div", "input")
+    # one row per incoming edge, labelled with its source (embeddings get the viewer's own
+    # label), so the two error nodes at one position are told apart
+    clerps = {node["node_id"]: node["clerp"] for node in data["nodes"]}
+    sources = [clerps[link["source"]] for link in data["links"] if link["target"] == root]
+    rows = inputs.find_all("div", "feature-row")
+    labels = [row.find_all("div", "label")[0].attrs["title"] for row in rows]
+    assert len(labels) == len(sources) > 0
+    assert sorted(t for t in labels if not t.startswith("Emb:")) == sorted(
+        t for t in sources if not t.startswith("Emb:")
+    )
+    assert any(t.startswith("Err: attention") for t in labels)
 
 
 # --- bad input ----------------------------------------------------------------------

@@ -32,11 +32,15 @@ def _cantor(x: int, y: int) -> int:
 
 def cumulative_influence(graph: AttributionGraph) -> torch.Tensor:
     """`[n_nodes]`: the share of total influence held by nodes at least as influential
-    (circuit-tracer's `cumulative_scores`, shown as `influence`)."""
+    (circuit-tracer's `cumulative_scores`, shown as `influence`); 0 for the root, where
+    influence starts. circuit-tracer's viewer hides every node above its pruning slider
+    but embeddings and logits, so a feature root written as 1.0 (it has no influence of
+    its own) would not be drawn."""
     scores = graph.node_influence
     ordered, order = scores.sort(descending=True)
     cumulative = torch.zeros_like(scores)
     cumulative[order] = ordered.cumsum(0) / ordered.sum().clamp(min=1e-30)
+    cumulative[graph.root] = 0.0
     return cumulative
 
 
@@ -77,7 +81,9 @@ def node_record(graph: AttributionGraph, node: int, decode: Decode, influence: f
         record.update(
             node_id=f"{prefix}_{layer}_{position}",
             jsNodeId=f"{prefix}{layer}_{position}-0",
-            feature=-1,
+            # circuit-tracer's error nodes are -1; its viewer keys nodes by
+            # `{layer}_{feature}_{ctx_idx}`, so our second error kind needs its own
+            feature=-1 if kind == "mlp" else -2,
             layer=str(layer),
             feature_type=f"{name} reconstruction error",
             clerp=f"Err: {name} L{layer} {token!r}",
