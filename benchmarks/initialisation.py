@@ -11,7 +11,7 @@ SAE is checked on held-out tokens of the corpus's test split:
 - explained variance, CE loss recovered and L0 from SAELens's evals on 4 x 8 held-out
   prompts (as `train` prints them).
 
-Last line: `dead_share_<arch>_<init>=...` for every SAE, then (with TopK) `best_topk_init=`
+Last line: `dead_share_<arch>_<b_dec>_<decoder>=...` for every SAE, then (with TopK) `best_topk_init=`
 (the TopK initialisation with the fewest dead features) and `best_topk_dead_share=`.
 
     python benchmarks/initialisation.py [--training-tokens 1000000] [--expansion-factor 32] [--k 5]
@@ -89,24 +89,25 @@ def main() -> None:
         lr=args.lr, train_batch_size_tokens=args.batch_size, runner_kwargs=runner,
     )
     train_s = time.perf_counter() - start
-    rows, last = [], {}
+    rows, last, shares = [], {}, {}
     for name, (sae, layout) in trained.items():
         dead = count_firings(model, sae, layout, held_tokens)
         heads = dead.per_head_share(sae_feature_heads(sae, layout.n_heads), layout.n_heads)
         metrics = evaluate_hook_z_sae(sae, model, held_out.select(range(32)), n_batches=4, batch_size_prompts=8)
         rows.append((name, f"{dead.share:.1%}", f"{heads.max():.1%}", f"{metrics['l0']:.1f}",
                      f"{metrics['explained_variance']:.3f}", f"{metrics['ce_loss_score']:.3f}"))
-        last[f"dead_share_{name}"] = round(dead.share, 4)
+        shares[name] = round(dead.share, 4)
+        last[f"dead_share_{name.replace('+', '_')}"] = shares[name]  # keys: [A-Za-z0-9_]
     label = dead.label
     print(f"trained {len(specs)} SAEs in {train_s:.0f} s; load average after: {load_average()}")
     header = ("SAE (arch_b_dec+decoder)", label, "worst head", "L0", "explained var.", "CE rec.")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)))
-    topk = {name: share for name, share in last.items() if name.startswith("dead_share_topk_")}
+    topk = {name: share for name, share in shares.items() if name.startswith("topk_")}
     if topk:
         best = min(topk, key=topk.get)
-        last["best_topk_init"] = best.removeprefix("dead_share_topk_")
+        last["best_topk_init"] = best.removeprefix("topk_")
         last["best_topk_dead_share"] = topk[best]
     print(" ".join(f"{key}={value}" for key, value in last.items()))
 

@@ -405,3 +405,29 @@ def test_a_layer_without_an_sae_is_error_nodes_with_a_warning(embedded_saes, tmp
     assert data["metadata"]["info"]["missing_layers"] == [0]
     layer_0 = [n for n in data["nodes"] if n["layer"] == "0"]
     assert layer_0 and all(n["feature_type"].endswith("error") for n in layer_0)
+
+
+def test_an_sae_with_nan_weights_is_refused_unless_allow_nonfinite_skips_its_features(
+    embedded_saes, tmp_path, capsys
+):
+    import torch
+    from sae_lens import SAE
+
+    _, _, folders = embedded_saes
+    damaged = SAE.load_from_disk(folders[0])
+    with torch.no_grad():
+        damaged.W_dec_blocks[0, 3, 0] = float("nan")  # feature 3 of head 0
+    damaged.save_model(tmp_path / "damaged")
+    out = tmp_path / "out"
+    expect_error(
+        capsys,
+        out,
+        run_graph(out, [str(tmp_path / "damaged"), folders[1]], "--logit", "_"),
+        "NaN or inf",
+        "--allow-nonfinite",
+    )
+    assert run_graph(out, [str(tmp_path / "damaged"), folders[1]], "--logit", "_", "--allow-nonfinite") == 0
+    assert "skipped 1 of" in capsys.readouterr().out
+    data = json.loads((out / "graph.json").read_text())
+    assert not [n for n in data["nodes"] if n["layer"] == "0" and n["feature"] == 3]
+    assert data["metadata"]["info"]["missing_layers"] == []

@@ -60,6 +60,12 @@ def add_sae_argument(parser: argparse.ArgumentParser) -> None:
         help="name of the SAE in --sae's saes.json (as `sae-lens-attn train` lists them); "
         "not needed when it lists one SAE (default: none)",
     )
+    add_allow_nonfinite_argument(parser)
+
+
+def add_allow_nonfinite_argument(parser: argparse.ArgumentParser) -> None:
+    """`--allow-nonfinite`, for every command that loads an SAE: pass
+    `args.allow_nonfinite` to `load_sae`."""
     parser.add_argument(
         "--allow-nonfinite",
         action="store_true",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sae_lens_attn._atomic import atomic_directory
 from sae_lens_attn.commands._common import (
+    add_allow_nonfinite_argument,
     add_model_argument,
     add_out_argument,
     add_runtime_arguments,
@@ -23,6 +24,7 @@ from sae_lens_attn.commands._common import (
     check_sae_folders,
     load_model,
     load_sae,
+    report_skipped,
     sae_reference,
 )
 from sae_lens_attn.commands._values import non_negative_int, positive_int
@@ -74,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--layers` output folder with saes.json (all its SAEs), a SAELens pretrained "
         "RELEASE/SAE_ID, or RELEASE alone for every SAE of that release",
     )
+    add_allow_nonfinite_argument(parser)
     add_model_argument(parser)
     parser.add_argument("--prompt", required=True, help="text to run (a BOS token is prepended)")
     root = parser.add_mutually_exclusive_group(required=True)
@@ -166,7 +169,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         saes = []
         for reference in references:
-            saes.append(load_sae(reference if isinstance(reference, Path) else str(reference)))
+            sae = load_sae(
+                reference if isinstance(reference, Path) else str(reference),
+                allow_nonfinite=args.allow_nonfinite,
+            )
+            report_skipped(sae)
+            saes.append(sae)
             steps.update()
         model = load_model(args.model)
         steps.update()
