@@ -241,8 +241,8 @@ def test_the_initialisation_benchmark_runs_in_smoke_mode():
                             text=True, cwd=root, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     last = dict(pair.split("=") for pair in result.stdout.strip().splitlines()[-1].split())
-    assert set(last) == {"dead_share_topk_zeros+kaiming", "dead_share_topk_geometric_median+active_subspace",
-                         "dead_share_relu_zeros+kaiming", "dead_share_relu_geometric_median+active_subspace",
+    assert set(last) == {"dead_share_topk_zeros_kaiming", "dead_share_topk_geometric_median_active_subspace",
+                         "dead_share_relu_zeros_kaiming", "dead_share_relu_geometric_median_active_subspace",
                          "best_topk_init", "best_topk_dead_share"}
     assert all(0 <= float(v) <= 1 for k, v in last.items() if k.startswith("dead_share"))
     assert "not seen in 4,096 tokens" in result.stdout  # 32 held-out rows: too few to say dead
