@@ -212,3 +212,29 @@ def _cpu_model_and_flags() -> tuple[str, set[str]]:
 def load_average() -> str:
     """The 1/5/15-minute load averages, e.g. `1.2 0.9 0.7 (1/5/15 min)`."""
     return " ".join(f"{load:.1f}" for load in os.getloadavg()) + " (1/5/15 min)"
+
+
+def build_model(name: str):
+    """`embedded` (the shipped model) or `random-gelu-2l` (gelu-2l's shapes, random weights)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    if name == "embedded":
+        from sae_lens_attn.models import load_embedded_model
+
+        return load_embedded_model()
+    if name == "random-gelu-2l":
+        cfg = HookedTransformerConfig(
+            n_layers=2,
+            d_model=512,
+            n_heads=8,
+            d_head=64,
+            d_mlp=2048,
+            d_vocab=48262,
+            n_ctx=1024,
+            act_fn="gelu",
+            normalization_type="LN",
+            seed=0,
+            device="cpu",
+        )
+        return HookedTransformer(cfg).eval()
+    raise SystemExit(f"unknown --model {name!r}; use embedded or random-gelu-2l")

@@ -29,33 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke, run_python
+from _bench import build_model, machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = ("data_bytes_per_step", "heads_gradient_bytes_per_step", "heads_bytes_per_step")
 PER_STEP = ("gradients", "gradient norm", "statistics")
-
-
-def build_model(name: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if name == "embedded":
-        from sae_lens_attn.models import load_embedded_model
-
-        return load_embedded_model()
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=512,
-        n_heads=8,
-        d_head=64,
-        d_mlp=2048,
-        d_vocab=48262,
-        n_ctx=1024,
-        act_fn="gelu",
-        normalization_type="LN",
-        seed=0,
-        device="cpu",
-    )
-    return HookedTransformer(cfg).eval()
 
 
 def train_once(args: argparse.Namespace) -> dict[str, object]:

@@ -23,34 +23,9 @@ import os
 import statistics
 import time
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import build_model, machine_summary, parse_with_smoke
 
 LAST_LINE_KEYS = ("source_throughput_ratio",)
-
-
-def build_model(name: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if name == "embedded":
-        from sae_lens_attn.models import load_embedded_model
-
-        return load_embedded_model()
-    if name == "random-gelu-2l":
-        cfg = HookedTransformerConfig(
-            n_layers=2,
-            d_model=512,
-            n_heads=8,
-            d_head=64,
-            d_mlp=2048,
-            d_vocab=48262,
-            n_ctx=1024,
-            act_fn="gelu",
-            normalization_type="LN",
-            seed=0,
-            device="cpu",
-        )
-        return HookedTransformer(cfg).eval()
-    raise SystemExit(f"unknown --model {name!r}; use embedded or random-gelu-2l")
 
 
 def build_stores(model, layer: int, context_size: int, batch_prompts: int, n_rows: int):
