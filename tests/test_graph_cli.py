@@ -431,3 +431,14 @@ def test_an_sae_with_nan_weights_is_refused_unless_allow_nonfinite_skips_its_fea
     data = json.loads((out / "graph.json").read_text())
     assert not [n for n in data["nodes"] if n["layer"] == "0" and n["feature"] == 3]
     assert data["metadata"]["info"]["missing_layers"] == []
+
+
+def test_sae_dashboard_still_pins_the_safetensors_that_keeps_circuit_tracer_out_of_our_extras():
+    """circuit-tracer 0.5 needs safetensors>=0.5, sae-dashboard 0.8 <0.5: pip cannot resolve
+    both, so .ci/run installs circuit-tracer with --no-deps (pyproject.toml). When this fails,
+    sae-dashboard dropped the pin: make circuit-tracer an extra again."""
+    from importlib.metadata import requires
+
+    pins = [r for r in requires("sae-dashboard") if r.replace(" ", "").startswith("safetensors")]
+    assert pins and "<0.5" in pins[0].replace(" ", ""), pins
+    assert any("safetensors>=0.5" in r.replace(" ", "") for r in requires("circuit-tracer"))

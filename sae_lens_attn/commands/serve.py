@@ -3,9 +3,9 @@
 
 The atlas opens from `file://` as it is; this is for those who prefer a URL (or a browser
 that restricts local files). A `sae-lens-attn graph` folder (`graph-metadata.json`) is
-served with circuit-tracer's own frontend and request handler (the optional extra
-`sae-lens-attn[graph]`): its page at `/index.html`, the folder's graphs under `/data/` and
-`/graph_data/`. Its pages load d3, d3-jetpack, dagre and pako from CDNs; we rewrite those
+served with circuit-tracer's own frontend and request handler (installed apart, with
+`pip install --no-deps circuit-tracer`): its page at `/index.html`, the folder's graphs
+under `/data/` and `/graph_data/`. Its pages load d3, d3-jetpack, dagre and pako from CDNs; we rewrite those
 `<script>` tags to the copies vendored in `sae_lens_attn/dashboard/vendor/`, served under
 `/_vendor/`, so the viewer works with no network. Only the loopback interface is bound;
 Ctrl+C stops it.
@@ -47,8 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="serve an atlas, or a graph in circuit-tracer's viewer, on http://127.0.0.1",
         description="Serve the static site written by `sae-lens-attn atlas` on 127.0.0.1, or "
         "circuit-tracer's attribution-graph viewer on a `sae-lens-attn graph` folder (needs "
-        "`pip install sae-lens-attn[graph]`; served offline, with vendored copies of the "
-        "libraries it loads from CDNs).",
+        "`pip install --no-deps 'circuit-tracer>=0.5,<0.6'`; served offline, with vendored "
+        "copies of the libraries it loads from CDNs).",
     )
     parser.add_argument(
         "site",
@@ -131,7 +131,8 @@ def _graph_viewer_handler(site: Path):
     except ImportError:
         raise InvalidInputError(
             f"{site}: serving a graph uses circuit-tracer's viewer, which is not installed; "
-            "`pip install 'sae-lens-attn[graph]'`, or open graph.html from the folder"
+            "`pip install --no-deps 'circuit-tracer>=0.5,<0.6'` (docs/graphs.md), or open graph.html "
+            "from the folder"
         ) from None
 
     class OfflineViewerHandler(CircuitGraphHandler):
