@@ -59,21 +59,11 @@ def runner_run_sae_vis(
 ):
     """`sae_vis.run_sae_vis` as it was before the one-pass builder: sae_dashboard's
     `SaeVisRunner` on a new dashboard copy, then `tidy_ticks`."""
-    from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 
-    from sae_lens_attn.dashboard.sae_vis import dashboard_copy, sae_vis_layout, tidy_ticks
+    from sae_lens_attn.dashboard.sae_vis import dashboard_copy, sae_vis_config, tidy_ticks
 
-    vis_config = SaeVisConfig(
-        hook_point=layout.hook_name,
-        features=features,
-        minibatch_size_tokens=config.minibatch_size_tokens,
-        minibatch_size_features=config.minibatch_size_features,
-        feature_centric_layout=vis_layout or sae_vis_layout(config),
-        device=config.device,
-        verbose=False,
-        ignore_tokens=ignore_tokens or set(),
-    )
+    vis_config = sae_vis_config(layout, features, config, vis_layout, ignore_tokens)
     data = SaeVisRunner(vis_config).run(
         encoder=dashboard_copy(sae, layout), model=model, tokens=tokens
     )

@@ -146,6 +146,29 @@ def tidy_ticks(sae_vis_data: SaeVisData, n_ticks: int = 5) -> None:
                 hist.tick_vals = tidy_tick_values(hist.bar_values, n_ticks)
 
 
+def sae_vis_config(
+    layout: HeadLayout,
+    features: list[int],
+    config: DashboardConfig,
+    vis_layout: SaeVisLayoutConfig | None = None,
+    ignore_tokens: set[int] | None = None,
+):  # -> sae_dashboard.sae_vis_data.SaeVisConfig
+    """sae_dashboard's `SaeVisConfig` for `features` on `layout`'s hook, with `config`'s
+    batch sizes and device (`vis_layout` default `sae_vis_layout(config)`)."""
+    from sae_dashboard.sae_vis_data import SaeVisConfig
+
+    return SaeVisConfig(
+        hook_point=layout.hook_name,
+        features=features,
+        minibatch_size_tokens=config.minibatch_size_tokens,
+        minibatch_size_features=config.minibatch_size_features,
+        feature_centric_layout=vis_layout or sae_vis_layout(config),
+        device=config.device,
+        verbose=False,
+        ignore_tokens=ignore_tokens or set(),
+    )
+
+
 def run_sae_vis(
     model: HookedTransformer,
     sae: SAE,
@@ -166,8 +189,6 @@ def run_sae_vis(
     (sae_dashboard's `ignore_tokens`, default none); `dense`: a `dashboard_copy(sae,
     layout)` and `activations`: a `PromptActivations.collect` of `tokens`, both made once
     by a caller that runs many feature batches (default: new ones for this call)."""
-    from sae_dashboard.sae_vis_data import SaeVisConfig
-
     from sae_lens_attn.dashboard.one_pass import PromptActivations, one_pass_sae_vis_data
 
     dense = dense if dense is not None else dashboard_copy(sae, layout)
@@ -175,14 +196,5 @@ def run_sae_vis(
         activations = PromptActivations.collect(
             model, layout.layer, tokens, config.minibatch_size_tokens
         )
-    vis_config = SaeVisConfig(
-        hook_point=layout.hook_name,
-        features=features,
-        minibatch_size_tokens=config.minibatch_size_tokens,
-        minibatch_size_features=config.minibatch_size_features,
-        feature_centric_layout=vis_layout or sae_vis_layout(config),
-        device=config.device,
-        verbose=False,
-        ignore_tokens=ignore_tokens or set(),
-    )
+    vis_config = sae_vis_config(layout, features, config, vis_layout, ignore_tokens)
     return one_pass_sae_vis_data(activations, model, dense, vis_config)

@@ -117,20 +117,11 @@ def build_nodes(
     columns: list[_Column] = []
     tokens_written = cache["hook_embed"][: last + 1].detach()
     columns.append(
-        _Column(
-            "embedding",
-            -1,
-            positions,
-            tokens[: last + 1].long().cpu(),
-            tokens_written.norm(dim=-1),
-            tokens_written,
-        )
+        _Column.per_position("embedding", -1, tokens[: last + 1].long().cpu(), tokens_written)
     )
     if "hook_pos_embed" in cache.cache_dict:
         pos_written = cache["hook_pos_embed"][: last + 1].detach()
-        columns.append(
-            _Column("position", -1, positions, positions, pos_written.norm(dim=-1), pos_written)
-        )
+        columns.append(_Column.per_position("position", -1, positions, pos_written))
     constant = torch.zeros(n_layers + 1, last + 1, d_model)
     ends = [sum(len(c.position) for c in columns)]
     for layer in range(n_layers):
@@ -146,27 +137,11 @@ def build_nodes(
             )
             error = attn_out - layer_constant - by_position
         columns.append(
-            _Column(
-                "attn_error",
-                layer,
-                positions,
-                -torch.ones_like(positions),
-                error.norm(dim=-1),
-                error,
-            )
+            _Column.per_position("attn_error", layer, -torch.ones_like(positions), error)
         )
         if not model.cfg.attn_only:
             mlp_out = cache[f"blocks.{layer}.hook_mlp_out"][: last + 1].detach()
-            columns.append(
-                _Column(
-                    "mlp",
-                    layer,
-                    positions,
-                    -torch.ones_like(positions),
-                    mlp_out.norm(dim=-1),
-                    mlp_out,
-                )
-            )
+            columns.append(_Column.per_position("mlp", layer, -torch.ones_like(positions), mlp_out))
         constant[layer + 1] = constant[layer] + layer_constant
         ends.append(sum(len(c.position) for c in columns))
     return NodeSet(
@@ -195,6 +170,14 @@ class _Column:
     writes: torch.Tensor
     head: torch.Tensor | None = None
     head_share: torch.Tensor | None = None
+
+    @classmethod
+    def per_position(
+        cls, kind: str, layer: int, index: torch.Tensor, writes: torch.Tensor
+    ) -> _Column:
+        """One node per position `0..len(writes)-1`, its write `writes [pos, d_model]` and
+        its activation the write's norm."""
+        return cls(kind, layer, torch.arange(len(writes)), index, writes.norm(dim=-1), writes)
 
     def heads(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.head is None:
