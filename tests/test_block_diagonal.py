@@ -165,20 +165,62 @@ def test_no_part_of_the_training_graph_stays_on_the_sae():
     output.loss.backward()
 
 
-def test_topk_auxiliary_loss_equals_saelens_topk_on_the_dense_matrix():
-    cfg = dict(d_in=D_IN, d_sae=D_SAE, aux_loss_coefficient=0.3)
-    ours = randomise(BlockDiagonalTrainingSAE(BlockDiagonalTrainingSAEConfig(n_heads=N_HEADS, activation="topk", k=2, **cfg)))
-    theirs = dense_copy(ours, TopKTrainingSAE, TopKTrainingSAEConfig(k=2, rescale_acts_by_decoder_norm=False, **cfg))
+def saelens_aux_per_head(ours, x, sae_out, hidden_pre, dead) -> torch.Tensor:
+    """The reference: SAELens's own TopK auxiliary loss (k_aux = d_head // 2) on each head
+    alone, a TopK SAE holding that head's decoder block, summed over heads."""
+    total = x.new_tensor(0.0)
+    for h in range(N_HEADS):
+        cfg = TopKTrainingSAEConfig(
+            d_in=D_HEAD, d_sae=PER_HEAD, k=2, rescale_acts_by_decoder_norm=False,
+            aux_loss_coefficient=ours.cfg.aux_loss_coefficient,
+        )
+        head = TopKTrainingSAE(cfg)
+        with torch.no_grad():
+            head.W_dec.copy_(ours.W_dec_blocks[h])
+        inputs_, features = slice(h * D_HEAD, (h + 1) * D_HEAD), slice(h * PER_HEAD, (h + 1) * PER_HEAD)
+        total = total + head.calculate_topk_aux_loss(
+            x[:, inputs_], sae_out[:, inputs_], hidden_pre[:, features], dead[features]
+        )
+    return total
+
+
+def topk_training_sae() -> BlockDiagonalTrainingSAE:
+    cfg = BlockDiagonalTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=2, aux_loss_coefficient=0.3
+    )
+    return randomise(BlockDiagonalTrainingSAE(cfg))
+
+
+@pytest.mark.parametrize(
+    "dead_features",
+    [[0, 3, 7, 8, 14], [0, 3, 7], [5, 6, 7, 8, 9], list(range(D_SAE))],
+    ids=["some-in-every-head", "none-in-one-head", "one-whole-head", "all"],
+)
+def test_topk_auxiliary_loss_is_saelens_topk_auxiliary_loss_head_by_head(dead_features):
+    ours = topk_training_sae()
     x = inputs(8)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
-    dead[[0, 3, 7, 8, 14]] = True
+    dead[dead_features] = True
     output = ours.training_forward_pass(step_input(x, dead))
-    expected = theirs.calculate_topk_aux_loss(x, output.sae_out, output.hidden_pre, dead)
+    expected = saelens_aux_per_head(ours, x, output.sae_out, output.hidden_pre, dead)
     assert expected > 0
     torch.testing.assert_close(output.losses["auxiliary_reconstruction_loss"], expected, rtol=1e-5, atol=1e-6)
-    no_dead = ours.training_forward_pass(step_input(x, torch.zeros_like(dead)))
-    assert no_dead.losses["auxiliary_reconstruction_loss"] == 0
     assert ours.get_coefficients() == {}
+
+
+def test_topk_auxiliary_loss_sends_gradient_to_the_dead_features_and_is_zero_without_them():
+    ours = topk_training_sae()
+    x = inputs(8)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[[0, 3, 7, 8]] = True  # head 2 has none
+    ours.training_forward_pass(step_input(x, dead)).losses["auxiliary_reconstruction_loss"].backward()
+    dec_rows = ours.W_dec_blocks.grad.flatten(0, 1).norm(dim=-1)
+    enc_columns = ours.W_enc_blocks.grad.transpose(1, 2).flatten(0, 1).norm(dim=-1)
+    assert (dec_rows[dead] > 0).all() and (dec_rows[~dead] == 0).all()
+    assert (enc_columns[dead] > 0).all() and (enc_columns[~dead] == 0).all()
+    for mask in (None, torch.zeros_like(dead)):
+        no_dead = ours.training_forward_pass(step_input(x, mask))
+        assert no_dead.losses["auxiliary_reconstruction_loss"] == 0
 
 
 def test_dense_views_and_dense_copy_hold_the_block_diagonal_matrix():

@@ -52,12 +52,13 @@ from sae_lens.saes.sae import (
     TrainStepOutput,
 )
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.saes.topk_sae import TopK, calculate_topk_aux_acts
+from sae_lens.saes.topk_sae import TopK
 from torch import nn
 from typing_extensions import override
 
 from sae_lens_attn.architectures._read_only import read_only_view
 from sae_lens_attn.architectures.block_ops import block_diagonal_dense, block_diagonal_matmul
+from sae_lens_attn.architectures.per_head_aux import per_head_topk_aux_loss
 from sae_lens_attn.architectures.per_head_topk import (
     PerHeadTopKCode,
     per_head_topk_decode,
@@ -481,7 +482,8 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
       - encode_with_hidden_pre: as `BlockDiagonalSAE.encode`, also returning pre-acts.
       - calculate_aux_loss: "relu": SAELens's standard L1 penalty on feature acts
         weighted by decoder row norms; "topk": SAELens's auxiliary loss for dead
-        features (the top `d_in // 2` dead pre-activations reconstruct the residual).
+        features, per head (in each head, its top `d_head // 2` dead pre-activations
+        reconstruct the head's residual; `per_head_aux`).
     """
 
     @override
@@ -611,10 +613,10 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
     def _topk_aux_loss(
         self, step_input: TrainStepInput, sae_out: torch.Tensor, hidden_pre: torch.Tensor
     ) -> torch.Tensor:
-        """SAELens's TopK auxiliary loss (`TopKTrainingSAE.calculate_topk_aux_loss`) with
-        the dead features' reconstruction decoded block by block."""
+        """SAELens's TopK auxiliary loss (`TopKTrainingSAE.calculate_topk_aux_loss`) per
+        head: `per_head_topk_aux_loss` on each head's block and residual slice."""
         dead = step_input.dead_neuron_mask
-        if dead is None or (num_dead := int(dead.sum())) == 0:
+        if dead is None or not bool(dead.any()):
             return sae_out.new_tensor(0.0)
         if self.cfg.normalize_activations in _RUNTIME_NORMALIZATIONS:
             raise ValueError(
@@ -622,12 +624,8 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
                 f"{self.cfg.normalize_activations!r}; use 'none' or 'expected_average_only_in'"
             )
         residual = (step_input.sae_in - sae_out).detach()
-        k_aux = step_input.sae_in.shape[-1] // 2
-        scale = min(num_dead / k_aux, 1.0)
-        auxk_acts = calculate_topk_aux_acts(min(k_aux, num_dead), hidden_pre, dead)
-        recons = block_diagonal_matmul(auxk_acts, self.W_dec_blocks)
-        aux_loss = (recons - residual).pow(2).sum(dim=-1).mean()
-        return self.cfg.aux_loss_coefficient * scale * aux_loss
+        aux_loss = per_head_topk_aux_loss(hidden_pre, dead, residual, self.W_dec_blocks)
+        return self.cfg.aux_loss_coefficient * aux_loss
 
     @override
     @torch.no_grad()
