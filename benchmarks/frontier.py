@@ -6,7 +6,8 @@ tokens in the same order, one model forward pass per batch), then the default SA
 1. **equal tokens**: every architecture available (per-head: `block_diagonal` TopK and
    ReLU, plus `block_diagonal_batchtopk` / `block_diagonal_jumprelu` when registered;
    dense: SAELens's topk, batchtopk, jumprelu, standard) at three sparsities aimed at L0
-   8, 20 and 40, all on `--training-tokens` tokens;
+   8, 20 and 40, all on `--training-tokens` tokens; TopK of both families also with the
+   data-driven initialisation (mean b_dec, active-subspace decoder: `... init` lines);
 2. **longer per-head runs**: the per-head architectures again on twice the tokens, so the
    equal-time view can give them the wall-clock budget a dense SAE used;
 3. **the default**: `train --layer 1` with every other option at its default (a child
@@ -57,9 +58,14 @@ LAYER = 1
 TARGET_L0S = (8, 20, 40)
 PER_HEAD_K = (2, 5, 10)  # per head, x 4 heads = L0 8, 20, 40 on the embedded model
 L1_COEFFICIENTS = (4.0, 8.0, 16.0)
-# label -> (architecture, [knobs per sweep point], per-head)
+# the data-driven initialisation (docs/initialisation.md) given to TopK in both families
+DATA_INIT = {"b_dec": "mean", "decoder": "active_subspace"}
+# label -> (architecture, [knobs per sweep point], per-head[, SAEInit fields])
 SWEEP = {
     "block_diagonal topk": ("block_diagonal", [{"activation": "topk", "k": k} for k in PER_HEAD_K], True),
+    "block_diagonal topk init": (
+        "block_diagonal", [{"activation": "topk", "k": k} for k in PER_HEAD_K], True, DATA_INIT,
+    ),
     "block_diagonal_batchtopk": ("block_diagonal_batchtopk", [{"k": k} for k in PER_HEAD_K], True),
     "block_diagonal_jumprelu": (
         "block_diagonal_jumprelu",
@@ -68,6 +74,7 @@ SWEEP = {
     ),
     "block_diagonal relu": ("block_diagonal", [{"l1_coefficient": c} for c in L1_COEFFICIENTS], True),
     "topk": ("topk", [{"k": k} for k in TARGET_L0S], False),
+    "topk init": ("topk", [{"k": k} for k in TARGET_L0S], False, DATA_INIT),
     "batchtopk": ("batchtopk", [{"k": k} for k in TARGET_L0S], False),
     "jumprelu": (
         "jumprelu",
@@ -83,11 +90,13 @@ def knob_text(knobs: dict) -> str:
 
 
 def specs(labels, expansion_factor: int):
+    from sae_lens_attn.architectures.init_options import SAEInit
     from sae_lens_attn.training.multi_training import HookZSAESpec
 
     return [
         HookZSAESpec(LAYER, None, SWEEP[label][0], knobs, expansion_factor,
-                     name=f"{label.replace(' ', '_')}_{knob_text(knobs)}")
+                     name=f"{label.replace(' ', '_')}_{knob_text(knobs)}",
+                     init=SAEInit(**SWEEP[label][3]) if len(SWEEP[label]) > 3 else None)
         for label in labels
         for knobs in SWEEP[label][1]
     ]

@@ -13,6 +13,9 @@ N defaults to `DEAD_TOKENS` = 100k held-out tokens.
 SAELens's trainer records a different quantity, `num_dead_features` in the SAE's metadata:
 features that did not fire in its last `dead_feature_window` training steps (1000 by
 default, so 0 in any run shorter than that). Our outputs do not print it as "dead".
+Our runs set that window to `DEAD_WINDOW_TOKENS` training tokens (`train
+--dead-window-tokens`): it decides only which features the TopK auxiliary loss (AuxK)
+tries to revive, so it must end within a short run; SAELens's 1000 steps never do.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ if TYPE_CHECKING:  # only tensor methods are called: the wording needs no torch 
     import torch
 
 DEAD_TOKENS = 100_000  # held-out tokens needed before a feature that never fired is "dead"
+DEAD_WINDOW_TOKENS = 16_384  # training tokens without firing before AuxK acts on a feature
 
 
 @dataclass(frozen=True)

@@ -313,3 +313,18 @@ def test_a_sweep_records_seconds_that_add_up_and_draws_its_frontier(
     summary = json.loads((out / "frontier" / "frontier.json").read_text())
     assert {line["label"] for line in summary["lines"]} == {"block_diagonal topk", "topk"}
     assert "frontier of 4 SAEs in 2 lines" in capsys.readouterr().out
+
+
+def test_a_data_driven_initialisation_gets_a_line_of_its_own():
+    from sae_lens_attn.training.frontier import training_label
+
+    def cfg(init=None):
+        metadata = {"training_architecture": "block_diagonal"}
+        if init is not None:
+            metadata["initialisation"] = {"b_dec": init[0], "decoder": init[1], "sample_tokens": 16}
+        return {"activation": "topk", "metadata": metadata}
+
+    entry = {"architecture": "block_diagonal"}
+    assert training_label(entry, cfg()) == "block_diagonal topk"
+    assert training_label(entry, cfg(("zeros", "kaiming"))) == "block_diagonal topk"
+    assert training_label(entry, cfg(("mean", "active_subspace"))) == "block_diagonal topk init mean+active_subspace"

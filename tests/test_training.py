@@ -265,3 +265,12 @@ def test_checkpoints_keep_the_per_head_scale_for_resuming(tiny_model, train_toke
     fresh = HookZSource(tiny_model, 1, heads=[1, 3], per_head_norm=True)
     small_runner(tiny_model, fresh, other_tokens)
     assert not torch.allclose(fresh.per_head_scale, source.per_head_scale)
+
+
+def test_dead_feature_window_counts_training_tokens_in_whole_batches():
+    from sae_lens_attn.dead import DEAD_WINDOW_TOKENS
+    from sae_lens_attn.training.train import dead_feature_window, runner_options
+
+    assert [dead_feature_window(tokens, 4096) for tokens in (1, 4096, 4097, 16_384)] == [1, 1, 2, 4]
+    assert runner_options(128, 4096, {})["dead_feature_window"] == dead_feature_window(DEAD_WINDOW_TOKENS, 4096)
+    assert runner_options(128, 4096, {"dead_feature_window": 7})["dead_feature_window"] == 7

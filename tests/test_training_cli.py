@@ -207,6 +207,7 @@ def test_dashboard_runs_on_an_sae_named_in_a_train_output_folder(listed_saes, tm
         (["--l1-coefficient", "1,nan"], "argument --l1-coefficient: 'nan' is not finite: expected a finite number"),
         (["--l1-coefficient", "-1"], "argument --l1-coefficient: '-1' is negative: expected a number >= 0"),
         (["--eval-batches", "-1"], "argument --eval-batches: -1 is too small: expected an integer >= 0"),
+        (["--dead-window-tokens", "0"], "argument --dead-window-tokens: 0 is too small: expected an integer >= 1"),
         (["--lr", "1e7"], "argument --lr: '1e7' is too large: expected a learning rate in (0, 1e+06]"),
         (["--target-l0", "0"], "argument --target-l0: '0' is not positive: expected a number > 0"),
         (["--matryoshka-widths", "512:128"], "argument --matryoshka-widths: bad widths '512:128': expected "

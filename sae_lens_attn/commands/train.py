@@ -41,7 +41,7 @@ from sae_lens_attn.commands._values import (
     positive_float,
     positive_int,
 )
-from sae_lens_attn.dead import DEAD_TOKENS, DeadFeatures
+from sae_lens_attn.dead import DEAD_TOKENS, DEAD_WINDOW_TOKENS, DeadFeatures
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -166,6 +166,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dead-tokens", type=non_negative_int, default=DEAD_TOKENS,
                         help="held-out tokens each feature is checked on after training: one that never fires "
                         f"is dead (below {DEAD_TOKENS:,} tokens only 'not seen'); 0: skip (default: {DEAD_TOKENS})")
+    parser.add_argument("--dead-window-tokens", type=positive_int, default=DEAD_WINDOW_TOKENS,
+                        help="training tokens a feature must stay silent before the TopK auxiliary loss "
+                        "(AuxK, per head for per-head SAEs) tries to revive it: SAELens's "
+                        f"dead_feature_window, rounded up to whole batches (default: {DEAD_WINDOW_TOKENS})")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
@@ -364,13 +368,16 @@ def train_saes(
     `scaleout`), several into `args.out/name` from one model pass per batch
     (`train_hook_z_saes`)."""
     from sae_lens_attn.training.multi_training import train_hook_z_saes
-    from sae_lens_attn.training.train import train_hook_z_sae
+    from sae_lens_attn.training.train import dead_feature_window, train_hook_z_sae
 
     run = dict(
         dataset=dataset, training_tokens=args.training_tokens, context_size=args.context_size,
         lr=args.lr, train_batch_size_tokens=args.batch_size, log_to_wandb=args.wandb,
         wandb_project=args.wandb_project, device=args.device, seed=args.seed,
-        runner_kwargs={"autocast": args.autocast},
+        runner_kwargs={
+            "autocast": args.autocast,
+            "dead_feature_window": dead_feature_window(args.dead_window_tokens, args.batch_size),
+        },
     )
     if len(specs) == 1:
         [spec] = specs

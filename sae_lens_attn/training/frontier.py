@@ -126,12 +126,16 @@ def _point(folder: Path, sweep: str, entry: Mapping[str, Any]) -> FrontierPoint:
 def training_label(entry: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
     """The architecture an SAE was trained as (SAELens's `training_architecture`
     metadata: a BatchTopK SAE saves itself as a JumpReLU), with the activation of a
-    `block_diagonal` SAE (relu or topk)."""
+    `block_diagonal` SAE (relu or topk) and a data-driven initialisation (`init
+    mean+active_subspace`; SAELens's own adds nothing)."""
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     trained_as = metadata.get("training_architecture")
     label = trained_as if isinstance(trained_as, str) else str(entry["architecture"])
     if label == "block_diagonal" and isinstance(cfg.get("activation"), str):
         label += f" {cfg['activation']}"
+    init = metadata.get("initialisation")
+    if isinstance(init, dict) and (init.get("b_dec"), init.get("decoder")) != ("zeros", "kaiming"):
+        label += f" init {init.get('b_dec')}+{init.get('decoder')}"
     return label
 
 

@@ -15,6 +15,7 @@ from sae_lens.config import HfDataset
 from transformer_lens import HookedTransformer
 
 from sae_lens_attn.architectures.init_options import SAEInit
+from sae_lens_attn.dead import DEAD_WINDOW_TOKENS
 from sae_lens_attn.sources.head_layout import HeadLayout
 from sae_lens_attn.sources.hook_z import HookZSource
 from sae_lens_attn.sources.tokens import as_token_dataset, row_length
@@ -139,6 +140,12 @@ def prepare_dataset(
     return dataset_path, override_dataset, context_size
 
 
+def dead_feature_window(window_tokens: int, train_batch_size_tokens: int) -> int:
+    """SAELens's `dead_feature_window` (training steps) covering `window_tokens` tokens:
+    a feature silent for that many steps counts as dead for the TopK auxiliary loss."""
+    return max(1, math.ceil(window_tokens / train_batch_size_tokens))
+
+
 def runner_options(
     context_size: int, train_batch_size_tokens: int, overrides: dict[str, Any]
 ) -> dict[str, Any]:
@@ -147,6 +154,9 @@ def runner_options(
         # the shuffling buffer must hold at least one training batch (twice, to mix)
         "n_batches_in_buffer": max(4, math.ceil(2 * train_batch_size_tokens / context_size)),
         "n_eval_batches": 2,
+        # SAELens's 1000 steps (4M tokens at batch 4096) never ends in a short run, so the
+        # TopK auxiliary loss would never act: count DEAD_WINDOW_TOKENS tokens instead
+        "dead_feature_window": dead_feature_window(DEAD_WINDOW_TOKENS, train_batch_size_tokens),
         **overrides,
     }
 
