@@ -130,9 +130,9 @@ def check_head_parallel_config(sae_cfg: TrainingSAEConfig, world_size: int) -> N
         )
     if sae_cfg.activation == "topk" and sae_cfg.aux_loss_coefficient != 0:  # type: ignore[attr-defined]
         raise ValueError(
-            "--parallel heads cannot split the TopK auxiliary loss: it ranks dead features "
-            "across all heads; use --parallel data for topk block-diagonal SAEs (or "
-            "aux_loss_coefficient=0)"
+            "--parallel heads does not run the TopK auxiliary loss: it is taken per head, "
+            "but head-parallel training has not been checked against it; use --parallel data "
+            "for topk block-diagonal SAEs (or aux_loss_coefficient=0)"
         )
     if sae_cfg.normalize_activations != "none":
         raise ValueError(
