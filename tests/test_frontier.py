@@ -327,4 +327,7 @@ def test_a_data_driven_initialisation_gets_a_line_of_its_own():
     entry = {"architecture": "block_diagonal"}
     assert training_label(entry, cfg()) == "block_diagonal topk"
     assert training_label(entry, cfg(("zeros", "kaiming"))) == "block_diagonal topk"
-    assert training_label(entry, cfg(("mean", "active_subspace"))) == "block_diagonal topk init mean+active_subspace"
+    assert (
+        training_label(entry, cfg(("mean", "active_subspace")))
+        == "block_diagonal topk init mean+active_subspace"
+    )

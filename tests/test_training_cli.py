@@ -442,3 +442,24 @@ def test_one_per_head_sae_trains_alone_through_the_single_sae_runner(tiny_embedd
     assert f"saved {architecture} SAE{saved_as} on blocks.1.attn.hook_z heads [0, 1, 2, 3]" in capsys.readouterr().out
     [entry] = json.loads((out / "saes.json").read_text())
     assert entry["architecture"] == architecture and "L1H2/l0" in entry["metrics"]
+
+
+def test_dead_window_tokens_reach_saelens_dead_feature_window_in_whole_batches(monkeypatch, tmp_path):
+    import sae_lens_attn.training.train as train_module
+    from sae_lens_attn.training.multi_training import HookZSAESpec
+
+    seen = {}
+
+    def fake_train(*args, **kwargs):
+        seen.update(kwargs["runner_kwargs"])
+        return None, None
+
+    monkeypatch.setattr(train_module, "train_hook_z_sae", fake_train)
+    for window, steps in (("16384", 128), ("300", 3), ("1", 1)):
+        args = build_parser().parse_args(["train", "--layer", "0", "--batch-size", "128", "--dead-window-tokens",
+                                          window, "--out", str(tmp_path / "sae")])
+        train_command.train_saes(args, None, [HookZSAESpec(0, None, "block_diagonal", {})], None, {})
+        assert seen["dead_feature_window"] == steps
+    args = build_parser().parse_args(["train", "--layer", "0", "--out", str(tmp_path / "sae")])
+    train_command.train_saes(args, None, [HookZSAESpec(0, None, "block_diagonal", {})], None, {})
+    assert seen["dead_feature_window"] == 4  # 16,384 tokens at the default batch of 4096
