@@ -474,9 +474,7 @@ def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> Non
     errors = nodes.of_kind(*ERROR_KINDS) | (nodes.of_kind(*FEATURE_KINDS) & ~kept)
     errors[root] = False
     opaque = nodes.of_kind("mlp_feature") & ~errors
-    graph.pruned_scores, _ = graph_scores(
-        graph.blocks, graph.n_nodes, root, inputs, errors, opaque
-    )
+    graph.pruned_scores, _ = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors, opaque)
 
 
 def _dense(graph: AttributionGraph, index: torch.Tensor) -> torch.Tensor:

@@ -115,9 +115,7 @@ def check_mlp_saes(
     return by_layer
 
 
-def mlp_features(
-    sae: SAE, layer: int, transcoder: bool, cache: ActivationCache
-) -> MlpFeatures:
+def mlp_features(sae: SAE, layer: int, transcoder: bool, cache: ActivationCache) -> MlpFeatures:
     """Encode the single-prompt `cache`'s input of `sae` (checked by `check_mlp_saes`)."""
     hook = sae.cfg.metadata.hook_name
     pre, post = encode(sae, cache[hook].detach().to(sae.dtype))

@@ -1,0 +1,289 @@
+"""Attribution graphs with MLP SAEs and transcoders (`attribution.graph.mlp`): MLP SAE
+features plus error add up to the MLP output, transcoder features close to their own
+pre-activations, a planted transcoder path is recovered, and bad combinations are refused.
+
+References: the model's own `hook_mlp_out` and residual stream, the transcoder's own
+`hook_sae_acts_pre`, and a hand-built model whose path is known by construction.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig, Transcoder, TranscoderConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sae_lens_attn.attribution.graph import Pruning, build_graph
+from sae_lens_attn.attribution.graph.mlp import check_mlp_saes, mlp_features
+from sae_lens_attn.attribution.graph.nodes import KINDS, build_nodes, check_decomposition
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+D_MODEL, N_HEADS, D_HEAD, D_MLP, VOCAB = 32, 4, 8, 64, 40
+
+
+def tiny_model() -> HookedTransformer:
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D_MODEL,
+        n_heads=N_HEADS,
+        d_head=D_HEAD,
+        d_mlp=D_MLP,
+        d_vocab=VOCAB,
+        n_ctx=16,
+        act_fn="gelu",
+        normalization_type="LN",
+        device="cpu",
+    )
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorm weights, so that the bias terms count
+        for name, param in model.named_parameters():
+            if name.endswith((".b", "b_O", "b_V", "b_in", "b_out")):
+                param.normal_(0, 0.1)
+            elif name.endswith(".w"):
+                param.normal_(1, 0.2)
+    return model
+
+
+def _randomise(sae, seed: int, threshold: float):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.4)
+        sae.W_dec.normal_(0, 0.3)
+        sae.b_enc.normal_(-threshold, 0.1)
+        sae.b_dec.normal_(0, 0.05)
+    return sae
+
+
+def attention_sae(layer: int, seed: int = 0, model_name: str | None = None) -> StandardSAE:
+    metadata = SAEMetadata(hook_name=f"blocks.{layer}.attn.hook_z", model_name=model_name)
+    sae = StandardSAE(StandardSAEConfig(d_in=N_HEADS * D_HEAD, d_sae=48, metadata=metadata))
+    return _randomise(sae, seed, 0.5)
+
+
+def mlp_sae(layer: int, seed: int = 10, model_name: str | None = None) -> StandardSAE:
+    metadata = SAEMetadata(hook_name=f"blocks.{layer}.hook_mlp_out", model_name=model_name)
+    sae = StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=64, metadata=metadata))
+    return _randomise(sae, seed, 0.3)
+
+
+def transcoder(layer: int, hook: str = "ln2.hook_normalized", seed: int = 20) -> Transcoder:
+    metadata = SAEMetadata(hook_name=f"blocks.{layer}.{hook}")
+    sae = Transcoder(
+        TranscoderConfig(
+            d_in=D_MODEL, d_out=D_MODEL, d_sae=64, apply_b_dec_to_input=False, metadata=metadata
+        )
+    )
+    return _randomise(sae, seed, 0.5)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model()
+    tokens = torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(1))
+    return model, [attention_sae(0, 0), attention_sae(1, 1)], tokens
+
+
+def test_mlp_sae_features_and_error_add_up_to_the_mlp_output(setup):
+    model, saes, tokens = setup
+    sae = mlp_sae(0)
+    _, cache = model.run_with_cache(tokens[None])
+    cache = cache.remove_batch_dim()
+    check_mlp_saes(model, [sae], [])
+    feats = mlp_features(sae, 0, False, cache)
+    nodes = build_nodes(model, cache, tokens, {}, None, {0: feats})
+    layer_0 = nodes.layer == 0
+    features = layer_0 & (nodes.kind == KINDS.index("mlp_feature"))
+    errors = layer_0 & (nodes.kind == KINDS.index("mlp_error"))
+    assert int(features.sum()) == int((feats.acts > 0).sum()) > 0
+    assert (
+        int(errors.sum()) == len(tokens) and not (nodes.kind == KINDS.index("mlp"))[layer_0].any()
+    )
+    total = torch.zeros(len(tokens), D_MODEL)
+    total.index_add_(0, nodes.position[features | errors], nodes.writes[features | errors])
+    reference = cache["blocks.0.hook_mlp_out"]
+    torch.testing.assert_close(total + sae.b_dec.detach(), reference, atol=1e-5, rtol=0)
+    # each feature writes its activation times its decoder row
+    picked = features.nonzero().flatten()
+    expected = (
+        feats.acts[nodes.position[picked], nodes.index[picked], None]
+        * sae.W_dec[nodes.index[picked]]
+    )
+    torch.testing.assert_close(nodes.writes[picked], expected.detach(), atol=1e-6, rtol=0)
+    for layer in range(model.cfg.n_layers + 1):
+        assert check_decomposition(nodes, cache, layer) < 1e-4
+
+
+@pytest.mark.parametrize("root", ["feature", "logit"])
+def test_transcoder_features_close_to_their_pre_activations(setup, root):
+    model, saes, tokens = setup
+    transcoders = [transcoder(0, "ln2.hook_normalized", 20), transcoder(1, "hook_resid_mid", 21)]
+    if root == "feature":
+        _, cache = model.run_with_cache(tokens[None])
+        from sae_lens_attn.attribution.graph.nodes import layer_features
+
+        acts = layer_features(saes[1], model, cache.remove_batch_dim()).acts
+        kwargs = dict(feature=(1, int(acts.max(0).values.argmax())))
+    else:
+        kwargs = dict(logit_token=int(tokens[-1]))
+    graph = build_graph(model, saes, tokens, transcoders=transcoders, **kwargs)
+    assert graph.closure_max_abs < 1e-4
+    assert graph.transcoder_layers == (0, 1) and graph.mlp_sae_layers == ()
+    kind = graph.nodes.kind
+    expanded = [t for b in graph.blocks for t in b.targets.tolist()]
+    transcoder_rows = [t for t in expanded if kind[t] == KINDS.index("transcoder")]
+    assert transcoder_rows, "no transcoder feature was expanded"
+    _, cache = model.run_with_cache(tokens[None])
+    cache = cache.remove_batch_dim()
+    for node in transcoder_rows:
+        layer, q, f = (
+            int(graph.nodes.layer[node]),
+            int(graph.nodes.position[node]),
+            int(graph.nodes.index[node]),
+        )
+        sae = transcoders[layer]
+        pre = (cache[sae.cfg.metadata.hook_name][q] @ sae.W_enc[:, f] + sae.b_enc[f]).item()
+        assert graph.value[node] == pytest.approx(pre, abs=1e-4)
+        row = graph.incoming(node)
+        assert row.sum().item() + graph.bias[node] == pytest.approx(pre, abs=1e-4)
+        # a transcoder reads its own position, below its MLP: nothing else
+        sources = row.nonzero().flatten()
+        assert (graph.nodes.position[sources] == q).all()
+        assert (graph.nodes.layer[sources] <= layer).all()
+        assert not torch.isin(
+            kind[sources], torch.tensor([KINDS.index("transcoder"), KINDS.index("mlp_error")])
+        )[graph.nodes.layer[sources] == layer].any()
+    assert not any(e.heads for e in graph.edges if kind[e.target] == KINDS.index("transcoder"))
+    assert 0 <= graph.pruned_scores.replacement <= 1
+
+
+def test_mlp_sae_features_are_leaves(setup):
+    model, saes, tokens = setup
+    graph = build_graph(
+        model, saes, tokens, logit_token=int(tokens[-1]), mlp_saes=[mlp_sae(0), mlp_sae(1, 11)]
+    )
+    assert graph.closure_max_abs < 1e-4
+    assert graph.mlp_sae_layers == (0, 1)
+    kind = graph.nodes.kind
+    expanded = {t for b in graph.blocks for t in b.targets.tolist()}
+    assert not any(kind[t] == KINDS.index("mlp_feature") for t in expanded)
+    assert any(kind[e.source] == KINDS.index("mlp_feature") for e in graph.edges)
+
+
+# --- a planted transcoder path --------------------------------------------------------
+N_TOK = 6  # tokens; residual: TOK (one-hot tokens) | MID (the transcoder's output)
+
+
+def planted_model() -> HookedTransformer:
+    """One layer, no LayerNorm, attention writing nothing; the MLP copies the token one-hot
+    into MID (so a transcoder of feature `t` for token `t` reconstructs it), and W_U reads
+    MID. The logit of `t` then reads transcoder feature `t` at the last position, which
+    reads that position's token embedding."""
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=2 * N_TOK,
+        n_heads=1,
+        d_head=2,
+        d_mlp=N_TOK,
+        d_vocab=N_TOK,
+        n_ctx=8,
+        act_fn="relu",
+        normalization_type=None,
+        device="cpu",
+    )
+    model = HookedTransformer(cfg)
+    t = torch.arange(N_TOK)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.embed.W_E[t, t] = 1.0
+        model.blocks[0].mlp.W_in[t, t] = 1.0
+        model.blocks[0].mlp.W_out[t, N_TOK + t] = 1.0
+        model.unembed.W_U[N_TOK + t, t] = 3.0
+    return model.eval()
+
+
+def planted_transcoder() -> Transcoder:
+    metadata = SAEMetadata(hook_name="blocks.0.hook_resid_mid")
+    sae = Transcoder(
+        TranscoderConfig(
+            d_in=2 * N_TOK,
+            d_out=2 * N_TOK,
+            d_sae=N_TOK,
+            apply_b_dec_to_input=False,
+            metadata=metadata,
+        )
+    )
+    t = torch.arange(N_TOK)
+    with torch.no_grad():
+        for param in sae.parameters():
+            param.zero_()
+        sae.W_enc[t, t] = 1.0
+        sae.W_dec[t, N_TOK + t] = 1.0
+        sae.b_enc.fill_(-0.2)
+        sae.W_dec.mul_(1 / 0.8)  # a one-hot input is reconstructed exactly
+    return sae
+
+
+def test_a_planted_transcoder_path_is_recovered():
+    model, sae = planted_model(), planted_transcoder()
+    for tokens in ([1, 4, 2, 5], [3, 3, 0, 2, 1]):
+        tokens = torch.tensor(tokens)
+        token = int(tokens[-1])
+        graph = build_graph(
+            model,
+            [],
+            tokens,
+            logit_token=token,
+            transcoders=[sae],
+            pruning=Pruning(node_threshold=0.99, edge_threshold=0.99),
+        )
+        assert graph.closure_max_abs < 1e-5
+        nodes = graph.nodes
+
+        def name(n: int) -> tuple:
+            return (graph.kind(n), int(nodes.layer[n]), int(nodes.position[n]), int(nodes.index[n]))
+
+        last = len(tokens) - 1
+        feature = ("transcoder", 0, last, token)
+        got = {(name(e.source), name(e.target)) for e in graph.edges}
+        assert got == {
+            (feature, ("logit", 1, last, token)),
+            (("embedding", -1, last, token), feature),
+        }
+        edge = next(e for e in graph.edges if name(e.source) == feature)
+        assert edge.weight == pytest.approx(3.0, abs=1e-5)  # activation 0.8 x (1/0.8) x 3
+        assert graph.scores.replacement == pytest.approx(1.0, abs=1e-6)
+
+
+# --- bad input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mlp_saes, transcoders, message",
+    [
+        (lambda: [mlp_sae(0), mlp_sae(0, 12)], lambda: [], "two MLP SAEs for layer 0"),
+        (
+            lambda: [],
+            lambda: [transcoder(1), transcoder(1, "hook_resid_mid")],
+            "two transcoders for layer 1",
+        ),
+        (lambda: [mlp_sae(0)], lambda: [transcoder(0)], "an MLP SAE and a transcoder for layer 0"),
+        (lambda: [attention_sae(0)], lambda: [], "MLP SAE on 'blocks.0.attn.hook_z'"),
+        (
+            lambda: [],
+            lambda: [transcoder(0, "hook_mlp_out")],
+            "transcoder on 'blocks.0.hook_mlp_out'",
+        ),
+        (lambda: [transcoder(0, "hook_mlp_out")], lambda: [], "is a Transcoder"),
+        (lambda: [mlp_sae(0, model_name="gpt2-small")], lambda: [], "different models"),
+    ],
+)
+def test_bad_mlp_saes_and_transcoders_are_refused(setup, mlp_saes, transcoders, message):
+    model, _, tokens = setup
+    saes = [attention_sae(0, model_name="tiny"), attention_sae(1, 1, model_name="tiny")]
+    with pytest.raises(ValueError, match=message):
+        build_graph(
+            model, saes, tokens, logit_token=0, mlp_saes=mlp_saes(), transcoders=transcoders()
+        )
