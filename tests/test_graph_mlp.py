@@ -12,6 +12,7 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig, Transcoder, TranscoderConfig
 from sae_lens.saes.sae import SAEMetadata
+from test_graph import graph_edges
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_attn.attribution.graph import Pruning, build_graph
@@ -240,19 +241,13 @@ def test_a_planted_transcoder_path_is_recovered():
             pruning=Pruning(node_threshold=0.99, edge_threshold=0.99),
         )
         assert graph.closure_max_abs < 1e-5
-        nodes = graph.nodes
-
-        def name(n: int) -> tuple:
-            return (graph.kind(n), int(nodes.layer[n]), int(nodes.position[n]), int(nodes.index[n]))
-
         last = len(tokens) - 1
         feature = ("transcoder", 0, last, token)
-        got = {(name(e.source), name(e.target)) for e in graph.edges}
-        assert got == {
+        assert graph_edges(graph) == {
             (feature, ("logit", 1, last, token)),
             (("embedding", -1, last, token), feature),
         }
-        edge = next(e for e in graph.edges if name(e.source) == feature)
+        (edge,) = [e for e in graph.edges if graph.kind(e.target) == "logit"]
         assert edge.weight == pytest.approx(3.0, abs=1e-5)  # activation 0.8 x (1/0.8) x 3
         assert graph.scores.replacement == pytest.approx(1.0, abs=1e-6)
 
