@@ -282,3 +282,140 @@ def test_bad_mlp_saes_and_transcoders_are_refused(setup, mlp_saes, transcoders, 
         build_graph(
             model, saes, tokens, logit_token=0, mlp_saes=mlp_saes(), transcoders=transcoders()
         )
+
+
+# --- the command --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedded_folders(tmp_path_factory):
+    """Random attention SAEs on both layers of the embedded model, a transcoder on layer 0
+    and an MLP SAE on layer 1, saved."""
+    from sae_lens_attn.models import load_embedded_model
+
+    model = load_embedded_model()
+    d_model, d_z = model.cfg.d_model, model.cfg.n_heads * model.cfg.d_head
+    root = tmp_path_factory.mktemp("graph_mlp")
+    folders = {}
+    for layer in range(2):
+        sae = StandardSAE(
+            StandardSAEConfig(
+                d_in=d_z,
+                d_sae=96,
+                metadata=SAEMetadata(
+                    hook_name=f"blocks.{layer}.attn.hook_z", model_name="embedded"
+                ),
+            )
+        )
+        _randomise(sae, layer, 0.5).save_model(root / f"attn{layer}")
+        folders[f"attn{layer}"] = str(root / f"attn{layer}")
+    tc = Transcoder(
+        TranscoderConfig(
+            d_in=d_model,
+            d_out=d_model,
+            d_sae=96,
+            apply_b_dec_to_input=False,
+            metadata=SAEMetadata(hook_name="blocks.0.ln2.hook_normalized", model_name="embedded"),
+        )
+    )
+    _randomise(tc, 30, 0.5).save_model(root / "tc0")
+    folders["tc0"] = str(root / "tc0")
+    for layer in range(2):
+        sae = StandardSAE(
+            StandardSAEConfig(
+                d_in=d_model,
+                d_sae=96,
+                metadata=SAEMetadata(
+                    hook_name=f"blocks.{layer}.hook_mlp_out", model_name="embedded"
+                ),
+            )
+        )
+        _randomise(sae, 40 + layer, 0.3).save_model(root / f"mlp{layer}")
+        folders[f"mlp{layer}"] = str(root / f"mlp{layer}")
+    return folders
+
+
+def run_graph(out, folders: dict, *extra: str) -> int:
+    from sae_lens_attn import cli
+
+    return cli.main(
+        [
+            "graph",
+            "--sae",
+            folders["attn0"],
+            "--sae",
+            folders["attn1"],
+            "--prompt",
+            "max_size = 10\nmax",
+            "--logit",
+            "_",
+            "--node-threshold",
+            "1.0",
+            "--edge-threshold",
+            "1.0",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
+
+
+def test_the_command_writes_transcoder_and_mlp_sae_nodes_that_circuit_tracer_reads(
+    embedded_folders, tmp_path
+):
+    import json
+
+    out = tmp_path / "graph"
+    extra = ("--transcoder", embedded_folders["tc0"], "--mlp-sae", embedded_folders["mlp1"])
+    assert run_graph(out, embedded_folders, *extra) == 0
+    data = json.loads((out / "graph.json").read_text())
+    info = data["metadata"]["info"]
+    assert info["closure_max_abs"] < 1e-4
+    assert info["transcoder_layers"] == [0] and info["mlp_sae_layers"] == [1]
+    kinds = {n["kind"] for n in data["nodes"]}
+    assert {"transcoder", "mlp_feature", "mlp_error", "feature"} <= kinds and "mlp" not in kinds
+    for node in data["nodes"]:
+        if node["kind"] in ("transcoder", "mlp_feature"):
+            assert node["feature_type"] == "cross layer transcoder"
+        if node["kind"] == "mlp_error":
+            assert node["feature_type"] == "mlp reconstruction error"
+    ids = {n["node_id"] for n in data["nodes"]}
+    into_transcoders = [link for link in data["links"] if link["target"].startswith("T0_")]
+    assert into_transcoders and all("heads" not in link for link in into_transcoders)
+    assert all(link["source"] in ids for link in data["links"])
+    graph_models = pytest.importorskip("circuit_tracer.frontend.graph_models")
+    model = graph_models.Model.model_validate(data)
+    keys = {(n.layer, n.feature, n.ctx_idx) for n in model.nodes}  # the viewer's key
+    assert len(keys) == len(model.nodes) == len(ids)
+    page = (out / "graph.html").read_text()
+    assert "transcoder feature #" in page and "MLP SAE feature #" in page
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--mlp-sae", "mlp0", "--transcoder", "tc0"), "an MLP SAE and a transcoder for layer 0"),
+        (("--mlp-sae", "mlp1", "--mlp-sae", "mlp1"), "two MLP SAEs for layer 1"),
+        (("--mlp-sae", "attn0"), "MLP SAE on 'blocks.0.attn.hook_z'"),
+        (("--transcoder", "mlp0"), "transcoder on 'blocks.0.hook_mlp_out'"),
+        (("--mlp-sae", "other"), "different models"),
+    ],
+)
+def test_bad_mlp_options_are_one_error_line(embedded_folders, tmp_path, capsys, extra, message):
+    from sae_lens import SAE
+
+    folders = dict(embedded_folders)
+    other = SAE.load_from_disk(folders["mlp0"])
+    other.cfg.metadata.model_name = "gpt2-small"
+    other.save_model(tmp_path / "other")
+    folders["other"] = str(tmp_path / "other")
+    extra = tuple(folders.get(value, value) for value in extra)
+    out = tmp_path / "out"
+    code = run_graph(out, folders, *extra)
+    lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    errors = [line for line in lines if not line.startswith("graph:")]
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0], errors
+    assert not out.exists()
