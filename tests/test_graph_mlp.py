@@ -9,6 +9,7 @@ References: the model's own `hook_mlp_out` and residual stream, the transcoder's
 from __future__ import annotations
 
 import pytest
+import test_dashboard
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig, Transcoder, TranscoderConfig
 from sae_lens.saes.sae import SAEMetadata
@@ -20,6 +21,7 @@ from sae_lens_attn.attribution.graph.mlp import check_mlp_saes, mlp_features
 from sae_lens_attn.attribution.graph.nodes import KINDS, build_nodes, check_decomposition
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+chromium = test_dashboard.chromium  # the session fixture: Chromium, installed if missing
 D_MODEL, N_HEADS, D_HEAD, D_MLP, VOCAB = 32, 4, 8, 64, 40
 
 
@@ -362,14 +364,18 @@ def run_graph(out, folders: dict, *extra: str) -> int:
     )
 
 
-def test_the_command_writes_transcoder_and_mlp_sae_nodes_that_circuit_tracer_reads(
-    embedded_folders, tmp_path
-):
-    import json
-
-    out = tmp_path / "graph"
+@pytest.fixture(scope="module")
+def mlp_graph(embedded_folders, tmp_path_factory):
+    out = tmp_path_factory.mktemp("graph_mlp_cli") / "graph"
     extra = ("--transcoder", embedded_folders["tc0"], "--mlp-sae", embedded_folders["mlp1"])
     assert run_graph(out, embedded_folders, *extra) == 0
+    return out
+
+
+def test_the_command_writes_transcoder_and_mlp_sae_nodes_that_circuit_tracer_reads(mlp_graph):
+    import json
+
+    out = mlp_graph
     data = json.loads((out / "graph.json").read_text())
     info = data["metadata"]["info"]
     assert info["closure_max_abs"] < 1e-4
@@ -391,6 +397,21 @@ def test_the_command_writes_transcoder_and_mlp_sae_nodes_that_circuit_tracer_rea
     assert len(keys) == len(model.nodes) == len(ids)
     page = (out / "graph.html").read_text()
     assert "transcoder feature #" in page and "MLP SAE feature #" in page
+
+
+def test_our_page_draws_mlp_sae_and_transcoder_nodes(mlp_graph, chromium, tmp_path):
+    import json
+
+    from test_dashboard import parse_dom, run_chromium
+
+    data = json.loads((mlp_graph / "graph.json").read_text())
+    dom = parse_dom(run_chromium(chromium, mlp_graph / "graph.html", tmp_path / "profile"))
+    circles = dom.find_all("circle")
+    assert len(circles) == len(data["nodes"])
+    classes = {c.attrs["class"] for c in circles}
+    assert {"node transcoder", "node mlp_feature", "node mlp_error"} <= classes
+    labels = {t.text() for t in dom.find_all("text", "label")}
+    assert {"L0 mlp feat", "L1 mlp feat", "logit"} <= labels
 
 
 @pytest.mark.parametrize(
