@@ -24,18 +24,14 @@ from sae_lens_attn.attribution.graph.influence import (
     find_threshold,
     graph_scores,
 )
-from sae_lens_attn.attribution.graph.mlp import (
-    MlpFeatures,
-    check_linear_input,
-    check_mlp_saes,
-    mlp_features,
-)
+from sae_lens_attn.attribution.graph.mlp import check_linear_input, check_mlp_saes, mlp_features
 from sae_lens_attn.attribution.graph.nodes import (
     ERROR_KINDS,
     FEATURE_KINDS,
     INPUT_KINDS,
     KINDS,
     LayerFeatures,
+    MlpFeatures,
     NodeSet,
     build_nodes,
     layer_features,

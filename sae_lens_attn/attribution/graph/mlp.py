@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from sae_lens_attn.attribution.graph.nodes import encode
+from sae_lens_attn.attribution.graph.nodes import MlpFeatures, encode
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -27,24 +24,6 @@ if TYPE_CHECKING:
 
 _MLP_OUT = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
 _TRANSCODER_IN = re.compile(r"^blocks\.(\d+)\.(?:ln2\.hook_normalized|hook_resid_mid)$")
-
-
-@dataclass(frozen=True)
-class MlpFeatures:
-    """One MLP SAE's or transcoder's view of one prompt: `pre_acts`, `acts` `[pos, d_sae]`;
-    `hook_name` is what it reads."""
-
-    sae: SAE
-    layer: int
-    transcoder: bool
-    hook_name: str
-    pre_acts: torch.Tensor
-    acts: torch.Tensor
-
-    @property
-    def reads_ln2(self) -> bool:
-        """True when it reads ln2's output (frozen scale), not `hook_resid_mid` itself."""
-        return self.hook_name.endswith("ln2.hook_normalized")
 
 
 def check_linear_input(sae: SAE, what: str) -> None:

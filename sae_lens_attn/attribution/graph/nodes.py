@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import ActivationCache, HookedTransformer
 
-    from sae_lens_attn.attribution.graph.mlp import MlpFeatures
-
 # "feature": an attention SAE feature; "mlp_feature": an MLP SAE feature (a leaf);
 # "transcoder": a transcoder feature (it has incoming edges); "mlp_error": what an MLP SAE
 # or transcoder misses; "mlp": a whole MLP output (no MLP SAE or transcoder on its layer)
@@ -62,6 +60,24 @@ class LayerFeatures:
     sae_in: torch.Tensor
     pre_acts: torch.Tensor
     acts: torch.Tensor
+
+
+@dataclass(frozen=True)
+class MlpFeatures:
+    """One MLP SAE's or transcoder's view of one prompt: `pre_acts`, `acts` `[pos, d_sae]`;
+    `hook_name` is what it reads."""
+
+    sae: SAE
+    layer: int
+    transcoder: bool
+    hook_name: str
+    pre_acts: torch.Tensor
+    acts: torch.Tensor
+
+    @property
+    def reads_ln2(self) -> bool:
+        """True when it reads ln2's output (frozen scale), not `hook_resid_mid` itself."""
+        return self.hook_name.endswith("ln2.hook_normalized")
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from sae_lens_attn.attribution._sae_weights import encoder_columns
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache, HookedTransformer
 
-    from sae_lens_attn.attribution.graph.mlp import MlpFeatures
-    from sae_lens_attn.attribution.graph.nodes import LayerFeatures, NodeSet
+    from sae_lens_attn.attribution.graph.nodes import LayerFeatures, MlpFeatures, NodeSet
 
 CENTRED_NORMS = ("LN", "LNPre")
 POSITIONS_PER_CHUNK = 8  # source positions read per batched matmul (memory: T x 8 x d_model)
