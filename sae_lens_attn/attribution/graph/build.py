@@ -198,7 +198,9 @@ def build_graph(
     by_layer = check_saes(model, saes)
     mlp_by_layer = check_mlp_saes(model, mlp_saes, transcoders)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens[None])
+        logits, cache = model.run_with_cache(
+            tokens[None], names_filter=_read_hooks(mlp_by_layer.values())
+        )
     cache = cache.remove_batch_dim()
     feats = {layer: layer_features(sae, model, cache) for layer, sae in by_layer.items()}
     mlp = {
@@ -206,11 +208,12 @@ def build_graph(
         for layer, (sae, transcoder) in mlp_by_layer.items()
     }
     target = _resolve_target(model, feats, tokens, feature, position, logit_token)
+    logits = logits[0, target.position].clone()  # [d_vocab]: the rest is not read
     nodes = build_nodes(model, cache, tokens, feats, target.position, mlp)
     if target.is_logit:
         root = nodes.n_nodes
-        root_activation = root_value = logits[0, target.position, target.token].item()
-        probability = logits[0, target.position].softmax(-1)[target.token].item()
+        root_activation = root_value = logits[target.token].item()
+        probability = logits.softmax(-1)[target.token].item()
         nodes = _with_root(
             nodes,
             KINDS.index("logit"),
@@ -258,6 +261,25 @@ def build_graph(
     result = AttributionGraph(**graph)
     prune(result, pruning, model, cache, feats)
     return result
+
+
+_READ_HOOKS = (
+    "hook_embed",
+    "hook_pos_embed",
+    "attn.hook_z",
+    "attn.hook_pattern",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_scale",
+)
+
+
+def _read_hooks(mlp_saes):
+    """The cache's filter: only the activations a graph reads (the writes, hook_z, the
+    frozen patterns and LayerNorm scales, the MLP SAEs' and transcoders' inputs), which at
+    gpt2-small's shape is a fraction of the full cache."""
+    inputs = {sae.cfg.metadata.hook_name for sae, _ in mlp_saes}
+    return lambda name: name.endswith(_READ_HOOKS) or name in inputs
 
 
 def _resolve_target(

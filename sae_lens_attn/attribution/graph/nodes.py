@@ -52,26 +52,55 @@ FEATURE_KINDS = ("feature", "mlp_feature", "transcoder")
 
 
 @dataclass(frozen=True)
+class ActivePre:
+    """The pre-activations `[pos, d_sae]` of one SAE at its active entries only (a graph's
+    targets are active features), kept as sorted flat keys `pos * d_sae + feature` and
+    their values: a dense copy per layer would cost `pos x d_sae` floats for a few hundred
+    numbers."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    d_sae: int
+
+    @classmethod
+    def of(cls, pre: torch.Tensor, acts: torch.Tensor) -> ActivePre:
+        """From dense `pre`, `acts` `[pos, d_sae]` (active: `acts != 0`)."""
+        keys = (acts != 0).flatten().nonzero().flatten()
+        return cls(keys, pre.flatten()[keys].float(), pre.shape[1])
+
+    def at(self, positions: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """`[n]`: the pre-activations at `(positions[i], features[i])`; NaN where the
+        feature is not active (so that a closure check fails loudly)."""
+        keys = positions.long() * self.d_sae + features.long().to(positions.device)
+        if not len(self.keys):
+            return torch.full(keys.shape, float("nan"))
+        index = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        hit = self.keys[index] == keys
+        return torch.where(hit, self.values[index], torch.tensor(float("nan")))
+
+
+@dataclass(frozen=True)
 class LayerFeatures:
-    """One attention SAE's view of one prompt: `pre_acts`, `acts` `[pos, d_sae]`."""
+    """One attention SAE's view of one prompt: `acts [pos, d_sae]` and `pre_acts`, the
+    pre-activations of the active ones."""
 
     sae: SAE
     layout: HeadLayout
     sae_in: torch.Tensor
-    pre_acts: torch.Tensor
+    pre_acts: ActivePre
     acts: torch.Tensor
 
 
 @dataclass(frozen=True)
 class MlpFeatures:
-    """One MLP SAE's or transcoder's view of one prompt: `pre_acts`, `acts` `[pos, d_sae]`;
-    `hook_name` is what it reads."""
+    """One MLP SAE's or transcoder's view of one prompt: `acts [pos, d_sae]` and
+    `pre_acts`, those of the active ones; `hook_name` is what it reads."""
 
     sae: SAE
     layer: int
     transcoder: bool
     hook_name: str
-    pre_acts: torch.Tensor
+    pre_acts: ActivePre
     acts: torch.Tensor
 
     @property
@@ -137,9 +166,10 @@ def layer_features(sae: SAE, model: HookedTransformer, cache: ActivationCache) -
     return LayerFeatures(sae, layout, layout.select(z), pre, post)
 
 
-def encode(sae: SAE, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sae`'s pre-activations and activations `[pos, d_sae]` on `sae_in [pos, ...]`, from
-    its own `hook_sae_acts_pre` and `hook_sae_acts_post` (what its `encode` computes)."""
+def encode(sae: SAE, sae_in: torch.Tensor) -> tuple[ActivePre, torch.Tensor]:
+    """`sae`'s pre-activations (where active) and activations `[pos, d_sae]` on `sae_in
+    [pos, ...]`, from its own `hook_sae_acts_pre` and `hook_sae_acts_post` (what its
+    `encode` computes)."""
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         (f"hook_sae_acts_{key}", lambda act, hook, key=key: captured.__setitem__(key, act))
@@ -148,7 +178,8 @@ def encode(sae: SAE, sae_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         sae.run_with_hooks(sae_in, fwd_hooks=hooks)
     n_pos = sae_in.shape[0]
-    return tuple(captured[key].detach().reshape(n_pos, -1) for key in ("pre", "post"))
+    pre, post = (captured.pop(key).detach().reshape(n_pos, -1) for key in ("pre", "post"))
+    return ActivePre.of(pre, post), post
 
 
 def build_nodes(

@@ -132,7 +132,7 @@ class AttentionReads:
             sae.cfg.apply_b_dec_to_input
         )
         self.fixed = centring + sae.b_enc.detach().float()[features]
-        self.value = feats.pre_acts[positions, features].float()
+        self.value = feats.pre_acts.at(positions, features)
 
     def rows(self, nodes: NodeSet, constant: torch.Tensor) -> TargetRows:
         """Edges from the nodes this layer reads (`nodes.prefix(layer)`), and the bias from
@@ -140,10 +140,10 @@ class AttentionReads:
         end = nodes.prefix(self.layer)
         source_pos = nodes.position[:end]
         targets = self.encoder.shape[0]
-        # sources sorted by position, so that each position's sources are one slice
+        # each position's sources, as one slice of `order`
         order = source_pos.argsort(stable=True)
         counts = torch.bincount(source_pos, minlength=int(source_pos.max()) + 1).tolist()
-        inputs = self.norm.linear(nodes.writes[order], source_pos[order])  # [P, d_model]
+        inputs = self.norm.linear(nodes.writes[:end], source_pos)  # [P, d_model], one copy
         rows = torch.zeros(targets, end)
         starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
         for chunk in range(0, len(counts), POSITIONS_PER_CHUNK):
@@ -160,7 +160,7 @@ class AttentionReads:
                         else int(torch.searchsorted(self.destinations, k))
                     )
                     sources = order[starts[k] : starts[k + 1]]
-                    block = inputs[starts[k] : starts[k + 1]]
+                    block = inputs[sources]
                     rows[first:, sources] = reads[first:, k - span.start] @ block.T
         n_pos = constant.shape[0]
         fixed_inputs = self.norm.linear(constant, torch.arange(n_pos))  # [pos, d_model]
@@ -204,7 +204,7 @@ class TranscoderReads:
         self.encoder = sae.W_enc.detach()[:, features].T.float()  # [T, d_model]
         self.positions = positions
         self.fixed = sae.b_enc.detach().float()[features]
-        self.value = feats.pre_acts[positions, features].float()
+        self.value = feats.pre_acts.at(positions, features)
 
     def rows(self, nodes: NodeSet) -> TargetRows:
         """Edges from the nodes at each target's position below the layer's MLP
