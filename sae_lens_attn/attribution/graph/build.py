@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 
+TARGETS_PER_CHUNK = 256  # feature targets read at once (memory: T x n_heads x d_model)
+
+
 @dataclass(frozen=True)
 class GraphTarget:
     """The root: feature `feature` of layer `layer`'s SAE at `position`, or, when `token`
@@ -385,21 +388,24 @@ def _expand(
         chosen = span[
             (nodes.kind[span] == KINDS.index(kind)) & (steps[span] >= 0) & (steps[span] < max_depth)
         ]
-        if not len(chosen):
-            continue
-        positions, indices = nodes.position[chosen], nodes.index[chosen]
-        if kind == "transcoder":
-            rows = TranscoderReads(model, cache, mlp[layer], positions, indices).rows(nodes)
-        else:
-            reads = AttentionReads(model, cache, feats[layer], positions, indices)
-            rows = reads.rows(nodes, nodes.constant[layer])
-        closure.append(rows.closure.abs().max().item())
-        bias.update(zip(chosen.tolist(), rows.bias.tolist(), strict=True))
-        value.update(zip(chosen.tolist(), rows.value.tolist(), strict=True))
-        for block in _causal_blocks(chosen, nodes, rows.rows, kind == "transcoder"):
-            blocks.append(block)
-            _reach(steps, block)
-        del rows
+        # in chunks of targets, which bounds the per-target read vectors and dense rows
+        for chunk in chosen.split(TARGETS_PER_CHUNK):
+            positions, indices = nodes.position[chunk], nodes.index[chunk]
+            if kind == "transcoder":
+                rows = TranscoderReads(model, cache, mlp[layer], positions, indices).rows(nodes)
+                sources = "at"
+            else:
+                reads = AttentionReads(model, cache, feats[layer], positions, indices)
+                rows = reads.rows(nodes, nodes.constant[layer])
+                sources = "before" if reads.destinations is not None else "all"
+                del reads
+            closure.append(rows.closure.abs().max().item())
+            bias.update(zip(chunk.tolist(), rows.bias.tolist(), strict=True))
+            value.update(zip(chunk.tolist(), rows.value.tolist(), strict=True))
+            for block in _row_blocks(chunk, nodes, rows.rows, sources):
+                blocks.append(block)
+                _reach(steps, block)
+            del rows
     scores, node_influence = graph_scores(
         blocks,
         n_nodes,
@@ -421,26 +427,25 @@ def _expand(
     )
 
 
-def _causal_blocks(
-    targets: torch.Tensor, nodes: NodeSet, rows: torch.Tensor, own_position: bool = False
+def _row_blocks(
+    targets: torch.Tensor, nodes: NodeSet, rows: torch.Tensor, sources: str
 ) -> list[RowBlock]:
-    """`rows [T, P]` (over the first P nodes) split by target position, each block keeping
-    only the sources at or before it (`own_position`: at it, for transcoder features):
-    under causal attention the rest are zeros, so this halves what is stored. Keeps every
-    column when the rows say otherwise."""
+    """`rows [T, P]` (over the first P nodes) as blocks. `sources` says which columns the
+    reads can have filled: `"before"` (causal attention) and `"at"` (a transcoder) split
+    the rows by target position and keep the sources at or before it (at it); the rest
+    are zeros by construction, so this halves what is stored (or more). `"all"`: one
+    block of whole rows."""
+    if sources == "all":
+        return [RowBlock(targets, torch.arange(rows.shape[1]), rows)]
     source_pos = nodes.position[: rows.shape[1]]
     positions = nodes.position[targets]
     blocks = []
     for q in positions.unique().tolist():
         picked = (positions == q).nonzero().flatten()
-        columns = ((source_pos == q) if own_position else (source_pos <= q)).nonzero().flatten()
-        part = rows[picked]
-        outside = (source_pos != q) if own_position else (source_pos > q)
-        if bool((part[:, outside] != 0).any()):  # not causal: keep the whole row
-            columns = torch.arange(rows.shape[1])
-        else:
-            part = part[:, columns]
-        blocks.append(RowBlock(targets[picked], columns, part.contiguous()))
+        columns = ((source_pos == q) if sources == "at" else (source_pos <= q)).nonzero()
+        columns = columns.flatten()
+        part = rows[picked[:, None], columns[None]]  # one gather, one new tensor
+        blocks.append(RowBlock(targets[picked], columns, part))
     return blocks
 
 
