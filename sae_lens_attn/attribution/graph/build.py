@@ -11,7 +11,7 @@ pruning and the replacement and completeness scores follow circuit-tracer (`infl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -277,7 +277,7 @@ _READ_HOOKS = (
 )
 
 
-def _read_hooks(mlp_saes):
+def _read_hooks(mlp_saes: Iterable[tuple[SAE, bool]]) -> Callable[[str], bool]:
     """The cache's filter: only the activations a graph reads (the writes, hook_z, the
     frozen patterns and LayerNorm scales, the MLP SAEs' and transcoders' inputs), which at
     gpt2-small's shape is a fraction of the full cache."""
