@@ -116,6 +116,8 @@ def test_mlp_sae_features_and_error_add_up_to_the_mlp_output(setup):
     torch.testing.assert_close(nodes.writes[picked], expected.detach(), atol=1e-6, rtol=0)
     for layer in range(model.cfg.n_layers + 1):
         assert check_decomposition(nodes, cache, layer) < 1e-4
+    for layer in range(model.cfg.n_layers):  # what a transcoder reads: below the MLP
+        assert check_decomposition(nodes, cache, layer, mid=True) < 1e-4
 
 
 @pytest.mark.parametrize("root", ["feature", "logit"])
