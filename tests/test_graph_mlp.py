@@ -442,3 +442,23 @@ def test_bad_mlp_options_are_one_error_line(embedded_folders, tmp_path, capsys, 
     assert code == 2
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0], errors
     assert not out.exists()
+
+
+def test_circuit_tracers_viewer_draws_the_mlp_sae_and_transcoder_nodes(
+    mlp_graph, chromium, tmp_path
+):
+    """circuit-tracer's own frontend, served by `serve`, draws every node its pruning
+    slider shows, transcoder and MLP SAE feature nodes (negative `feature` numbers)
+    included."""
+    import json
+
+    from test_dashboard import parse_dom, run_chromium
+    from test_graph_cli import serving, shown_nodes
+
+    data = json.loads((mlp_graph / "graph.json").read_text())
+    with serving(mlp_graph) as url:
+        dom = parse_dom(run_chromium(chromium, url, tmp_path / "profile"))
+    (link_graph,) = dom.find_all("div", "link-graph")
+    shown = shown_nodes(data)
+    assert {"transcoder", "mlp_feature"} <= {node["kind"] for node in shown}
+    assert len(link_graph.find_all("text", "node")) == len(shown)
