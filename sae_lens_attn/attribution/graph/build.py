@@ -5,8 +5,8 @@ The attention patterns and every LayerNorm scale are frozen at the prompt, so ea
 target's pre-activation (or logit) is linear in what the nodes below wrote (`reads`).
 Starting at the root, every attention or transcoder feature node reached gets its incoming
 edges, down to `depth` steps or until only leaves (tokens, error, MLP and MLP SAE feature
-nodes) are left. Influence,
-pruning and the replacement and completeness scores follow circuit-tracer (`influence`).
+nodes) are left. Influence, pruning and the replacement and completeness scores follow
+circuit-tracer (`influence`).
 """
 
 from __future__ import annotations
