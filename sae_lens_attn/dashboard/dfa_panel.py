@@ -47,10 +47,12 @@ class DFAPanel(DashboardPanel):
         start = 0 if window is None else max(0, example.dest - window)
         scale = float(by_source.abs().max()) if by_source.numel() else 0.0
         spans = ['<span class="sla-more">…</span>'] if start > 0 else []
+        # one conversion to lists, not a tensor index per token
+        values, by_head = by_source.tolist(), example.dfa.tolist()
         for position in range(start, example.dest + 1):
-            value = float(by_source[position])
+            value = values[position]
             tip = f"position {position}: {value:+.4f}\n" + head_split_text(
-                example.dfa[position].tolist(), context.head_labels
+                by_head[position], context.head_labels
             )
             dest = " sla-dest" if position == example.dest else ""
             spans.append(
