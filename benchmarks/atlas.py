@@ -281,6 +281,7 @@ def child(args: argparse.Namespace) -> None:
         )
         size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
+    print(shards_table(stages, clock, len(peaks)), file=sys.stderr, flush=True)
     print(
         json.dumps(
             {
