@@ -80,7 +80,10 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]],
 
 
 def write_figure_html(figure: Any, path: str | Path, include_plotlyjs: bool | str = True) -> Path:
-    """`figure.write_html(path)` under a temporary name, renamed when complete."""
+    """`figure` (a `go.Figure` or a figure dict) as a plotly HTML page under a temporary
+    name, renamed when complete."""
+    import plotly.io as pio
+
     with atomic_path(path) as temporary:
-        figure.write_html(temporary, include_plotlyjs=include_plotlyjs)
+        pio.write_html(figure, temporary, include_plotlyjs=include_plotlyjs)
     return Path(path)

@@ -403,3 +403,10 @@ def test_gqa_models_give_the_signatures_of_their_expanded_equivalent():
     assert torch.allclose(a.dfa_share, b.dfa_share, atol=1e-4)
     rows = TaxonomyDetector().detect(gqa, sae, layout, tokens=tokens, pairs_per_sequence=2)
     assert all(row.family in (*CLASSES, None) for row in rows) and sum(row.live for row in rows) == int(a.live.sum())
+
+
+def test_running_max_equals_cummax():
+    from sae_lens_attn.detectors.signature import _running_max
+
+    values = torch.randint(-1, 40, (5, 33, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_running_max(values.clone()), values.cummax(dim=1).values)

@@ -198,3 +198,42 @@ def test_a_head_whose_ablation_changes_nothing_has_no_ce_loss_recovered():
     rows, header = head_evals_rows(table)
     assert rows[0][2] == "n/a" and rows[1][2] == "0.500"
     assert header[4] == "not seen in 10 tok"  # 10 tokens cannot call a feature dead
+
+
+@pytest.mark.parametrize("positional", ["standard", "shortformer", "rotary"])
+def test_passes_from_the_layer_equal_full_passes(positional):
+    """The clean, spliced and ablated passes start at the layer's residual stream; each
+    equals a full forward pass with an independent hook, whatever the position embedding
+    (shortformer models add it to every layer's attention input, rotary ones inside it)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=53, n_ctx=16,
+        act_fn="gelu", normalization_type="LN", positional_embedding_type=positional, seed=1,
+    )  # fmt: skip
+    model = HookedTransformer(cfg)
+    tokens = torch.randint(0, 53, (6, 16), generator=torch.Generator().manual_seed(4))
+    layout = HeadLayout.for_model(model, 2)
+    sae = _sae(layout, d_sae=64, seed=5)
+    evals = evaluate_heads(model, sae, layout, tokens, batch_size=4)
+
+    def loss_with(head, replacement):
+        def hook_fn(z, hook):
+            z = z.clone()
+            z[:, :, head] = replacement
+            return z
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.2.attn.hook_z", hook_fn)])
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()
+        ).item()
+
+    clean = model(tokens, return_type="loss").item()
+    z = model.run_with_cache(tokens, names_filter="blocks.2.attn.hook_z")[1]["blocks.2.attn.hook_z"]
+    x_hat = sae.decode(sae.encode(z.flatten(-2))).view_as(z).detach()
+    assert evals.ce_loss_without_sae == pytest.approx(clean, rel=1e-5)
+    for head in range(4):
+        assert evals.ce_loss_with_ablation[head].item() == pytest.approx(loss_with(head, 0.0), rel=1e-5)
+        assert evals.ce_loss_with_sae[head].item() == pytest.approx(
+            loss_with(head, x_hat[:, :, head]), rel=1e-5
+        )

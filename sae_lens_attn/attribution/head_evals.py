@@ -234,6 +234,27 @@ def _reconstruct(
     return acts, x_hat.flatten(-2) if getattr(sae, "hook_z_reshaping_mode", False) else x_hat
 
 
+@dataclass(frozen=True)
+class _FromLayer:
+    """The arguments of a forward pass of `batch` that starts at `layer`'s residual
+    stream (computed once) and returns the loss per token."""
+
+    args: tuple[torch.Tensor]
+    kwargs: dict[str, Any]
+
+
+def _from_layer(model: HookedTransformer, batch: torch.Tensor, layer: int) -> _FromLayer:
+    """Run the embedding and the blocks below `layer` once for `batch [n, pos]`: the
+    clean, spliced and ablated passes of every head share them (they differ only from the
+    layer's hook_z on), so each pays only for the layers from `layer` up."""
+    residual, _, pos_embed, mask = model.input_to_embed(batch)
+    context = {"shortformer_pos_embed": pos_embed, "attention_mask": mask}
+    if layer > 0:
+        residual = model(residual, start_at_layer=0, stop_at_layer=layer, **context)
+    kwargs = {"start_at_layer": layer, "tokens": batch, "return_type": "loss", "loss_per_token": True}
+    return _FromLayer(args=(residual,), kwargs=kwargs | context)
+
+
 @torch.no_grad()
 def evaluate_heads(
     model: HookedTransformer,
@@ -244,7 +265,8 @@ def evaluate_heads(
     dead: DeadFeatures | None = None,
 ) -> HeadEvals:
     """Per-head evals of `sae` (raw hook_z input, as SAELens's evals) on `tokens [n, pos]`:
-    one clean pass and, per head, one pass with the head spliced and one with it zeroed.
+    one clean pass and, per head, one pass with the head spliced and one with it zeroed,
+    all from the layer's residual stream (the layers below run once per batch).
     Dead shares come from `dead` (counted on more held-out tokens, `count_firings`) when
     given, else from these tokens."""
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
@@ -262,8 +284,9 @@ def evaluate_heads(
     n_tokens = n_predicted = 0
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size].to(model.cfg.device)
+        from_layer = _from_layer(model, batch, layout.layer)
         clean, cache = model.run_with_cache(
-            batch, return_type="loss", loss_per_token=True, names_filter=hook
+            *from_layer.args, names_filter=hook, **from_layer.kwargs
         )
         z = cache[hook]
         x = layout.select(z).to(sae.b_dec.device)
@@ -283,7 +306,7 @@ def evaluate_heads(
                     return splice_head(activation, head, replacement)
 
                 per_token = model.run_with_hooks(
-                    batch, return_type="loss", loss_per_token=True, fwd_hooks=[(hook, hook_fn)]
+                    *from_layer.args, fwd_hooks=[(hook, hook_fn)], **from_layer.kwargs
                 )
                 loss[name][i] += per_token.sum().item()
         n_tokens += active.shape[0]

@@ -47,7 +47,8 @@ class DFAPanel(DashboardPanel):
         start = 0 if window is None else max(0, example.dest - window)
         scale = float(by_source.abs().max()) if by_source.numel() else 0.0
         spans = ['<span class="sla-more">…</span>'] if start > 0 else []
-        values, by_head = by_source.tolist(), example.dfa.tolist()  # one conversion each
+        # one conversion to lists, not a tensor index per token
+        values, by_head = by_source.tolist(), example.dfa.tolist()
         for position in range(start, example.dest + 1):
             value = values[position]
             tip = f"position {position}: {value:+.4f}\n" + head_split_text(
@@ -81,9 +82,7 @@ class DFAPanel(DashboardPanel):
         body = "".join(self._example_html(example, context) for example in report.examples)
         return PanelOutput(
             html=f'<p class="sla-note">{esc(intro)}</p>{body}',
-            data={
-                "examples": [self._example_data(example, context) for example in report.examples]
-            },
+            data={"examples": [self._example_data(example, context) for example in report.examples]},
         )
 
     @staticmethod

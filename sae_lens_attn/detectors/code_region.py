@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sae_lens_attn.attribution.heads import sae_head_attribution
-from sae_lens_attn.detectors.base import encode_hook_z, feature_index, resolve_layout
+from sae_lens_attn.detectors.base import encode_hook_z_columns, feature_index, resolve_layout
 from sae_lens_attn.detectors.region_stats import (
     rank_auc,
     region_auc,
@@ -128,21 +128,34 @@ def region_labels_for(model: HookedTransformer, tokens: torch.Tensor | None):
 
 
 @torch.no_grad()
-def _activations(
-    model: HookedTransformer,
-    sae: SAE,
-    layout: HeadLayout,
-    tokens: torch.Tensor,
-    index: torch.Tensor,
-    batch_size: int = 16,
+def _hook_z(
+    model: HookedTransformer, layout: HeadLayout, tokens: torch.Tensor, batch_size: int = 16
 ) -> torch.Tensor:
-    """`[n, q, F]` activations of features `index` on `tokens [n, q]`."""
+    """`[n, q, n_heads * d_head]` SAE inputs of `tokens [n, q]`: one model pass, which
+    every feature chunk then encodes."""
     source = HookZSource(model, layout.layer, layout.heads)
-    parts = []
-    for start in range(0, tokens.shape[0], batch_size):
-        x = source.activations(tokens[start : start + batch_size].to(model.cfg.device))
-        parts.append(encode_hook_z(sae, x, layout)[..., index.to(sae.b_dec.device)].float().cpu())
-    return torch.cat(parts)
+    return torch.cat(
+        [
+            source.activations(tokens[start : start + batch_size].to(model.cfg.device)).cpu()
+            for start in range(0, tokens.shape[0], batch_size)
+        ]
+    )
+
+
+@torch.no_grad()
+def _activations(
+    sae: SAE, layout: HeadLayout, x: torch.Tensor, index: torch.Tensor, batch_size: int = 16
+) -> torch.Tensor:
+    """`[n, q, F]` activations of features `index` on SAE inputs `x [n, q, d_in]`."""
+    device = sae.b_dec.device
+    return torch.cat(
+        [
+            encode_hook_z_columns(sae, x[start : start + batch_size].to(device), layout, index)
+            .float()
+            .cpu()
+            for start in range(0, x.shape[0], batch_size)
+        ]
+    )
 
 
 def region_statistics(
@@ -255,9 +268,10 @@ class CodeRegionDetector:
         heads = sae_head_attribution(sae, layout.n_heads, index.to(sae.b_dec.device)).cpu()
         threshold = float(options.get("activation_threshold", 0.0))
         rows: list[FamilyRow] = []
+        x = _hook_z(model, layout, tokens)
         for start in range(0, len(index), thresholds.feature_chunk_size):
             chunk = index[start : start + thresholds.feature_chunk_size]
-            fires = _activations(model, sae, layout, tokens, chunk) > threshold
+            fires = _activations(sae, layout, x, chunk) > threshold
             stats = region_statistics(
                 fires,
                 tokens,
