@@ -6,6 +6,7 @@ written; a layer without an SAE is a `warning:` line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -203,13 +204,12 @@ def test_our_page_opens_from_file_and_draws_the_graph(graph_folder, chromium, tm
     assert tokens == data["metadata"]["prompt_tokens"]
 
 
-@pytest.fixture
-def served_graph(graph_folder):
-    """`sae-lens-attn serve` on the graph folder, on a free port: its viewer URL."""
+@contextlib.contextmanager
+def serving(folder: Path):
+    """`sae-lens-attn serve` on a graph folder, on a free port: its viewer URL."""
     pytest.importorskip("circuit_tracer.frontend.local_server")
-    out, _ = graph_folder
     server = subprocess.Popen(
-        [sys.executable, "-m", "sae_lens_attn", "serve", str(out), "--port", "0"],
+        [sys.executable, "-m", "sae_lens_attn", "serve", str(folder), "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -218,6 +218,24 @@ def served_graph(graph_folder):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def shown_nodes(data: dict) -> list[dict]:
+    """The nodes circuit-tracer's viewer draws at its initial pruning slider (the graph's
+    node threshold): embeddings, logits and those within it."""
+    threshold = data["metadata"]["node_threshold"]
+    return [
+        node
+        for node in data["nodes"]
+        if node["feature_type"] in ("embedding", "logit") or node["influence"] <= threshold
+    ]
+
+
+@pytest.fixture
+def served_graph(graph_folder):
+    out, _ = graph_folder
+    with serving(out) as url:
+        yield url
 
 
 def test_serve_serves_circuit_tracers_viewer_with_the_graph(served_graph):
@@ -250,12 +268,7 @@ def test_circuit_tracers_viewer_renders_the_graph_offline(
         )
     )
     (link_graph,) = dom.find_all("div", "link-graph")
-    threshold = data["metadata"]["node_threshold"]
-    shown = [
-        node
-        for node in data["nodes"]
-        if node["feature_type"] in ("embedding", "logit") or node["influence"] <= threshold
-    ]
+    shown = shown_nodes(data)
     root = data["metadata"]["info"]["root"]
     assert root in {node["node_id"] for node in shown}
     assert (
@@ -426,7 +439,10 @@ def test_an_sae_with_nan_weights_is_refused_unless_allow_nonfinite_skips_its_fea
         "NaN or inf",
         "--allow-nonfinite",
     )
-    assert run_graph(out, [str(tmp_path / "damaged"), folders[1]], "--logit", "_", "--allow-nonfinite") == 0
+    assert (
+        run_graph(out, [str(tmp_path / "damaged"), folders[1]], "--logit", "_", "--allow-nonfinite")
+        == 0
+    )
     assert "skipped 1 of" in capsys.readouterr().out
     data = json.loads((out / "graph.json").read_text())
     assert not [n for n in data["nodes"] if n["layer"] == "0" and n["feature"] == 3]

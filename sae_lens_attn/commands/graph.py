@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="attribution graph of an attention-SAE feature or a logit, back to the tokens",
         description="Recursive direct feature attribution with frozen attention patterns and "
         "LayerNorm scales: each node's pre-activation (or the logit) split exactly into edges "
-        "from the attention-SAE features, SAE errors, MLP outputs and token embeddings below "
-        "it, each edge with its heads. Writes circuit-tracer's graph JSON and our own page.",
+        "from the attention-SAE features, SAE errors, MLP outputs (or MLP SAE and transcoder "
+        "features) and token embeddings below it, each edge with its heads. Writes circuit-tracer's graph JSON and our own page.",
     )
     parser.add_argument(
         "--sae",
@@ -75,6 +75,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="one SAE per attention layer (repeatable): a saved SAE folder, a `train "
         "--layers` output folder with saes.json (all its SAEs), a SAELens pretrained "
         "RELEASE/SAE_ID, or RELEASE alone for every SAE of that release",
+    )
+    parser.add_argument(
+        "--mlp-sae",
+        action="append",
+        default=[],
+        help="an MLP SAE on blocks.L.hook_mlp_out (a saved SAE folder, repeatable, one per "
+        "layer): that layer's MLP output becomes its active features (leaves) and one MLP "
+        "error node per position (default: none, each MLP output is one node per position)",
+    )
+    parser.add_argument(
+        "--transcoder",
+        action="append",
+        default=[],
+        help="a SAELens transcoder reading blocks.L.ln2.hook_normalized or "
+        "blocks.L.hook_resid_mid and writing that layer's MLP output (a saved folder, "
+        "repeatable, one per layer; not on a layer with an --mlp-sae): its features get "
+        "incoming edges through the frozen ln2, plus one MLP error node per position "
+        "(default: none)",
     )
     add_allow_nonfinite_argument(parser)
     add_model_argument(parser)
@@ -165,7 +183,12 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     references = expand_references(args.sae)
     check_sae_folders(*[r for r in references if isinstance(r, Path)])
-    steps = tqdm(total=len(references) + 2, desc="graph", unit="step")
+    mlp_options = [("--mlp-sae", v) for v in args.mlp_sae] + [
+        ("--transcoder", v) for v in args.transcoder
+    ]
+    for option, value in mlp_options:
+        check_sae_folders(value, hook_z=False, option=option)
+    steps = tqdm(total=len(references) + len(mlp_options) + 2, desc="graph", unit="step")
     try:
         saes = []
         for reference in references:
@@ -175,6 +198,12 @@ def run(args: argparse.Namespace) -> int:
             )
             report_skipped(sae)
             saes.append(sae)
+            steps.update()
+        mlp: dict[str, list] = {"--mlp-sae": [], "--transcoder": []}
+        for option, value in mlp_options:
+            sae = load_sae(value, hook_z=False, option=option, allow_nonfinite=args.allow_nonfinite)
+            report_skipped(sae)
+            mlp[option].append(sae)
             steps.update()
         model = load_model(args.model)
         steps.update()
@@ -193,7 +222,16 @@ def run(args: argparse.Namespace) -> int:
             layer, index, position = args.feature
             root.update(feature=(layer, index), position=position)
         pruning = Pruning(args.node_threshold, args.edge_threshold, args.max_nodes)
-        graph = build_graph(model, saes, tokens, depth=args.depth, pruning=pruning, **root)
+        graph = build_graph(
+            model,
+            saes,
+            tokens,
+            depth=args.depth,
+            pruning=pruning,
+            mlp_saes=mlp["--mlp-sae"],
+            transcoders=mlp["--transcoder"],
+            **root,
+        )
         steps.update()
     finally:
         steps.close()

@@ -5,8 +5,14 @@ Neuronpedia's graph viewer read, with our own fields added to each node and link
 circuit-tracer has no attention-SAE node: attention features are written as its feature
 nodes (`"cross layer transcoder"`, id `{layer}_{feature}_{position}`) and say their head
 in `clerp` (`L1H2 #299`) and in `head`; an attention SAE's error is an error node
-(`"attention reconstruction error"`), an MLP output its `"mlp reconstruction error"`.
-Links into attention features carry `heads`: each head's term (they sum to `weight`).
+(`"attention reconstruction error"`), an MLP output its `"mlp reconstruction error"`, and
+so is the error node of an MLP SAE or transcoder. Transcoder features are circuit-tracer's
+own kind of feature node (`"cross layer transcoder"`, `TC L1 #12`), and so are MLP SAE
+features (`MLP L1 #12`, leaves); their ids start with `T` and `M` and their `feature`
+numbers are negative (`-3 - cantor(layer, index)`), so that the viewer's key
+`{layer}_{feature}_{ctx_idx}` does not meet an attention feature's at the same layer and
+index. Links into attention features carry `heads`: each head's term (they sum to
+`weight`).
 """
 
 from __future__ import annotations
@@ -75,15 +81,29 @@ def node_record(graph: AttributionGraph, node: int, decode: Decode, influence: f
             head_share=float(nodes.head_share[node]),
             sae_feature=index,
         )
-    elif kind in ("attn_error", "mlp"):
+    elif kind in ("mlp_feature", "transcoder"):
+        prefix, label = ("T", "TC") if kind == "transcoder" else ("M", "MLP")
+        record.update(
+            node_id=f"{prefix}{layer}_{index}_{position}",
+            jsNodeId=f"{prefix}{layer}_{index}-0",
+            feature=-3 - _cantor(layer, index),
+            layer=str(layer),
+            feature_type="cross layer transcoder",
+            clerp=f"{label} L{layer} #{index}",
+            sae_feature=index,
+        )
+    elif kind in ("attn_error", "mlp", "mlp_error"):
         name = "attention" if kind == "attn_error" else "mlp"
-        prefix = "A" if kind == "attn_error" else "0"
+        # circuit-tracer names its error node `0_{layer}_{pos}`, which is also the id of
+        # feature number `layer` of layer 0 at that position: ours start with a letter
+        # (a layer has an mlp or an mlp_error node per position, not both)
+        prefix = "A" if kind == "attn_error" else "R"
         record.update(
             node_id=f"{prefix}_{layer}_{position}",
             jsNodeId=f"{prefix}{layer}_{position}-0",
             # circuit-tracer's error nodes are -1; its viewer keys nodes by
             # `{layer}_{feature}_{ctx_idx}`, so our second error kind needs its own
-            feature=-1 if kind == "mlp" else -2,
+            feature=-2 if kind == "attn_error" else -1,
             layer=str(layer),
             feature_type=f"{name} reconstruction error",
             clerp=f"Err: {name} L{layer} {token!r}",
@@ -153,6 +173,8 @@ def graph_json(
         "edge_threshold": graph.pruning.edge_threshold,
         "max_nodes": graph.pruning.max_nodes,
         "missing_layers": list(graph.missing_layers),
+        "mlp_sae_layers": list(graph.mlp_sae_layers),
+        "transcoder_layers": list(graph.transcoder_layers),
         "n_nodes_total": graph.n_nodes,
     }
     return {

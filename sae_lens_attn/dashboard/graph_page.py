@@ -3,8 +3,8 @@
 The graph JSON (`graph_json.graph_json`) is embedded in a `<script type=
 "application/json">` tag (browsers refuse `fetch` under `file://`), written with
 `script_safe_json`; the page draws it as SVG with no library: token positions left to
-right, layers bottom to top (embeddings, then each layer's attention features, attention
-error and MLP output), the root on top. Hover a node for its token, layer, head,
+right, layers bottom to top (embeddings, then each layer's attention error, attention
+features, MLP output or MLP error, and MLP SAE or transcoder features), the root on top. Hover a node for its token, layer, head,
 activation and incoming DFA (per head); hover an edge for its weight and head terms; click
 a feature for its dashboard or atlas page when `feature_url` (a template with `{layer}`
 and `{feature}`) is given. Token text reaches the DOM as text only (`textContent`).
@@ -36,7 +36,8 @@ body { font: 13px system-ui, sans-serif; margin: 16px; color: #222; }
 #prompt .tok { background: #eef; border-radius: 3px; padding: 0 2px; margin-right: 2px; white-space: pre; }
 svg { border: 1px solid #ddd; background: #fff; }
 .node { cursor: pointer; stroke: #333; stroke-width: 0.6; }
-.node.feature { fill: #8bb8e8; } .node.attn_error, .node.mlp { fill: #bbb; }
+.node.feature { fill: #8bb8e8; } .node.attn_error, .node.mlp, .node.mlp_error { fill: #bbb; }
+.node.transcoder { fill: #c39bd3; } .node.mlp_feature { fill: #e6c2f0; }
 .node.embedding, .node.position { fill: #9d9; } .node.logit, .node.root { fill: #f6b26b; }
 .edge { fill: none; stroke-opacity: 0.55; }
 .label { font-size: 10px; fill: #555; }
@@ -82,11 +83,14 @@ Hover for token, layer, head, DFA and activation; click a feature for its page.<
   const prompt = document.getElementById('prompt');
   tokens.forEach((t, i) => { const s = document.createElement('span'); s.className = 'tok'; s.title = 'position ' + i; s.textContent = t; prompt.appendChild(s); });
 
-  // rows: E, then per layer: features, attention error, mlp; the logit on top
+  // rows: E, then per layer: attention error, attention features, MLP output or error,
+  // MLP SAE or transcoder features; the logit on top
+  const ROW = {attn_error: 0, feature: 1, mlp: 2, mlp_error: 2, mlp_feature: 3, transcoder: 3};
+  const ROW_NAMES = ['err', 'attn', 'mlp', 'mlp feat'];
   const rowOf = n => {
     if (n.layer === 'E') return 0;
-    if (n.kind === 'logit') return 1 + 3 * (+n.layer - 1) + 1;
-    return 1 + 3 * (+n.layer) + ({feature: 2, attn_error: 1, mlp: 0})[n.kind];
+    if (n.kind === 'logit') return 1 + 4 * (+n.layer - 1);  // just above the last layer
+    return 1 + 4 * (+n.layer) + ROW[n.kind];
   };
   const nRows = Math.max(...data.nodes.map(rowOf)) + 1;
   const colW = Math.max(70, Math.min(140, 1100 / tokens.length)), rowH = 46, left = 70, top = 30;
@@ -104,7 +108,8 @@ Hover for token, layer, head, DFA and activation; click a feature for its page.<
   }));
   tokens.forEach((t, i) => { const label = el('text', {x: left + colW * i + colW / 2, y: height - 12, 'text-anchor': 'middle', class: 'label'}, svg); label.textContent = t.length > 12 ? t.slice(0, 11) + '…' : t; });
   for (let r = 0; r < nRows; r++) {
-    const name = r === 0 ? 'emb' : (r - 1) % 3 === 2 ? 'L' + Math.floor((r - 1) / 3) + ' attn' : (r - 1) % 3 === 1 ? 'L' + Math.floor((r - 1) / 3) + ' err' : 'L' + Math.floor((r - 1) / 3) + ' mlp';
+    const isLogit = data.nodes.some(n => n.kind === 'logit' && rowOf(n) === r);
+    const name = r === 0 ? 'emb' : isLogit ? 'logit' : 'L' + Math.floor((r - 1) / 4) + ' ' + ROW_NAMES[(r - 1) % 4];
     const label = el('text', {x: 4, y: top + rowH * (nRows - 1 - r) + rowH / 2 + 4, class: 'label'}, svg);
     label.textContent = name;
   }
@@ -129,6 +134,8 @@ Hover for token, layer, head, DFA and activation; click a feature for its page.<
     c.dataset.nodeId = n.node_id;
     const lines = [n.clerp, 'token ' + JSON.stringify(n.token) + ' at position ' + n.ctx_idx, 'layer ' + n.layer];
     if (n.kind === 'feature') lines.push('head ' + n.clerp.split(' ')[0] + ' (decoder share ' + (100 * n.head_share).toFixed(0) + '%)', 'activation ' + fmt(n.activation));
+    else if (n.kind === 'transcoder') lines.push('transcoder feature #' + n.sae_feature + ' (reads the MLP input, writes the MLP output)', 'activation ' + fmt(n.activation));
+    else if (n.kind === 'mlp_feature') lines.push('MLP SAE feature #' + n.sae_feature + ' (a leaf: the MLP is not linear)', 'activation ' + fmt(n.activation));
     else if (n.kind !== 'logit') lines.push('write norm ' + fmt(n.activation));
     if (n.value !== null && n.value !== undefined) lines.push((n.kind === 'logit' ? 'logit ' : 'pre-activation ') + fmt(n.value) + ' = edges + bias ' + fmt(n.bias));
     const ins = (incoming[n.node_id] || []).slice().sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8);

@@ -3,15 +3,16 @@ one logit) back to the tokens, as an attribution graph.
 
 The attention patterns and every LayerNorm scale are frozen at the prompt, so each
 target's pre-activation (or logit) is linear in what the nodes below wrote (`reads`).
-Starting at the root, every feature node reached gets its incoming edges, down to
-`depth` steps or until only leaves (tokens, error and MLP nodes) are left. Influence,
-pruning and the replacement and completeness scores follow circuit-tracer (`influence`).
+Starting at the root, every attention or transcoder feature node reached gets its incoming
+edges, down to `depth` steps or until only leaves (tokens, error, MLP and MLP SAE feature
+nodes) are left. Influence, pruning and the replacement and completeness scores follow
+circuit-tracer (`influence`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,21 +24,27 @@ from sae_lens_attn.attribution.graph.influence import (
     find_threshold,
     graph_scores,
 )
+from sae_lens_attn.attribution.graph.mlp import check_linear_input, check_mlp_saes, mlp_features
 from sae_lens_attn.attribution.graph.nodes import (
     ERROR_KINDS,
+    FEATURE_KINDS,
     INPUT_KINDS,
     KINDS,
     LayerFeatures,
+    MlpFeatures,
     NodeSet,
     build_nodes,
     layer_features,
 )
-from sae_lens_attn.attribution.graph.reads import AttentionReads, logit_rows
+from sae_lens_attn.attribution.graph.reads import AttentionReads, TranscoderReads, logit_rows
 from sae_lens_attn.sources.model_inputs import check_token_rows
 
 if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
+
+
+TARGETS_PER_CHUNK = 256  # feature targets read at once (memory: T x n_heads x d_model)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class AttributionGraph:
     pruned_scores: Scores | None = None
     missing_layers: tuple[int, ...] = ()
     root_probability: float = 0.0
+    mlp_sae_layers: tuple[int, ...] = ()
+    transcoder_layers: tuple[int, ...] = ()
 
     @property
     def n_nodes(self) -> int:
@@ -127,6 +136,16 @@ class AttributionGraph:
         return None
 
 
+def check_one_model(saes: Sequence[SAE]) -> None:
+    """A ValueError when `saes` (attention SAEs, MLP SAEs, transcoders) name different
+    models."""
+    model_names = {sae.cfg.metadata.model_name for sae in saes} - {None, ""}
+    if len(model_names) > 1:
+        raise ValueError(
+            f"the SAEs come from different models: {sorted(model_names)}; give SAEs of one model"
+        )
+
+
 def check_saes(model: HookedTransformer, saes: Sequence[SAE]) -> dict[int, SAE]:
     """One hook_z SAE per layer, each on this model's shapes; `{layer: sae}`. A ValueError
     says what is wrong (not hook_z, two for a layer, another model, run-time
@@ -134,11 +153,7 @@ def check_saes(model: HookedTransformer, saes: Sequence[SAE]) -> dict[int, SAE]:
     from sae_lens_attn.sources.head_layout import HeadLayout, layer_of_hook_z
 
     by_layer: dict[int, SAE] = {}
-    model_names = {sae.cfg.metadata.model_name for sae in saes} - {None, ""}
-    if len(model_names) > 1:
-        raise ValueError(
-            f"the SAEs come from different models: {sorted(model_names)}; give SAEs of one model"
-        )
+    check_one_model(saes)
     for sae in saes:
         hook = sae.cfg.metadata.hook_name or ""
         try:
@@ -153,12 +168,7 @@ def check_saes(model: HookedTransformer, saes: Sequence[SAE]) -> dict[int, SAE]:
                 f"two SAEs for layer {layer} (blocks.{layer}.attn.hook_z); give one "
                 "SAE per attention layer"
             )
-        if sae.cfg.normalize_activations not in ("none", None):
-            raise ValueError(
-                f"the layer-{layer} SAE normalises its input at run time "
-                f"({sae.cfg.normalize_activations!r}), so its features do not add up linearly; "
-                "use one with normalize_activations 'none'"
-            )
+        check_linear_input(sae, f"layer-{layer} SAE")
         HeadLayout.from_sae(sae, model).check_against(model, hook)
         by_layer[layer] = sae
     return by_layer
@@ -173,26 +183,40 @@ def build_graph(
     logit_token: int | None = None,
     depth: int | None = None,
     pruning: Pruning = Pruning(),
+    mlp_saes: Sequence[SAE] = (),
+    transcoders: Sequence[SAE] = (),
 ) -> AttributionGraph:
     """The attribution graph of `feature = (layer, index)` at `position` (default: where it
     is most active) or of the logit of `logit_token` at `position` (default: the last), on
     one prompt `tokens [pos]`. `saes`: hook_z SAEs, at most one per layer; a layer without
-    one is an error node per position (`AttributionGraph.missing_layers`)."""
+    one is an error node per position (`AttributionGraph.missing_layers`). `mlp_saes` (on
+    `hook_mlp_out`) and `transcoders` (SAELens transcoders reading `ln2.hook_normalized` or
+    `hook_resid_mid`): at most one per MLP layer; their features replace that layer's MLP
+    output nodes, plus one MLP error node per position."""
     tokens = tokens.reshape(-1)
     check_token_rows(tokens, model, "prompt")
     if (feature is None) == (logit_token is None):
         raise ValueError("give exactly one root: feature=(layer, index) or logit_token")
+    check_one_model([*saes, *mlp_saes, *transcoders])
     by_layer = check_saes(model, saes)
+    mlp_by_layer = check_mlp_saes(model, mlp_saes, transcoders)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens[None])
+        logits, cache = model.run_with_cache(
+            tokens[None], names_filter=_read_hooks(mlp_by_layer.values())
+        )
     cache = cache.remove_batch_dim()
     feats = {layer: layer_features(sae, model, cache) for layer, sae in by_layer.items()}
+    mlp = {
+        layer: mlp_features(sae, layer, transcoder, cache)
+        for layer, (sae, transcoder) in mlp_by_layer.items()
+    }
     target = _resolve_target(model, feats, tokens, feature, position, logit_token)
-    nodes = build_nodes(model, cache, tokens, feats, target.position)
+    logits = logits[0, target.position].clone()  # [d_vocab]: the rest is not read
+    nodes = build_nodes(model, cache, tokens, feats, target.position, mlp)
     if target.is_logit:
         root = nodes.n_nodes
-        root_activation = root_value = logits[0, target.position, target.token].item()
-        probability = logits[0, target.position].softmax(-1)[target.token].item()
+        root_activation = root_value = logits[target.token].item()
+        probability = logits.softmax(-1)[target.token].item()
         nodes = _with_root(
             nodes,
             KINDS.index("logit"),
@@ -225,7 +249,7 @@ def build_graph(
             root_activation,
         )
         probability = 0.0
-    graph = _expand(model, cache, feats, nodes, root, root_rows, target, depth)
+    graph = _expand(model, cache, feats, mlp, nodes, root, root_rows, target, depth)
     graph.update(
         tokens=tokens.cpu(),
         target=target,
@@ -234,10 +258,31 @@ def build_graph(
         pruning=pruning,
         missing_layers=tuple(sorted(set(range(model.cfg.n_layers)) - set(feats))),
         root_probability=probability,
+        mlp_sae_layers=tuple(sorted(k for k, v in mlp.items() if not v.transcoder)),
+        transcoder_layers=tuple(sorted(k for k, v in mlp.items() if v.transcoder)),
     )
     result = AttributionGraph(**graph)
     prune(result, pruning, model, cache, feats)
     return result
+
+
+_READ_HOOKS = (
+    "hook_embed",
+    "hook_pos_embed",
+    "attn.hook_z",
+    "attn.hook_pattern",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_scale",
+)
+
+
+def _read_hooks(mlp_saes: Iterable[tuple[SAE, bool]]) -> Callable[[str], bool]:
+    """The cache's filter: only the activations a graph reads (the writes, hook_z, the
+    frozen patterns and LayerNorm scales, the MLP SAEs' and transcoders' inputs), which at
+    gpt2-small's shape is a fraction of the full cache."""
+    inputs = {sae.cfg.metadata.hook_name for sae, _ in mlp_saes}
+    return lambda name: name.endswith(_READ_HOOKS) or name in inputs
 
 
 def _resolve_target(
@@ -294,7 +339,8 @@ def _with_root(
     same = (same & (nodes.index == index)).nonzero().flatten()
     head = nodes.head[same[:1]] if len(same) else -one
     share = nodes.head_share[same[:1]] if len(same) else torch.zeros(1)
-    return NodeSet(
+    return replace(
+        nodes,
         kind=torch.cat([nodes.kind, one * kind]),
         layer=torch.cat([nodes.layer, one * layer]),
         position=torch.cat([nodes.position, one * position]),
@@ -303,23 +349,23 @@ def _with_root(
         head=torch.cat([nodes.head, head]),
         head_share=torch.cat([nodes.head_share, share]),
         writes=torch.cat([nodes.writes, torch.zeros(1, nodes.writes.shape[1])]),
-        constant=nodes.constant,
-        ends=nodes.ends,
     )
 
 
 def _expand(
     model,
     cache,
-    feats,
+    feats: Mapping[int, LayerFeatures],
+    mlp: Mapping[int, MlpFeatures],
     nodes: NodeSet,
     root: int,
     root_rows,
     target: GraphTarget,
     depth: int | None,
 ) -> dict:
-    """Give the root and then, layer by layer downwards, every reached feature node its
-    incoming edges; returns the fields of `AttributionGraph` it computes."""
+    """Give the root and then, layer by layer downwards (each layer's transcoder, then its
+    attention SAE), every reached feature node its incoming edges; returns the fields of
+    `AttributionGraph` it computes."""
     n_nodes = nodes.n_nodes
     max_depth = depth if depth is not None else model.cfg.n_layers + 1
     steps = torch.full((n_nodes,), -1, dtype=torch.long)
@@ -330,30 +376,43 @@ def _expand(
     value = {root: root_rows.value.item()}
     closure = [root_rows.closure.abs().max().item()]
     _reach(steps, blocks[0])
-    feature_kind = KINDS.index("feature")
+    stages = []
     for layer in range(target.layer - 1, -1, -1):
-        if layer not in feats:
-            continue
+        if layer in mlp and mlp[layer].transcoder:
+            stages.append((layer, "transcoder"))
+        if layer in feats:
+            stages.append((layer, "feature"))
+    for layer, kind in stages:
         start, end = nodes.prefix(layer), nodes.prefix(layer + 1)
         span = torch.arange(start, end)
         chosen = span[
-            (nodes.kind[span] == feature_kind) & (steps[span] >= 0) & (steps[span] < max_depth)
+            (nodes.kind[span] == KINDS.index(kind)) & (steps[span] >= 0) & (steps[span] < max_depth)
         ]
-        if not len(chosen):
-            continue
-        reads = AttentionReads(
-            model, cache, feats[layer], nodes.position[chosen], nodes.index[chosen]
-        )
-        rows = reads.rows(nodes, nodes.constant[layer])
-        closure.append(rows.closure.abs().max().item())
-        bias.update(zip(chosen.tolist(), rows.bias.tolist(), strict=True))
-        value.update(zip(chosen.tolist(), rows.value.tolist(), strict=True))
-        for block in _causal_blocks(chosen, nodes, rows.rows):
-            blocks.append(block)
-            _reach(steps, block)
-        del rows
+        # in chunks of targets, which bounds the per-target read vectors and dense rows
+        for chunk in chosen.split(TARGETS_PER_CHUNK):
+            positions, indices = nodes.position[chunk], nodes.index[chunk]
+            if kind == "transcoder":
+                rows = TranscoderReads(model, cache, mlp[layer], positions, indices).rows(nodes)
+                sources = "at"
+            else:
+                reads = AttentionReads(model, cache, feats[layer], positions, indices)
+                rows = reads.rows(nodes, nodes.constant[layer])
+                sources = "before" if reads.destinations is not None else "all"
+                del reads
+            closure.append(rows.closure.abs().max().item())
+            bias.update(zip(chunk.tolist(), rows.bias.tolist(), strict=True))
+            value.update(zip(chunk.tolist(), rows.value.tolist(), strict=True))
+            for block in _row_blocks(chunk, nodes, rows.rows, sources):
+                blocks.append(block)
+                _reach(steps, block)
+            del rows
     scores, node_influence = graph_scores(
-        blocks, n_nodes, root, nodes.of_kind(*INPUT_KINDS), nodes.of_kind(*ERROR_KINDS)
+        blocks,
+        n_nodes,
+        root,
+        nodes.of_kind(*INPUT_KINDS),
+        nodes.of_kind(*ERROR_KINDS),
+        nodes.of_kind("mlp_feature"),
     )
     return dict(
         nodes=nodes,
@@ -368,22 +427,25 @@ def _expand(
     )
 
 
-def _causal_blocks(targets: torch.Tensor, nodes: NodeSet, rows: torch.Tensor) -> list[RowBlock]:
-    """`rows [T, P]` (over the first P nodes) split by target position, each block keeping
-    only the sources at or before it: under causal attention the rest are zeros, so this
-    halves what is stored. Keeps every column when the rows say otherwise."""
+def _row_blocks(
+    targets: torch.Tensor, nodes: NodeSet, rows: torch.Tensor, sources: str
+) -> list[RowBlock]:
+    """`rows [T, P]` (over the first P nodes) as blocks. `sources` says which columns the
+    reads can have filled: `"before"` (causal attention) and `"at"` (a transcoder) split
+    the rows by target position and keep the sources at or before it (at it); the rest
+    are zeros by construction, so this halves what is stored (or more). `"all"`: one
+    block of whole rows."""
+    if sources == "all":
+        return [RowBlock(targets, torch.arange(rows.shape[1]), rows)]
     source_pos = nodes.position[: rows.shape[1]]
     positions = nodes.position[targets]
     blocks = []
     for q in positions.unique().tolist():
         picked = (positions == q).nonzero().flatten()
-        columns = (source_pos <= q).nonzero().flatten()
-        part = rows[picked]
-        if bool((part[:, source_pos > q] != 0).any()):  # not causal: keep the whole row
-            columns = torch.arange(rows.shape[1])
-        else:
-            part = part[:, columns]
-        blocks.append(RowBlock(targets[picked], columns, part.contiguous()))
+        columns = ((source_pos == q) if sources == "at" else (source_pos <= q)).nonzero()
+        columns = columns.flatten()
+        part = rows[picked[:, None], columns[None]]  # one gather, one new tensor
+        blocks.append(RowBlock(targets[picked], columns, part))
     return blocks
 
 
@@ -432,9 +494,10 @@ def prune(graph: AttributionGraph, pruning: Pruning, model, cache, feats) -> Non
     graph.edges = _edges(
         graph, index[targets], index[sources], dense[targets, sources], model, cache, feats
     )
-    errors = nodes.of_kind(*ERROR_KINDS) | (nodes.of_kind("feature") & ~kept)
+    errors = nodes.of_kind(*ERROR_KINDS) | (nodes.of_kind(*FEATURE_KINDS) & ~kept)
     errors[root] = False
-    graph.pruned_scores, _ = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors)
+    opaque = nodes.of_kind("mlp_feature") & ~errors
+    graph.pruned_scores, _ = graph_scores(graph.blocks, graph.n_nodes, root, inputs, errors, opaque)
 
 
 def _dense(graph: AttributionGraph, index: torch.Tensor) -> torch.Tensor:
@@ -484,19 +547,18 @@ def _prune_edges(
 
 
 def _edges(graph, targets, sources, weights, model, cache, feats) -> list[Edge]:
-    """Kept edges with their head terms (edges into attention features)."""
+    """Kept edges with their head terms (edges into attention features; none into a logit
+    or a transcoder feature)."""
     nodes = graph.nodes
     edges = [None] * len(targets)
     layer_of = nodes.layer[targets]
-    into_logit = (
-        targets == graph.root
-        if graph.target.is_logit
-        else torch.zeros_like(targets, dtype=torch.bool)
-    )
-    for i in (into_logit).nonzero().flatten().tolist():
+    headless = nodes.kind[targets] == KINDS.index("transcoder")
+    if graph.target.is_logit:
+        headless |= targets == graph.root
+    for i in headless.nonzero().flatten().tolist():
         edges[i] = Edge(int(sources[i]), int(targets[i]), float(weights[i]))
-    for layer in layer_of[~into_logit].unique().tolist():
-        picked = (~into_logit & (layer_of == layer)).nonzero().flatten()
+    for layer in layer_of[~headless].unique().tolist():
+        picked = (~headless & (layer_of == layer)).nonzero().flatten()
         unique, inverse = targets[picked].unique(return_inverse=True)
         reads = AttentionReads(
             model, cache, feats[layer], nodes.position[unique], nodes.index[unique]

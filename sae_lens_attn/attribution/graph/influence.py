@@ -68,11 +68,16 @@ def graph_scores(
     root: int,
     inputs: torch.Tensor,
     errors: torch.Tensor,
+    opaque: torch.Tensor | None = None,
 ) -> tuple[Scores, torch.Tensor]:
     """Scores with `inputs`, `errors` `[n_nodes]` bool marking token and error nodes, and
     the nodes' influence, in one pass down the blocks. Error nodes are leaves (their rows,
     if any, are dropped): passing pruned features as errors gives the scores after
-    pruning; error nodes proper have no rows, so with them the influence is `influence`'s."""
+    pruning; error nodes proper have no rows, so with them the influence is `influence`'s.
+    `opaque` marks leaves that are neither (MLP SAE features, which circuit-tracer does not
+    have): they count as non-error for completeness, but what reaches them is not
+    explained by the tokens, so their influence joins the errors' in the replacement
+    score's denominator."""
     node_influence = torch.zeros(n_nodes)
     non_error = torch.ones(n_nodes)
     for block in blocks:
@@ -90,6 +95,8 @@ def graph_scores(
         non_error[targets] = 1 - normalized[:, errors[block.columns]].sum(1)
     token = node_influence[inputs].sum()
     error = node_influence[errors].sum()
+    if opaque is not None:
+        error = error + node_influence[opaque].sum()
     replacement = (token / (token + error).clamp(min=1e-30)).item()
     output = node_influence.clone()
     output[root] += 1.0

@@ -15,7 +15,11 @@ heads `H` of its layout) has pre-activation
 
 and its per-head terms are the head shares. Everything else (the layers' constants, ln1.b,
 b_V, the centring, b_enc) is the target's bias. A logit `t` at position `q` reads only
-position `q`, through the frozen final LayerNorm and `W_U[:, t]`.
+position `q`, through the frozen final LayerNorm and `W_U[:, t]`. A transcoder feature `f`
+of layer `l` at `q` reads only position `q` too, what is below layer `l`'s MLP (its
+`hook_resid_mid`), through the frozen ln2 when it reads `ln2.hook_normalized`:
+
+    pre = ln2(resid_mid[q]) @ W_enc[:, f] + b_enc[f],   edge[n] = (centre(w_n) / scale[q] * w) @ W_enc[:, f]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sae_lens_attn.attribution._sae_weights import encoder_columns
 if TYPE_CHECKING:
     from transformer_lens import ActivationCache, HookedTransformer
 
-    from sae_lens_attn.attribution.graph.nodes import LayerFeatures, NodeSet
+    from sae_lens_attn.attribution.graph.nodes import LayerFeatures, MlpFeatures, NodeSet
 
 CENTRED_NORMS = ("LN", "LNPre")
 POSITIONS_PER_CHUNK = 8  # source positions read per batched matmul (memory: T x 8 x d_model)
@@ -49,6 +53,11 @@ class FrozenNorm:
         """The linear part applied to `writes [n, d_model]` written at `positions [n]`."""
         out = writes - writes.mean(-1, keepdim=True) if self.centred else writes.clone()
         return out.div_(self.scale[positions, None]).mul_(self.weight)  # one new tensor
+
+    @classmethod
+    def identity(cls, d_model: int, n_pos: int) -> FrozenNorm:
+        """No normalisation (what reads `hook_resid_mid` itself)."""
+        return cls(torch.ones(n_pos), torch.ones(d_model), torch.zeros(d_model), False)
 
 
 def frozen_norm(
@@ -123,7 +132,7 @@ class AttentionReads:
             sae.cfg.apply_b_dec_to_input
         )
         self.fixed = centring + sae.b_enc.detach().float()[features]
-        self.value = feats.pre_acts[positions, features].float()
+        self.value = feats.pre_acts.at(positions, features)
 
     def rows(self, nodes: NodeSet, constant: torch.Tensor) -> TargetRows:
         """Edges from the nodes this layer reads (`nodes.prefix(layer)`), and the bias from
@@ -131,10 +140,10 @@ class AttentionReads:
         end = nodes.prefix(self.layer)
         source_pos = nodes.position[:end]
         targets = self.encoder.shape[0]
-        # sources sorted by position, so that each position's sources are one slice
+        # each position's sources, as one slice of `order`
         order = source_pos.argsort(stable=True)
         counts = torch.bincount(source_pos, minlength=int(source_pos.max()) + 1).tolist()
-        inputs = self.norm.linear(nodes.writes[order], source_pos[order])  # [P, d_model]
+        inputs = self.norm.linear(nodes.writes[:end], source_pos)  # [P, d_model], one copy
         rows = torch.zeros(targets, end)
         starts = [0, *torch.tensor(counts).cumsum(0).tolist()]
         for chunk in range(0, len(counts), POSITIONS_PER_CHUNK):
@@ -151,7 +160,7 @@ class AttentionReads:
                         else int(torch.searchsorted(self.destinations, k))
                     )
                     sources = order[starts[k] : starts[k + 1]]
-                    block = inputs[starts[k] : starts[k + 1]]
+                    block = inputs[sources]
                     rows[first:, sources] = reads[first:, k - span.start] @ block.T
         n_pos = constant.shape[0]
         fixed_inputs = self.norm.linear(constant, torch.arange(n_pos))  # [pos, d_model]
@@ -169,6 +178,49 @@ class AttentionReads:
         inputs = self.norm.linear(writes, positions)
         terms = torch.einsum("nhm,nm->nh", self.reads[targets], inputs)
         return terms * self.pattern[:, targets, positions].T
+
+
+class TranscoderReads:
+    """Transcoder features `features [T]` at `positions [T]` of one layer: each reads the
+    residual stream at its own position, below the layer's MLP, through the frozen ln2
+    (or none, for a transcoder on `hook_resid_mid`)."""
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        cache: ActivationCache,
+        feats: MlpFeatures,
+        positions: torch.Tensor,
+        features: torch.Tensor,
+    ) -> None:
+        self.layer = feats.layer
+        n_pos = feats.acts.shape[0]
+        self.norm = (
+            frozen_norm(model, cache, f"blocks.{self.layer}.ln2", n_pos)
+            if feats.reads_ln2
+            else FrozenNorm.identity(model.cfg.d_model, n_pos)
+        )
+        sae = feats.sae
+        self.encoder = sae.W_enc.detach()[:, features].T.float()  # [T, d_model]
+        self.positions = positions
+        self.fixed = sae.b_enc.detach().float()[features]
+        self.value = feats.pre_acts.at(positions, features)
+
+    def rows(self, nodes: NodeSet) -> TargetRows:
+        """Edges from the nodes at each target's position below the layer's MLP
+        (`nodes.mid_prefix(layer)`); the bias from the constants, ln2.b and b_enc."""
+        end = nodes.mid_prefix(self.layer)
+        source_pos = nodes.position[:end]
+        rows = torch.zeros(len(self.positions), end)
+        for q in self.positions.unique().tolist():
+            targets = (self.positions == q).nonzero().flatten()
+            sources = (source_pos == q).nonzero().flatten()
+            inputs = self.norm.linear(nodes.writes[sources], source_pos[sources])
+            rows[targets[:, None], sources[None]] = self.encoder[targets] @ inputs.T
+        constant = nodes.mid_constant[self.layer][self.positions]  # [T, d_model]
+        fixed_inputs = self.norm.linear(constant, self.positions) + self.norm.bias
+        bias = (fixed_inputs * self.encoder).sum(-1) + self.fixed
+        return TargetRows(rows, bias, self.value)
 
 
 def logit_rows(
