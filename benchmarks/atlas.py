@@ -53,27 +53,56 @@ LAST_LINE_KEYS = (
 )
 D_SAE, D_VOCAB = 24576, 50257
 ALL_PANELS = ("dfa", "head_attribution", "logit_lens", "families", "circuit")
-# (label, module, attribute) of the stages timed: each is wrapped with a timer in the child
-STAGES = (
+# (label, module, attribute) of the stages timed, before the first shard ("startup") and
+# in the shards; each is wrapped with a timer in the child (wall and CPU seconds). A label
+# starting with spaces is part of the stage above it (its time is included there).
+STARTUP_STAGES = (
+    ("settings (checksums)", "sae_lens_attn.dashboard.atlas.build", "_settings"),
     ("liveness pass", "sae_lens_attn.dashboard.atlas.build", "live_features"),
     ("detectors", "sae_lens_attn.dashboard.atlas.build", "run_detectors"),
+    (
+        "  logit_lens detector",
+        "sae_lens_attn.detectors.logit_lens_classes",
+        "LogitLensClassDetector.detect",
+    ),
+    ("  taxonomy detector", "sae_lens_attn.detectors.taxonomy", "TaxonomyDetector.detect"),
+    (
+        "    signature pass",
+        "sae_lens_attn.detectors.signature",
+        "compute_source_signatures",
+    ),
+    ("saving detector rows", "sae_lens_attn.detectors.results", "save_family_rows"),
+    ("dashboard copy of the SAE", "sae_lens_attn.dashboard.sae_vis", "dashboard_copy"),
     ("one model pass (hook_z)", "sae_lens_attn.dashboard.one_pass", "PromptActivations.collect"),
-    ("sae_dashboard runner", "sae_lens_attn.dashboard.sae_vis", "run_sae_vis"),
+)
+SHARD_STAGES = (
+    ("sae_dashboard data", "sae_lens_attn.dashboard.sae_vis", "run_sae_vis"),
     ("DFA, heads, logit lens", "sae_lens_attn.dashboard.data", "feature_reports"),
     ("circuit panel prepare", "sae_lens_attn.dashboard.circuit_panel", "CircuitPanel.prepare"),
     ("panels render", "sae_lens_attn.dashboard.render", "render_panel"),
+    ("  dfa panel", "sae_lens_attn.dashboard.dfa_panel", "DFAPanel.render"),
+    (
+        "  head_attribution panel",
+        "sae_lens_attn.dashboard.heads_panel",
+        "HeadAttributionPanel.render",
+    ),
+    ("  logit_lens panel", "sae_lens_attn.dashboard.logit_lens_panel", "LogitLensPanel.render"),
+    ("  families panel", "sae_lens_attn.dashboard.families_panel", "FamilyPanel.render"),
+    ("  circuit panel", "sae_lens_attn.dashboard.circuit_panel", "CircuitPanel.render"),
     ("sae_dashboard JS data", "sae_lens_attn.dashboard.page", "sae_dashboard_js_data"),
     ("writing data files", "sae_lens_attn.dashboard.atlas.build", "write_data_script"),
 )
+STAGES = STARTUP_STAGES + SHARD_STAGES
 
 
-def time_stages() -> dict[str, float]:
-    """Wrap every function of `STAGES` with a wall-clock timer; `{label: seconds}` fills
-    in as they run (the functions are looked up by their callers at call time)."""
+def time_stages() -> dict[str, list[float]]:
+    """Wrap every function of `STAGES` with a timer; `{label: [wall s, CPU s]}` fills in
+    as they run (the functions are looked up by their callers at call time). CPU seconds
+    are the process's (user + system, all threads)."""
     import functools
     import importlib
 
-    seconds = dict.fromkeys((label for label, *_ in STAGES), 0.0)
+    seconds = {label: [0.0, 0.0] for label, *_ in STAGES}
     for label, module_name, attribute in STAGES:
         owner = importlib.import_module(module_name)
         *path, name = attribute.split(".")
@@ -83,14 +112,58 @@ def time_stages() -> dict[str, float]:
 
         @functools.wraps(function)
         def timed(*args, __function=function, __label=label, **kwargs):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             try:
                 return __function(*args, **kwargs)
             finally:
-                seconds[__label] += time.perf_counter() - began
+                seconds[__label][0] += time.perf_counter() - began
+                seconds[__label][1] += time.process_time() - cpu
 
         setattr(owner, name, timed)
     return seconds
+
+
+def _rows(stages: dict[str, list[float]], labels) -> list[str]:
+    return [
+        f"  {label:<32}{stages[label][0]:>9.1f}{stages[label][1]:>9.1f}" for label, *_ in labels
+    ]
+
+
+def startup_table(
+    stages: dict[str, list[float]], clock: dict[str, list[float]], loaded: list[float]
+) -> str:
+    """Where the time before the first shard went: wall and CPU s per stage."""
+    wall, cpu = clock["first_shard"]
+    rows = _rows(stages, STARTUP_STAGES)
+    timed = [
+        sum(stages[label][i] for label, *_ in STARTUP_STAGES if label[0] != " ") for i in (0, 1)
+    ]
+    return "\n".join(
+        [
+            f"startup, before the first shard: {wall:.1f} s wall, {cpu:.1f} CPU s"
+            f"{'':<4}{'wall s':>9}{'CPU s':>9}",
+            f"  {'model and SAE build, imports':<32}{loaded[0]:>9.1f}{loaded[1]:>9.1f}",
+            *rows,
+            f"  {'other (imports, Python)':<32}{wall - loaded[0] - timed[0]:>9.1f}"
+            f"{cpu - loaded[1] - timed[1]:>9.1f}",
+        ]
+    )
+
+
+def shards_table(
+    stages: dict[str, list[float]], clock: dict[str, list[float]], n_shards: int
+) -> str:
+    """Where the shards' time went: wall and CPU s per stage, all shards together."""
+    wall, cpu = clock["shards"]
+    timed = [sum(stages[label][i] for label, *_ in SHARD_STAGES if label[0] != " ") for i in (0, 1)]
+    return "\n".join(
+        [
+            f"{n_shards} shards: {wall:.1f} s wall, {cpu:.1f} CPU s ("
+            f"{wall / max(n_shards, 1):.2f} s, {cpu / max(n_shards, 1):.2f} CPU s a shard)",
+            *_rows(stages, SHARD_STAGES),
+            f"  {'other (index rows, packing)':<32}{wall - timed[0]:>9.1f}{cpu - timed[1]:>9.1f}",
+        ]
+    )
 
 
 def train_demo_sae(folder: Path) -> Path:
@@ -156,20 +229,32 @@ def child(args: argparse.Namespace) -> None:
     start, cpu_start = time.perf_counter(), time.process_time()
     stages = time_stages()
     peaks: list[tuple[int, float]] = []  # (features written so far, peak RSS MB)
+    # wall and CPU s: at the first shard's start (the startup), and in all shards
+    clock = {"first_shard": [0.0, 0.0], "shards": [0.0, 0.0]}
     write_shard = build._write_shard
 
     def recording(staging, shard, features, *rest):
+        began, cpu = time.perf_counter(), time.process_time()
+        if not peaks:
+            clock["first_shard"] = [began - start, cpu - cpu_start]
         write_shard(staging, shard, features, *rest)
+        wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+        clock["shards"][0] += wall
+        clock["shards"][1] += cpu
         done = len(features) + (peaks[-1][0] if peaks else 0)
         peaks.append((done, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         print(  # one line per shard, as it happens: a run cut short still tells its figures
             f"shard {shard}: {done} features, peak RSS {peaks[-1][1]:.0f} MB, "
-            f"{time.perf_counter() - start:.0f} s, load {os.getloadavg()[0]:.1f}",
+            f"{time.perf_counter() - start:.0f} s (this shard {wall:.1f} s, {cpu:.1f} CPU s), "
+            f"load {os.getloadavg()[0]:.1f}",
             file=sys.stderr,
             flush=True,
         )
+        if len(peaks) == 1:
+            print(startup_table(stages, clock, loaded), file=sys.stderr, flush=True)
 
     build._write_shard = recording
+    loaded = [0.0, 0.0]  # wall and CPU s building the model and SAE
     if args.child == "export":
         print(json.dumps(export_child(args)))
         return
@@ -187,7 +272,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         model, sae, _, tokens = gpt2_shape(args.gpt2_layers)
         features = range(args.n_features)
-    loaded = time.perf_counter() - start
+    loaded[:] = time.perf_counter() - start, time.process_time() - cpu_start
     with tempfile.TemporaryDirectory() as tmp:
         panels = [p for p in ALL_PANELS if p != "circuit"] if args.no_circuit else None
         config = AtlasConfig(shard_size=16) if args.smoke else None
@@ -196,15 +281,18 @@ def child(args: argparse.Namespace) -> None:
         )
         size = sum(f.stat().st_size for f in (Path(tmp) / "site").rglob("*") if f.is_file())
     seconds = time.perf_counter() - start
+    print(shards_table(stages, clock, len(peaks)), file=sys.stderr, flush=True)
     print(
         json.dumps(
             {
                 "features": files.n_features,
                 "seconds": seconds,
-                "atlas_seconds": seconds - loaded,
+                "atlas_seconds": seconds - loaded[0],
                 "cpu_seconds": time.process_time() - cpu_start,
-                "load_seconds": loaded,
+                "load_seconds": loaded[0],
+                "load_cpu_seconds": loaded[1],
                 "stages": stages,
+                "clock": clock,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "site_mb": size / 1e6,
                 "load_average": os.getloadavg()[0],
@@ -313,12 +401,14 @@ def main() -> None:
     ]
     for label, key, fmt in rows:
         print(f"{label:<28}" + "".join(f"{fmt.format(run[key]):>22}" for run in runs.values()))
-    print(
-        "where the atlas's time goes (wall s per stage; the rest: reading the model and SAE, "
-        "publishing, Python)"
-    )
-    for label, *_ in STAGES:
-        print(f"  {label:<26}" + "".join(f"{run['stages'][label]:>22.1f}" for run in runs.values()))
+    for name, run in runs.items():
+        print(f"{name}: where the time goes (wall s, CPU s)")
+        print(
+            startup_table(
+                run["stages"], run["clock"], [run["load_seconds"], run["load_cpu_seconds"]]
+            )
+        )
+        print(shards_table(run["stages"], run["clock"], len(run["peaks"])))
     demo, gpt2 = runs.values()
     per_s = demo["features"] / demo["atlas_seconds"]
     print(

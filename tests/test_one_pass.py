@@ -149,3 +149,30 @@ def test_histogram_skips_sae_dashboards_tick_list_but_keeps_its_bars():
         assert 3 <= len(ours.tick_vals) <= 20
         if len(theirs.tick_vals) <= 20:
             assert ours.tick_vals == theirs.tick_vals
+
+
+@pytest.mark.parametrize("kind", ["standard", "jumprelu"])
+def test_masked_to_encodes_as_feature_masking_context(kind):
+    """The same activations as sae_dashboard's context, the original parameters back."""
+    from sae_dashboard.feature_data_generator import FeatureMaskingContext
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    from sae_lens_attn.dashboard.one_pass import masked_to
+
+    if kind == "jumprelu":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=64, d_sae=D_SAE))
+        with torch.no_grad():
+            sae.threshold.copy_(torch.rand(D_SAE, generator=torch.Generator().manual_seed(1)) * 0.2)
+            sae.W_enc.copy_(random_sae("standard").W_enc)
+    else:
+        sae = random_sae(kind)
+    z = torch.randn(40, 64, generator=torch.Generator().manual_seed(2))
+    features = [7, 2, 19, 3]
+    with torch.no_grad(), FeatureMaskingContext(sae, features):
+        theirs = sae.encode(z)
+    before = dict(sae.named_parameters())
+    with torch.no_grad(), masked_to(sae, features):
+        ours = sae.encode(z)
+    assert torch.equal(ours, theirs)
+    assert (theirs > 0).any() and (theirs == 0).any()
+    assert all(getattr(sae, name) is value for name, value in before.items())

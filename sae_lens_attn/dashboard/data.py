@@ -162,14 +162,20 @@ def sites_dfa(
 
 @torch.no_grad()
 def logit_lens_summaries(
-    model: HookedTransformer, sae: SAE, layout: HeadLayout, features: Sequence[int], k: int
+    model: HookedTransformer,
+    sae: SAE,
+    layout: HeadLayout,
+    features: Sequence[int],
+    k: int,
+    unembed: torch.Tensor | None = None,
 ) -> list[LogitLensSummary]:
     """Logit-lens statistics and top/bottom tokens of `features` through `W_O`, the final
-    LayerNorm's linear part and `W_U`, as the logit-lens detector computes them."""
+    LayerNorm's linear part and `W_U`, as the logit-lens detector computes them.
+    `unembed`: `unembed_through_final_ln(model)`, made once by a caller with many batches."""
     index = torch.as_tensor(list(features), device=sae.b_dec.device)
     W_O = model.W_O[layout.layer][list(layout.heads)].detach()
     directions = feature_output_directions(sae.W_dec[index].detach(), W_O.to(sae.W_dec.device))
-    W_U = unembed_through_final_ln(model)
+    W_U = unembed if unembed is not None else unembed_through_final_ln(model)
     stats = logit_weight_stats(directions, W_U)
     top_v, top_i, bottom_v, bottom_i = top_logit_tokens(directions, W_U, min(k, W_U.shape[1]))
     return [
@@ -195,15 +201,17 @@ def feature_reports(
     n_logit_tokens: int,
     families: Sequence[FamilyRow] | None = None,
     activations: PromptActivations | None = None,
+    unembed: torch.Tensor | None = None,
 ) -> list[FeatureReport]:
     """One `FeatureReport` per feature of `sae_vis_data`, in its order. `activations`: the
-    one pass over `tokens` that `sae_vis_data` was built from (DFA reads its attention)."""
+    one pass over `tokens` that `sae_vis_data` was built from (DFA reads its attention);
+    `unembed`: `unembed_through_final_ln(model)`, made once for many calls."""
     features = list(sae_vis_data.feature_data_dict)
     sites = shown_top_examples(sae_vis_data, n_examples)
     examples = sites_dfa(model, sae_vis_data, layout, tokens, sites, activations)
     decoder = sae_head_attribution(sae, layout.n_heads, features, side="decoder").cpu()
     encoder = sae_head_attribution(sae, layout.n_heads, features, side="encoder").cpu()
-    lens = logit_lens_summaries(model, sae, layout, features, n_logit_tokens)
+    lens = logit_lens_summaries(model, sae, layout, features, n_logit_tokens, unembed)
     rows_by_feature: dict[int, list[FamilyRow]] = defaultdict(list)
     for row in families or ():
         rows_by_feature[row.feature].append(row)
