@@ -101,8 +101,9 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
 
 
 def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path():
-    """The auxiliary loss reads the dense pre-activations: its gradient joins the sparse
-    one. Losses and gradients equal those of our hooked dense path (which
+    """The auxiliary loss reads d_head // 2 dead pre-activations a head (`gather_pre`):
+    its gradient joins the sparse one. Losses and gradients equal those of our hooked
+    dense path, whose auxiliary loss gathers from the dense pre-activations (which
     tests/test_block_diagonal.py checks against SAELens's own TopK auxiliary loss)."""
     ours = training_sae(aux_loss_coefficient=0.3)
     x = inputs(16)
@@ -124,12 +125,18 @@ def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path():
         torch.testing.assert_close(sparse_grads[name], param.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_sparse_backward_touches_no_batch_by_d_sae_tensor():
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_sparse_backward_touches_no_batch_by_d_sae_tensor(with_dead):
     """After the forward (pre-activations, TopK), the backward works on `[batch, H, k]`
-    codes and `[batch, d_head]` rows only: no op sees a `[batch, d_sae]` tensor."""
-    ours = training_sae()
+    codes and `[batch, d_head]` rows only: no op sees a `[batch, d_sae]` tensor, also
+    when dead features make the auxiliary loss read d_head // 2 pre-activations a head."""
+    ours = training_sae(aux_loss_coefficient=0.3)
     batch = 64
-    loss = ours.training_forward_pass(step_input(inputs(batch))).loss
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[[0, 3, 7, 8, 14]] = with_dead
+    output = ours.training_forward_pass(step_input(inputs(batch), dead))
+    assert (output.losses["auxiliary_reconstruction_loss"] > 0) == with_dead
+    loss = output.loss
     with torch.profiler.profile(record_shapes=True) as profile:
         loss.backward()
     dense_shapes = ([batch, D_SAE], [batch, N_HEADS, PER_HEAD], [N_HEADS, batch, PER_HEAD])

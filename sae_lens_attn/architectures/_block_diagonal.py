@@ -61,6 +61,7 @@ from sae_lens_attn.architectures.block_ops import block_diagonal_dense, block_di
 from sae_lens_attn.architectures.per_head_aux import per_head_topk_aux_loss
 from sae_lens_attn.architectures.per_head_topk import (
     PerHeadTopKCode,
+    gather_pre,
     per_head_topk_decode,
     per_head_topk_encode,
 )
@@ -264,9 +265,13 @@ class _BlockDiagonalMixin:
         )
 
     def _encode_topk_code(self, x: torch.Tensor) -> tuple[torch.Tensor, PerHeadTopKCode]:
-        """`x` -> `(hidden_pre [..., d_sae], code)` through the sparse per-head TopK."""
+        """`x` -> `(hidden_pre [..., d_sae], code)` through the sparse per-head TopK; in a
+        training pass the encoder's input is kept for the auxiliary loss's sparse gather."""
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
-        return per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k)  # type: ignore[arg-type]
+        hidden_pre, code = per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k)  # type: ignore[arg-type]
+        if getattr(self, "_in_training_forward_pass", False):  # training SAEs only
+            self._encoder_input = (weakref.ref(hidden_pre), sae_in)
+        return hidden_pre, code
 
     def _decode_topk_code(self, code: PerHeadTopKCode) -> torch.Tensor:
         """Reconstruction from a code: k decoder rows per head, then as `decode`."""
@@ -507,6 +512,7 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
     _acts_token_sum: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _decoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _topk_code: tuple[weakref.ref[torch.Tensor], PerHeadTopKCode] | None = None
+    _encoder_input: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _in_training_forward_pass = False
 
     @override
@@ -521,7 +527,7 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             return super().training_forward_pass(step_input)
         finally:  # nothing of the graph outlives the pass (deepcopy, memory)
             self._in_training_forward_pass = False
-            self._acts_token_sum = self._decoded = self._topk_code = None
+            self._acts_token_sum = self._decoded = self._topk_code = self._encoder_input = None
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -624,7 +630,14 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
                 f"{self.cfg.normalize_activations!r}; use 'none' or 'expected_average_only_in'"
             )
         residual = (step_input.sae_in - sae_out).detach()
-        aux_loss = per_head_topk_aux_loss(hidden_pre, dead, residual, self.W_dec_blocks)
+        gather = None
+        stash, self._encoder_input = self._encoder_input, None
+        if stash is not None and stash[0]() is hidden_pre:  # the sparse TopK encoded it
+
+            def gather(indices: torch.Tensor, sae_in: torch.Tensor = stash[1]) -> torch.Tensor:
+                return gather_pre(hidden_pre, sae_in, self.W_enc_blocks, self.b_enc, indices)
+
+        aux_loss = per_head_topk_aux_loss(hidden_pre, dead, residual, self.W_dec_blocks, gather)
         return self.cfg.aux_loss_coefficient * aux_loss
 
     @override

@@ -13,6 +13,8 @@ features adds nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sae_lens_attn.architectures.per_head_topk import PerHeadTopKCode, per_head_topk_decode
@@ -23,6 +25,7 @@ def per_head_topk_aux_loss(
     dead: torch.Tensor,
     residual: torch.Tensor,
     W_dec_blocks: torch.Tensor,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The per-head AuxK loss (without `aux_loss_coefficient`), a scalar.
 
@@ -31,6 +34,9 @@ def per_head_topk_aux_loss(
         dead: `[H * m]` bool, the features counted as dead.
         residual: `[..., H * d_head]` detached residual of the live features.
         W_dec_blocks: `[H, m, d_head]` decoder blocks (the gradient flows into them).
+        gather: `indices [..., H, j]` -> the pre-activations there, with their gradient
+            (`per_head_topk.gather_pre`: through those entries alone); default
+            `hidden_pre`'s own gather, whose backward is a dense `[batch, d_sae]` one.
     """
     n_heads, per_head, d_head = W_dec_blocks.shape
     k_aux = max(d_head // 2, 1)
@@ -42,7 +48,7 @@ def per_head_topk_aux_loss(
     indices = candidates.topk(k, dim=-1, sorted=True).indices  # [..., H, k]
     # a head with fewer than k dead features takes only its n_dead_h first (all dead)
     taken = torch.arange(k, device=pre.device) < n_dead.clamp(max=k_aux).unsqueeze(-1)  # [H, k]
-    values = pre.gather(-1, indices) * taken
+    values = (pre.gather(-1, indices) if gather is None else gather(indices)) * taken
     recons = per_head_topk_decode(PerHeadTopKCode(values, indices), W_dec_blocks)
     error = (recons - residual).pow(2).unflatten(-1, (n_heads, d_head)).sum(-1)  # [..., H]
     scale = (n_dead / k_aux).clamp(max=1.0).to(error.dtype)  # [H]; 0 without dead features

@@ -80,6 +80,48 @@ def per_head_topk_decode(code: PerHeadTopKCode, W_dec_blocks: torch.Tensor) -> t
     return _SparseDecode.apply(values, code.indices, W_dec_blocks)
 
 
+def gather_pre(
+    pre: torch.Tensor,
+    sae_in: torch.Tensor,
+    W_enc_blocks: torch.Tensor,
+    b_enc: torch.Tensor,
+    indices: torch.Tensor,
+) -> torch.Tensor:
+    """`[..., H, j]` pre-activations at `indices [..., H, j]` (inside each head's block) of
+    `pre [..., H * m]` (the encoder's output for `sae_in`, read detached), with the
+    gradient sent to `sae_in`, `W_enc_blocks` and `b_enc` through those entries alone:
+    what `pre.gather(...)` gives, without a `[batch, d_sae]` gradient and its dense block
+    matmul backward (the TopK auxiliary loss reads d_head // 2 entries per head)."""
+    sae_in, W_enc_blocks, b_enc = _autocast(sae_in, W_enc_blocks, b_enc)  # as the encoder
+    values = pre.detach().unflatten(-1, (W_enc_blocks.shape[0], -1)).gather(-1, indices)
+    return _SparseGather.apply(values, indices, sae_in, W_enc_blocks, b_enc)
+
+
+def _encoder_grads(
+    needs: tuple[bool, ...],
+    grad: torch.Tensor,
+    indices: torch.Tensor,
+    sae_in: torch.Tensor,
+    W_enc_blocks: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of `sae_in`, `W_enc_blocks`, `b_enc` (where `needs`, three bools, asks)
+    from `grad [N * H, j]` of the pre-activations at `indices [..., H, j]`."""
+    n_heads, d_head, per_head = W_enc_blocks.shape
+    rows = _global_rows(indices, per_head)
+    grad_in = grad_w = grad_b = None
+    if needs[0]:
+        table = W_enc_blocks.transpose(1, 2).reshape(n_heads * per_head, d_head)
+        grad_in = F.embedding_bag(rows, table, per_sample_weights=grad, mode="sum")
+        grad_in = grad_in.view(sae_in.shape)
+    if needs[1]:
+        sae_rows = sae_in.reshape(-1, d_head)
+        grad_w = scatter_outer(rows, grad, sae_rows, n_heads * per_head)
+        grad_w = grad_w.view(n_heads, per_head, d_head).transpose(1, 2)
+    if needs[2]:
+        grad_b = grad.new_zeros(n_heads * per_head).index_add_(0, rows.flatten(), grad.flatten())
+    return grad_in, grad_w, grad_b
+
+
 class _SparseTopK(torch.autograd.Function):
     """TopK of each head's block of `pre` (given detached), with the gradient of the
     selected values sent to `sae_in`, `W_enc_blocks` and `b_enc` through those entries."""
@@ -96,21 +138,26 @@ class _SparseTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
         values, indices, sae_in, W_enc_blocks = ctx.saved_tensors
-        n_heads, d_head, per_head = W_enc_blocks.shape
         grad = grad_values.masked_fill(values <= 0, 0).flatten(0, -2)  # ReLU'; [N * H, k]
-        rows = _global_rows(indices, per_head)
-        grad_in = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            table = W_enc_blocks.transpose(1, 2).reshape(n_heads * per_head, d_head)
-            grad_in = F.embedding_bag(rows, table, per_sample_weights=grad, mode="sum")
-            grad_in = grad_in.view(sae_in.shape)
-        if ctx.needs_input_grad[2]:
-            sae_rows = sae_in.reshape(-1, d_head)
-            grad_w = scatter_outer(rows, grad, sae_rows, n_heads * per_head)
-            grad_w = grad_w.view(n_heads, per_head, d_head).transpose(1, 2)
-        if ctx.needs_input_grad[3]:
-            grad_b = grad.new_zeros(n_heads * per_head).index_add_(0, rows.flatten(), grad.flatten())
-        return None, grad_in, grad_w, grad_b, None
+        needs = ctx.needs_input_grad[1:4]
+        return None, *_encoder_grads(needs, grad, indices, sae_in, W_enc_blocks), None
+
+
+class _SparseGather(torch.autograd.Function):
+    """`values` (gathered detached at `indices`) as a function of `sae_in`,
+    `W_enc_blocks` and `b_enc`: the gradient flows through those entries alone."""
+
+    @staticmethod
+    def forward(ctx, values, indices, sae_in, W_enc_blocks, b_enc):  # type: ignore[override]
+        ctx.save_for_backward(indices, sae_in, W_enc_blocks)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad_values):  # type: ignore[override]
+        indices, sae_in, W_enc_blocks = ctx.saved_tensors
+        grad = grad_values.flatten(0, -2)  # [N * H, j]
+        needs = ctx.needs_input_grad[2:5]
+        return None, None, *_encoder_grads(needs, grad, indices, sae_in, W_enc_blocks)
 
 
 class _SparseDecode(torch.autograd.Function):
