@@ -12,8 +12,10 @@ tokens in the same order, one model forward pass per batch), then the default SA
    equal-time view can give them the wall-clock budget a dense SAE used;
 3. **the default**: `train --layer 1` with every other option at its default (a child
    process, exactly what a user runs);
-4. **dead share at expansion 32**: the default per-head architecture at expansion 32,
-   dead = never fires on `--dead-tokens` held-out tokens.
+4. **dead share at expansion 32**: the default per-head architecture at expansion 32
+   with three initialisations (SAELens's; mean b_dec with the active-subspace decoder;
+   mean b_dec with decoder rows drawn from data samples), dead = never fires on
+   `--dead-tokens` held-out tokens; the best initialisation's share is reported.
 
 Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
 held-out prompts) and the frontier files (`sae_lens_attn.training.frontier`) are written to
@@ -155,8 +157,8 @@ def child_env(settings) -> dict:
 
 def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     """The default per-head SAE at expansion 32, trained on `--training-tokens` tokens with
-    SAELens's initialisation and with the active-subspace decoder and mean b_dec (one
-    pass); the smaller share of features that never fire on `settings.dead_tokens`
+    SAELens's initialisation, with the active-subspace decoder and with decoder rows drawn
+    from data samples, both with mean b_dec (one pass); the smallest share of features that never fire on `settings.dead_tokens`
     held-out tokens (`sae_lens_attn.dead`), with N and the initialisation reaching it."""
     import torch
 
@@ -165,7 +167,11 @@ def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     from sae_lens_attn.models import corpus_dataset
     from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
 
-    inits = {"kaiming": None, "active_subspace+mean": SAEInit(b_dec="mean", decoder="active_subspace")}
+    inits = {
+        "kaiming": None,
+        "active_subspace+mean": SAEInit(b_dec="mean", decoder="active_subspace"),
+        "data_samples+mean": SAEInit(b_dec="mean", decoder="data_samples"),
+    }
     specs = [  # train's default architecture: per-head TopK, k from d_head
         HookZSAESpec(LAYER, None, "block_diagonal", {"activation": "topk"}, 32, name=f"x32_{name}", init=init)
         for name, init in inits.items()

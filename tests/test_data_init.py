@@ -125,6 +125,32 @@ def test_active_subspace_rows_lie_in_each_head_s_subspace_holding_the_variance(b
     assert torch.equal(sae.W_enc_blocks, sae.W_dec_blocks.transpose(1, 2))
 
 
+@pytest.mark.parametrize("make", ["block", "dense"])
+def test_data_sample_rows_point_at_distinct_sampled_tokens(make):
+    """Each decoder row is the direction of one sample token minus b_dec (per head for a
+    block-diagonal SAE, joint for a dense one), no token twice, norms kept."""
+    sample = low_rank_sample()
+    sae = block_sae() if make == "block" else TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=N_HEADS * D_HEAD, d_sae=64, k=4)
+    )
+    decoder = sae.W_dec_blocks if make == "block" else sae.W_dec.unsqueeze(0)
+    norms_before = decoder.norm(dim=-1).clone()
+    initialise_from_sample(sae, sample, SAEInit(b_dec="mean", decoder="data_samples"),
+                           torch.Generator().manual_seed(0))
+    groups, width = decoder.shape[0], decoder.shape[2]
+    for g in range(groups):
+        centred = (sample[:, g * width:(g + 1) * width] - sample[:, g * width:(g + 1) * width].mean(0)).double()
+        directions = centred / centred.norm(dim=-1, keepdim=True)
+        rows = decoder[g].detach().double()
+        cosine = (rows / rows.norm(dim=-1, keepdim=True)) @ directions.T  # [rows, tokens]
+        best = cosine.max(dim=1)
+        assert (best.values > 1 - 1e-6).all()  # every row is a sampled token's direction
+        assert len(set(best.indices.tolist())) == rows.shape[0]  # distinct tokens
+    assert torch.allclose(decoder.norm(dim=-1), norms_before, atol=1e-6)
+    encoder = sae.W_enc_blocks if make == "block" else sae.W_enc.unsqueeze(0)
+    assert torch.equal(encoder, decoder.transpose(1, 2))
+
+
 def test_a_dense_sae_draws_in_the_joint_subspace():
     sample = low_rank_sample()
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=N_HEADS * D_HEAD, d_sae=64, k=4))

@@ -8,8 +8,11 @@ data back in, per head for per-head SAEs:
 - **decoder**: "kaiming" (SAELens's draw, kept) or "active_subspace": each decoder row is
   a Gaussian draw inside the principal subspace that holds `variance` (default 99.9%) of
   the sample's spread around `b_dec`, as in arXiv 2508.16929 (which cut the dead
-  features of a 1M-feature attention SAE from 87% to under 1%). Row norms stay what the
-  architecture chose (`decoder_init_norm`).
+  features of a 1M-feature attention SAE from 87% to under 1%); or "data_samples": each
+  decoder row is the direction of one sampled token's input minus `b_dec` (distinct
+  tokens while the sample has enough, each group's own), so every feature starts pointing
+  at a place where the data is. Row norms stay what the architecture chose
+  (`decoder_init_norm`).
 - The encoder is always the decoder's transpose afterwards (SAELens's default, kept).
 
 "Per head" follows the SAE's own input space. A block-diagonal SAE (anything with
@@ -122,6 +125,8 @@ def initialise_from_sample(
         report.update(
             _draw_in_active_subspace(sae, x - centre.unsqueeze(1), init.variance, generator)
         )
+    elif init.decoder == "data_samples":
+        _draw_from_samples(sae, x - centre.unsqueeze(1), generator)
     _encoder_from_decoder(sae)
     return report
 
@@ -144,6 +149,31 @@ def _draw_in_active_subspace(
         ranks.append(basis.shape[1])
         held.append(share)
     return {"subspace_rank": ranks, "subspace_variance_held": held}
+
+
+def _draw_from_samples(
+    sae: nn.Module, centred: torch.Tensor, generator: torch.Generator | None
+) -> None:
+    """Decoder rows of each group set to the directions of sampled rows of `centred [G,
+    n, w]` (without replacement while n allows, a token at zero distance skipped), row
+    norms kept."""
+    decoder = _decoder(sae)
+    norms = decoder.norm(dim=-1, keepdim=True)
+    rows_per_group = decoder.shape[1]
+    for group in range(decoder.shape[0]):
+        points = centred[group]
+        points = points[points.norm(dim=-1) > 0]
+        if len(points) == 0:
+            raise ValueError("the sample has no spread around b_dec: cannot draw decoder rows from it")
+        order = torch.cat(
+            [
+                torch.randperm(len(points), generator=generator)
+                for _ in range(-(-rows_per_group // len(points)))
+            ]
+        )[:rows_per_group]
+        rows = points[order]
+        rows = rows / rows.norm(dim=-1, keepdim=True)
+        decoder[group].copy_((rows * norms[group].double()).to(decoder.dtype))
 
 
 def _encoder_from_decoder(sae: nn.Module) -> None:

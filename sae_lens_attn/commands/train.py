@@ -139,9 +139,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--decoder-init", type=comma_list(choice_of(DECODER_INITS, "decoder init")), default=None,
-        help="initial decoder directions: kaiming (SAELens's) or active_subspace (drawn inside "
+        help="initial decoder directions: kaiming (SAELens's), active_subspace (drawn inside "
         "each head's principal subspace holding --init-variance of the first batches' "
-        "variance; encoder = decoder transpose either way); a comma list sweeps it (default: kaiming)",
+        "variance) or data_samples (each row the direction of one sampled token's input minus "
+        "b_dec, per head); encoder = decoder transpose either way; a comma list sweeps it "
+        "(default: kaiming)",
     )
     parser.add_argument("--init-variance", type=variance_share, default=0.999,
                         help="share of variance the active subspace holds (default: 0.999)")
