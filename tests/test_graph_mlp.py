@@ -14,6 +14,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig, Transcoder, TranscoderConfig
 from sae_lens.saes.sae import SAEMetadata
 from test_graph import graph_edges
+from test_graph_cli import run_graph as cli_run_graph
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_attn.attribution.graph import Pruning, build_graph
@@ -301,18 +302,15 @@ def embedded_folders(tmp_path_factory):
     d_model, d_z = model.cfg.d_model, model.cfg.n_heads * model.cfg.d_head
     root = tmp_path_factory.mktemp("graph_mlp")
     folders = {}
+
+    def save_standard(name: str, d_in: int, hook_name: str, seed: int, scale: float) -> None:
+        metadata = SAEMetadata(hook_name=hook_name, model_name="embedded")
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=96, metadata=metadata))
+        _randomise(sae, seed, scale).save_model(root / name)
+        folders[name] = str(root / name)
+
     for layer in range(2):
-        sae = StandardSAE(
-            StandardSAEConfig(
-                d_in=d_z,
-                d_sae=96,
-                metadata=SAEMetadata(
-                    hook_name=f"blocks.{layer}.attn.hook_z", model_name="embedded"
-                ),
-            )
-        )
-        _randomise(sae, layer, 0.5).save_model(root / f"attn{layer}")
-        folders[f"attn{layer}"] = str(root / f"attn{layer}")
+        save_standard(f"attn{layer}", d_z, f"blocks.{layer}.attn.hook_z", layer, 0.5)
     tc = Transcoder(
         TranscoderConfig(
             d_in=d_model,
@@ -325,45 +323,15 @@ def embedded_folders(tmp_path_factory):
     _randomise(tc, 30, 0.5).save_model(root / "tc0")
     folders["tc0"] = str(root / "tc0")
     for layer in range(2):
-        sae = StandardSAE(
-            StandardSAEConfig(
-                d_in=d_model,
-                d_sae=96,
-                metadata=SAEMetadata(
-                    hook_name=f"blocks.{layer}.hook_mlp_out", model_name="embedded"
-                ),
-            )
-        )
-        _randomise(sae, 40 + layer, 0.3).save_model(root / f"mlp{layer}")
-        folders[f"mlp{layer}"] = str(root / f"mlp{layer}")
+        save_standard(f"mlp{layer}", d_model, f"blocks.{layer}.hook_mlp_out", 40 + layer, 0.3)
     return folders
 
 
 def run_graph(out, folders: dict, *extra: str) -> int:
-    from sae_lens_attn import cli
-
-    return cli.main(
-        [
-            "graph",
-            "--sae",
-            folders["attn0"],
-            "--sae",
-            folders["attn1"],
-            "--prompt",
-            "max_size = 10\nmax",
-            "--logit",
-            "_",
-            "--node-threshold",
-            "1.0",
-            "--edge-threshold",
-            "1.0",
-            "--out",
-            str(out),
-            "--threads",
-            "1",
-            *extra,
-        ]
-    )
+    """`test_graph_cli.run_graph` on both attention SAEs, from the logit of `_`, pruned."""
+    attention = [folders["attn0"], folders["attn1"]]
+    thresholds = ("--node-threshold", "1.0", "--edge-threshold", "1.0")
+    return cli_run_graph(out, attention, "--logit", "_", *thresholds, *extra)
 
 
 @pytest.fixture(scope="module")
