@@ -14,7 +14,7 @@ tokens in the same order, one model forward pass per batch), then the default SA
    process, exactly what a user runs);
 4. **dead share at expansion 32**: the default per-head architecture at expansion 32
    with three initialisations (SAELens's; mean b_dec with the active-subspace decoder;
-   mean b_dec with decoder rows drawn from data samples), dead = never fires on
+   mean b_dec with the k-means decoder), dead = never fires on
    `--dead-tokens` held-out tokens; the best initialisation's share is reported.
 
 Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
@@ -157,8 +157,8 @@ def child_env(settings) -> dict:
 
 def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     """The default per-head SAE at expansion 32, trained on `--training-tokens` tokens with
-    SAELens's initialisation, with the active-subspace decoder and with decoder rows drawn
-    from data samples, both with mean b_dec (one pass); the smallest share of features that never fire on `settings.dead_tokens`
+    SAELens's initialisation, with the active-subspace decoder and with the k-means
+    decoder, both with mean b_dec (one pass); the smallest share of features that never fire on `settings.dead_tokens`
     held-out tokens (`sae_lens_attn.dead`), with N and the initialisation reaching it."""
     import torch
 
@@ -170,7 +170,7 @@ def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     inits = {
         "kaiming": None,
         "active_subspace+mean": SAEInit(b_dec="mean", decoder="active_subspace"),
-        "data_samples+mean": SAEInit(b_dec="mean", decoder="data_samples"),
+        "kmeans+mean": SAEInit(b_dec="mean", decoder="kmeans"),
     }
     specs = [  # train's default architecture: per-head TopK, k from d_head
         HookZSAESpec(LAYER, None, "block_diagonal", {"activation": "topk"}, 32, name=f"x32_{name}", init=init)

@@ -141,8 +141,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--decoder-init", type=comma_list(choice_of(DECODER_INITS, "decoder init")), default=None,
         help="initial decoder directions: kaiming (SAELens's), active_subspace (drawn inside "
         "each head's principal subspace holding --init-variance of the first batches' "
-        "variance) or data_samples (each row the direction of one sampled token's input minus "
-        "b_dec, per head); encoder = decoder transpose either way; a comma list sweeps it "
+        "variance), data_samples (each row the direction of one sampled token's input minus "
+        "b_dec, per head) or kmeans (the rows the spherical k-means centroids of those "
+        "directions, per head); encoder = decoder transpose either way; a comma list sweeps it "
         "(default: kaiming)",
     )
     parser.add_argument("--init-variance", type=variance_share, default=0.999,
