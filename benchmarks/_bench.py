@@ -63,6 +63,45 @@ def run_python(
     return run_forked(command, os.environ.copy() if env is None else env)
 
 
+def popen_python(
+    command: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen | ForkedChild:
+    """Start `command` (as for `run_python`) with its stdout discarded and its stderr a
+    binary pipe (`.stderr`), for a caller that follows the child as it runs (`.pid`,
+    `.wait()`, `.returncode`). A fresh interpreter, or under `--smoke` a fork of this
+    process (`ForkedChild`)."""
+    if os.environ.get(FORK_CHILDREN) != "1":
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return ForkedChild(command, os.environ.copy() if env is None else env)
+
+
+class ForkedChild:
+    """`command` running as `__main__` in a fork of this process, stdout discarded and
+    stderr a pipe: the part of `subprocess.Popen` that `popen_python`'s callers use."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        import sae_lens  # noqa: F401  (imported once here, not in every child)
+
+        read, write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns
+            os.close(read)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.dup2(write, 2)
+            os._exit(_run_as_main(command, env))
+        os.close(write)
+        self.pid, self.stderr, self.returncode = pid, os.fdopen(read, "rb"), None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.stderr.close()
+        return self.returncode
+
+
 def run_forked(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """`command` run as `__main__` in a fork of this process (with `env` as its environment),
     its stdout and stderr captured; see `run_python`."""

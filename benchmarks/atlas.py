@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench import machine_summary
+from _bench import machine_summary, parse_with_smoke, run_python
 
 LAST_LINE_KEYS = (
     "atlas_features_per_s",
@@ -340,9 +340,13 @@ def run_child(args: argparse.Namespace, config: str, n_features: int = 0) -> dic
         *(["--smoke"] if args.smoke else []),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    # the child's stderr (a line per shard) goes straight through, so a long run shows
-    # where it is and a run cut short still leaves its figures in the log
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
+    if args.smoke:  # a fork of this process, which has imported torch and sae_lens once
+        done = run_python(command, env)
+        print(done.stderr, end="", file=sys.stderr)
+    else:
+        # the child's stderr (a line per shard) goes straight through, so a long run shows
+        # where it is and a run cut short still leaves its figures in the log
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False, env=env)
     if done.returncode:
         raise SystemExit(f"{config} child failed (its stderr is above)")
     print(
@@ -366,12 +370,9 @@ def main() -> None:
         action="store_true",
         help=f"(b) on all {D_SAE} features of the gpt2-small-shaped SAE, every panel (an hour+)",
     )
-    parser.add_argument(
-        "--smoke", action="store_true", help="tiny shapes, no training: seconds (for the tests)"
-    )
     parser.add_argument("--child", choices=("demo", "gpt2", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--n-features", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, threads=1)  # --smoke: tiny shapes, no training
     if args.child:
         child(args)
         return

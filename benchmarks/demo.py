@@ -23,21 +23,22 @@ import json
 import multiprocessing
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import machine_summary, parse_with_smoke
+from _bench import machine_summary, parse_with_smoke, popen_python
 
 LAST_LINE_KEYS = ("demo_wall_s", "demo_wall_loaded_s")
 STEP = re.compile(r"demo: (.+?):\s+\d+%")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def busy_loop() -> None:
-    """A CPU-bound competitor: spins until terminated."""
+def busy_loop(niceness: int = 0) -> None:
+    """A CPU-bound competitor: spins until terminated (at `niceness`: 19 under `--smoke`,
+    where it must not take a core from the tests running beside it)."""
+    os.nice(niceness)
     while True:
         pass
 
@@ -51,7 +52,7 @@ def cpu_seconds(pid: int) -> float:
 def run_demo(command: list[str]) -> tuple[list[tuple[str, float, float]], float, float]:
     """Run the demo; `([(stage, wall_s, cpu_s), ...], total wall, total cpu)`."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = popen_python(command)  # a fork of this process under --smoke
     stages: list[tuple[str, float, float]] = []
     current, stage_wall, stage_cpu = "startup", start, 0.0
     buffer, last_cpu, tail = b"", 0.0, []
@@ -103,7 +104,9 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, tuple]:
     runs = {}
     for name in ("quiet", "loaded"):
         competitor = (
-            multiprocessing.Process(target=busy_loop, daemon=True) if name == "loaded" else None
+            multiprocessing.Process(target=busy_loop, args=(19 * args.smoke,), daemon=True)
+            if name == "loaded"
+            else None
         )
         if competitor is not None:
             competitor.start()
