@@ -226,7 +226,7 @@ def main() -> None:
         eval_batches=1 if args.smoke else 4, dead_tokens=4096 if args.smoke else 100_352,
         train_rows=corpus_dataset(context, 2 * tokens // context + 1, split="train"),
         default_extra=["--training-tokens", "8192", "--context-size", "32", "--batch-size", "1024",
-                       "--eval-batches", "1"] if args.smoke else [],
+                       "--eval-batches", "1", "--dead-tokens", "4096"] if args.smoke else [],
     )
     from sae_lens_attn.commands.train import DEFAULT_LR
 

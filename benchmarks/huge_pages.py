@@ -8,7 +8,8 @@ warm-up, in a fresh process) with `THP_MEM_ALLOC_ENABLE` unset and set to 1, alt
 the two `--rounds` times so that a change in the machine's load hits both alike. Both use
 `--threads` threads and `OMP_WAIT_POLICY=PASSIVE`. Prints each measurement with the
 1-minute load average, the medians, and last `huge_pages_speedup_standard=<off / on>
-huge_pages_speedup_block_diagonal=<off / on>`. `--smoke`: one round, batch 64, one step.
+huge_pages_speedup_block_diagonal=<off / on>`. `--smoke`: the tiny shape (4 heads x 8), one
+round, batch 64, one step.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def train_step_ms(architecture: str, huge_pages: bool, args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="gelu-2l", choices=("gelu-2l", "gpt2-small"))
+    parser.add_argument("--shape", default="gelu-2l", choices=("gelu-2l", "gpt2-small", "tiny"))
     parser.add_argument("--batch", type=int, default=2048, help="tokens per step")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -67,7 +68,7 @@ def main() -> None:
         "--repeats", type=int, default=5, help="training steps timed per run (median)"
     )
     parser.add_argument("--warmup", type=int, default=2, help="steps before timing")
-    args = parse_with_smoke(parser, batch=64, rounds=1, repeats=1, warmup=1)
+    args = parse_with_smoke(parser, shape="tiny", batch=64, rounds=1, repeats=1, warmup=1)
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = thp.read_text().strip() if thp.exists() else "not available"
     print(

@@ -22,8 +22,9 @@ induction heads. Last line:
     l0h0_previous_token_share=<of L0H0's live features> induction_heads_share=<of L1H0 and
     L1H2's live features in induction> taxonomy_stability=<see above>
 
-`--smoke`: 4096 tokens (16384 for the longer run), expansion factor 1, detect on 8
-sequences of 32 tokens.
+`--smoke`: 4096 tokens (16384 for the longer run), expansion factor 1, one thread, train's
+evaluation on one batch and its dead count on 4096 tokens, detect on 8 sequences of 32
+tokens.
 
     python benchmarks/taxonomy_truth.py [--threads 2] [--out DIR] [--tokens 300000] [--smoke]
 """
@@ -50,6 +51,9 @@ LAST_LINE_KEYS = (
 LAYERS = (0, 1)
 # train's defaults when this benchmark was measured (block-diagonal ReLU); docs/taxonomy.md
 OLD_DEFAULTS = ("--lr", "3e-4", "--l1-coefficient", "1")
+# `--smoke`: train's evaluation after training on one batch and the dead count on 4096
+# tokens (its defaults, 4 batches and 100,000 tokens, were most of a smoke run's CPU)
+SMOKE_EVALUATION = ("--eval-batches", "1", "--dead-tokens", "4096")
 TAXONOMY = "taxonomy"
 
 
@@ -80,6 +84,7 @@ def train_and_detect(out: Path, tokens: int, args: argparse.Namespace) -> dict[i
         "--batch-size",
         str(args.batch_size),
         *OLD_DEFAULTS,
+        *(SMOKE_EVALUATION if args.smoke else ()),
         "--out",
         str(out / "saes"),
     )
@@ -183,6 +188,7 @@ def main() -> None:
     )
     args = parse_with_smoke(
         parser,
+        threads=1,
         tokens=4096,
         expansion_factor=1,
         batch_size=1024,
