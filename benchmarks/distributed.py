@@ -15,7 +15,8 @@ on load.
 
 Last line: `data_bytes_per_step=<data mode, all per-step purposes>
 heads_gradient_bytes_per_step=<heads mode, gradients> heads_bytes_per_step=<heads mode, all>`.
-`--smoke`: 2 steps of 256 tokens.
+`--smoke`: 2 steps of 256 tokens, the ranks forks of torchrun (`--run-path --start-method
+fork`).
 
     python benchmarks/distributed.py [--model embedded|random-gelu-2l] [--steps 40] [--batch 1024] [--smoke]
 """
@@ -91,6 +92,9 @@ def launch(args: argparse.Namespace, parallel: str | None) -> dict[str, object]:
             "--standalone",
             "--nproc-per-node",
             "2",
+            # --smoke: the ranks are forks of torchrun (itself a fork of this process), not
+            # fresh interpreters that import torch and sae_lens again
+            *(["--run-path", "--start-method", "fork"] if args.smoke else []),
             *me,
             "--parallel",
             parallel,
