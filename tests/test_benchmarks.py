@@ -29,6 +29,12 @@ BENCHMARKS = sorted(
     path for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_")
 )
 KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
+INITIALISATION = ROOT / "benchmarks" / "initialisation.py"
+# the tests that read `smoke_runs`: the first for its `path`, the second for INITIALISATION
+SMOKE_RUN_TESTS = (
+    "test_the_benchmark_runs_in_smoke_mode",
+    "test_the_initialisation_smoke_run_reports_every_dead_share",
+)
 TIMEOUT_S = 1800  # all smoke runs together; 22 min at a load average of 15-22 on 2 cores
 
 
@@ -55,11 +61,15 @@ def smoke_environment() -> dict[str, str]:
 def smoke_runs(request: pytest.FixtureRequest) -> dict[str, dict]:
     """`{script name: {"returncode", "stdout", "stderr", "cpu_s"}}` of the scripts this
     session selected, from one `benchmarks/_smoke.py` run."""
-    selected = [
-        str(item.callspec.params["path"])
-        for item in request.session.items
-        if item.originalname == "test_the_benchmark_runs_in_smoke_mode"
-    ]
+    selected = sorted(
+        {
+            str(item.callspec.params["path"])
+            if item.originalname == "test_the_benchmark_runs_in_smoke_mode"
+            else str(INITIALISATION)
+            for item in request.session.items
+            if item.originalname in SMOKE_RUN_TESTS
+        }
+    )
     if not selected:
         return {}
     runner = subprocess.Popen(
@@ -156,3 +166,19 @@ def test_a_script_without_keys_is_caught(tmp_path: Path):
     assert declared_keys(script) == (("ratio",), "Prints ratio=.")
     script.write_text('"""No keys."""\nprint("ratio=1")\n')
     assert declared_keys(script) == (None, "No keys.")
+
+
+def test_the_initialisation_smoke_run_reports_every_dead_share(smoke_runs: dict[str, dict]):
+    done = smoke_runs[INITIALISATION.name]
+    assert done["returncode"] == 0, done["stderr"][-2000:]
+    last = dict(pair.split("=") for pair in done["stdout"].strip().splitlines()[-1].split())
+    assert set(last) == {
+        "dead_share_topk_zeros_kaiming",
+        "dead_share_topk_geometric_median_active_subspace",
+        "dead_share_relu_zeros_kaiming",
+        "dead_share_relu_geometric_median_active_subspace",
+        "best_topk_init",
+        "best_topk_dead_share",
+    }
+    assert all(0 <= float(v) <= 1 for k, v in last.items() if k.startswith("dead_share"))
+    assert "not seen in 4,096 tokens" in done["stdout"]  # 32 held-out rows: too few to say dead
