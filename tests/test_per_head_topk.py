@@ -17,10 +17,17 @@ from sae_lens_attn import (
     BlockDiagonalTrainingSAE,
     BlockDiagonalTrainingSAEConfig,
 )
+from sae_lens_attn.architectures import chunked_topk
 from sae_lens_attn.architectures.sparse_rows import gather_dot, scatter_outer
 
 N_HEADS, D_HEAD, PER_HEAD, K = 3, 4, 6, 2
 D_IN, D_SAE = N_HEADS * D_HEAD, N_HEADS * PER_HEAD
+CHUNK_ROWS = 6  # batches of 16, 20, 32 rows: several chunks and a shorter last one
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(chunked_topk, "CHUNK_BYTES", CHUNK_ROWS * D_SAE * 4)
 
 
 def randomised(sae, seed: int = 0):
@@ -91,7 +98,14 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
     expected_acts, expected_pre = reference.acts_and_pre(x)
     expected_out = expected_acts @ reference.W_dec + reference.b_dec
     torch.testing.assert_close(output.feature_acts.to_dense(), expected_acts.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(output.hidden_pre, expected_pre, rtol=1e-5, atol=1e-5)
+    # hidden_pre: the pre-activations at the entries TopK selected, a detached sparse tensor
+    selected = expected_pre.detach().unflatten(-1, (N_HEADS, PER_HEAD)).topk(K, dim=-1).indices
+    expected_selected = torch.zeros(32, N_HEADS, PER_HEAD, dtype=torch.bool).scatter_(-1, selected, True)
+    pre = output.hidden_pre.coalesce()
+    assert pre.shape == (32, D_SAE) and not pre.requires_grad
+    assert torch.equal(torch.zeros(32, D_SAE, dtype=torch.bool).index_put_(tuple(pre.indices()), torch.tensor(True)),
+                       expected_selected.flatten(-2))
+    torch.testing.assert_close(pre.values(), expected_pre.detach()[tuple(pre.indices())], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(output.sae_out, expected_out, rtol=1e-5, atol=1e-5)
     output.loss.backward()
     (expected_out - x).pow(2).sum(-1).mean().backward()
@@ -100,15 +114,18 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
         torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path():
-    """The auxiliary loss reads d_head // 2 dead pre-activations a head (`gather_pre`):
-    its gradient joins the sparse one. Losses and gradients equal those of our hooked
-    dense path, whose auxiliary loss gathers from the dense pre-activations (which
-    tests/test_block_diagonal.py checks against SAELens's own TopK auxiliary loss)."""
+@pytest.mark.parametrize("dead_features", [[0, 3, 7, 8, 14], [0, 3, 4], list(range(D_SAE))])
+def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path(dead_features):
+    """The auxiliary loss reads d_head // 2 dead pre-activations a head, taken by the
+    chunked encode: their gradient joins the sparse one. Losses and gradients equal those
+    of our hooked dense path, whose auxiliary loss gathers from the dense pre-activations
+    (which tests/test_block_diagonal.py checks against SAELens's own TopK auxiliary
+    loss). Dead sets: a head with fewer dead features than d_head // 2; heads without
+    any; every feature dead."""
     ours = training_sae(aux_loss_coefficient=0.3)
     x = inputs(16)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
-    dead[[0, 3, 7, 8, 14]] = True
+    dead[dead_features] = True
     sparse = ours.training_forward_pass(step_input(x, dead))
     assert sparse.feature_acts.is_sparse
     sparse.loss.backward()
@@ -256,7 +273,7 @@ def test_torch_compile_captures_the_sparse_encode_and_decode():
     x = inputs(16)
 
     def reconstruction_loss(sae_in: torch.Tensor) -> torch.Tensor:
-        return (ours._decode_topk_code(ours._encode_topk_code(sae_in)[1]) - sae_in).pow(2).sum()
+        return (ours._decode_topk_code(ours._encode_topk_code(sae_in).code) - sae_in).pow(2).sum()
 
     reconstruction_loss(x).backward()
     expected_grads = {name: p.grad.clone() for name, p in ours.named_parameters()}
