@@ -143,23 +143,26 @@ def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path(dead_features
 
 
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_backward_touches_no_batch_by_d_sae_tensor(with_dead):
-    """After the forward (pre-activations, TopK), the backward works on `[batch, H, k]`
-    codes and `[batch, d_head]` rows only: no op sees a `[batch, d_sae]` tensor, also
-    when dead features make the auxiliary loss read d_head // 2 pre-activations a head."""
+def test_sparse_step_touches_no_batch_by_d_sae_tensor(with_dead):
+    """The forward computes the pre-activations a chunk of rows at a time, and the
+    backward works on `[batch, H, k]` codes and `[batch, d_head]` rows only: no op sees a
+    `[batch, d_sae]` tensor, also when dead features make the auxiliary loss read
+    d_head // 2 pre-activations a head."""
     ours = training_sae(aux_loss_coefficient=0.3)
     batch = 64
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[[0, 3, 7, 8, 14]] = with_dead
-    output = ours.training_forward_pass(step_input(inputs(batch), dead))
+    with torch.profiler.profile(record_shapes=True) as forward:
+        output = ours.training_forward_pass(step_input(inputs(batch), dead))
     assert (output.losses["auxiliary_reconstruction_loss"] > 0) == with_dead
-    loss = output.loss
-    with torch.profiler.profile(record_shapes=True) as profile:
-        loss.backward()
+    with torch.profiler.profile(record_shapes=True) as backward:
+        output.loss.backward()
     dense_shapes = ([batch, D_SAE], [batch, N_HEADS, PER_HEAD], [N_HEADS, batch, PER_HEAD])
-    seen = [(e.name, e.input_shapes) for e in profile.events() if any(s in e.input_shapes for s in dense_shapes)]
+    events = [*forward.events(), *backward.events()]
+    seen = [(e.name, e.input_shapes) for e in events if any(s in e.input_shapes for s in dense_shapes)]
     assert not seen, seen
-    assert any(e.name == "sae_lens_attn::scatter_outer" for e in profile.events())
+    assert any(e.name == "aten::baddbmm" and [N_HEADS, CHUNK_ROWS, PER_HEAD] in e.input_shapes for e in events)
+    assert any(e.name == "sae_lens_attn::scatter_outer" for e in backward.events())
 
 
 def test_inference_encode_and_forward_equal_the_dense_reference_over_leading_dims():
