@@ -23,11 +23,10 @@ from typing import NamedTuple
 
 import torch
 
-# A chunk's `[H, chunk_rows, m]` buffer is sized to about this many bytes. Measured at
-# gpt2-small's shape (12 heads x 2048 features, batch 4096, k 8, fp32, 2 threads on a
-# 2-core AVX2 EPYC): 64 to 1024 rows (6 to 100 MB) all run within ~15% of each other,
-# 128 and 256 rows (12 and 25 MB) fastest; docs/performance.md has the figures.
-CHUNK_BYTES = 16 * 2**20
+# A chunk's `[H, chunk_rows, m]` buffer is sized to about this many bytes: 256 rows at
+# gpt2-small's shape (12 heads x 2048 features, fp32). Chunks of 64 to 1024 rows were
+# measured there (docs/performance.md); 128-512 ran fastest on a 2-core AVX2 EPYC.
+CHUNK_BYTES = 24 * 2**20
 
 
 class BlockTopK(NamedTuple):
