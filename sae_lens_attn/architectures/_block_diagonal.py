@@ -279,9 +279,8 @@ class _BlockDiagonalMixin:
         pre-activations, as many as the auxiliary loss reads."""
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
         k_dead = 0 if dead is None else aux_k(dead, self.cfg.n_heads, self.cfg.d_head)
-        return per_head_topk_encode_chunked(
-            sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k, dead, k_dead
-        )  # type: ignore[arg-type]
+        k: int = self.cfg.k  # type: ignore[assignment]
+        return per_head_topk_encode_chunked(sae_in, self.W_enc_blocks, self.b_enc, k, dead, k_dead)
 
     def _decode_topk_code(self, code: PerHeadTopKCode) -> torch.Tensor:
         """Reconstruction from a code: k decoder rows per head, then as `decode`."""
@@ -541,9 +540,8 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             return super().training_forward_pass(step_input)
         finally:  # nothing of the graph outlives the pass (deepcopy, memory)
             self._in_training_forward_pass = False
-            self._acts_token_sum = self._decoded = self._topk_code = self._dead_pre = (
-                self._aux_dead
-            ) = None
+            self._acts_token_sum = self._decoded = self._topk_code = None
+            self._dead_pre = self._aux_dead = None
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,9 +549,8 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
         if self._topk_code_usable():
             if not self._in_training_forward_pass:  # the caller may read the dense pre-activations
                 sae_in = self.process_sae_in(x)
-                hidden_pre, code = per_head_topk_encode(
-                    sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k
-                )  # type: ignore[arg-type]
+                k: int = self.cfg.k  # type: ignore[assignment]
+                hidden_pre, code = per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, k)
                 return code.to_dense(self.cfg.d_sae_per_head), hidden_pre
             return self._encode_topk_training(x)
         if self._in_training_forward_pass and self._uses_token_sum_l1() and torch.is_grad_enabled():
@@ -578,9 +575,7 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
         """The training pass's sparse TopK encode: feature acts and `hidden_pre` as sparse
         COO tensors (`training_forward_pass`), the code and the dead pre-activations
         stashed for `decode` and the auxiliary loss."""
-        encoding = self._encode_topk_code(
-            x, self._aux_dead if self.cfg.activation == "topk" else None
-        )
+        encoding = self._encode_topk_code(x, self._aux_dead)
         feature_acts = _sparse_coo(encoding.code, self.cfg.d_sae_per_head)
         selected = PerHeadTopKCode(encoding.selected_pre, encoding.code.indices)
         hidden_pre = _sparse_coo(selected, self.cfg.d_sae_per_head)

@@ -23,10 +23,12 @@ from typing import NamedTuple
 
 import torch
 
-# A chunk's `[H, chunk_rows, m]` buffer is sized to about this many bytes: 256 rows at
-# gpt2-small's shape (12 heads x 2048 features, fp32). Chunks of 64 to 1024 rows were
-# measured there (docs/performance.md); 128-512 ran fastest on a 2-core AVX2 EPYC.
-CHUNK_BYTES = 24 * 2**20
+# A chunk's `[H, chunk_rows, m]` buffer is sized to about this many bytes: 512 rows at
+# gpt2-small's shape (12 heads x 2048 features, fp32). Chunks of 64 to 4096 rows were
+# measured there on a loaded 2-core AVX2 EPYC (docs/performance.md): with one thread
+# 256-1024 rows ran 20-30% faster than the dense path; with two, chunks under 256 rows
+# lost to it (each chunk's parallel ops wait for both threads).
+CHUNK_BYTES = 48 * 2**20
 
 
 class BlockTopK(NamedTuple):
