@@ -31,7 +31,9 @@ def dense_pre(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return (x @ torch.block_diag(*W) + b).unflatten(-1, (N_HEADS, PER_HEAD))
 
 
-def sorted_by_index(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sorted_by_index(
+    values: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     order = indices.argsort(-1)
     return values.gather(-1, order), indices.gather(-1, order)
 
@@ -98,7 +100,9 @@ def test_dead_pre_activations_carry_the_gradient_of_a_dense_gather():
     torch.where(finite, values, 0.0).pow(2).sum().backward()
     reference = [t.clone().requires_grad_() for t in (x, W, b)]
     gathered = dense_pre(*reference).gather(-1, indices)
-    torch.testing.assert_close(values.detach()[finite], gathered.detach()[finite], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        values.detach()[finite], gathered.detach()[finite], rtol=1e-6, atol=1e-6
+    )
     torch.where(finite, gathered, 0.0).pow(2).sum().backward()
     for got, expected in zip(params, reference, strict=True):
         torch.testing.assert_close(got.grad, expected.grad, rtol=1e-5, atol=1e-5)

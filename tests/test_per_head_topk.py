@@ -39,12 +39,16 @@ def randomised(sae, seed: int = 0):
 
 
 def training_sae(**changes) -> BlockDiagonalTrainingSAE:
-    cfg = BlockDiagonalTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes)
+    cfg = BlockDiagonalTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes
+    )
     return randomised(BlockDiagonalTrainingSAE(cfg))
 
 
 def inference_sae(**changes) -> BlockDiagonalSAE:
-    cfg = BlockDiagonalSAEConfig(d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes)
+    cfg = BlockDiagonalSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes
+    )
     return randomised(BlockDiagonalSAE(cfg))
 
 
@@ -53,7 +57,9 @@ def inputs(*shape: int, seed: int = 1) -> torch.Tensor:
 
 
 def step_input(x: torch.Tensor, dead: torch.Tensor | None = None) -> TrainStepInput:
-    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
+    return TrainStepInput(
+        sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False
+    )
 
 
 class DenseReference(torch.nn.Module):
@@ -79,7 +85,9 @@ class DenseReference(torch.nn.Module):
 
     def block_grads(self) -> dict[str, torch.Tensor]:
         def blocks(full: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-            return torch.stack([full[h * rows : (h + 1) * rows, h * cols : (h + 1) * cols] for h in range(N_HEADS)])
+            return torch.stack(
+                [full[h * rows : (h + 1) * rows, h * cols : (h + 1) * cols] for h in range(N_HEADS)]
+            )
 
         grads = {"b_enc": self.b_enc.grad, "b_dec": self.b_dec.grad}
         grads["W_enc_blocks"] = blocks(self.W_enc.grad, D_HEAD, PER_HEAD)
@@ -89,7 +97,9 @@ class DenseReference(torch.nn.Module):
 
 
 @pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
-def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients(apply_b_dec_to_input):
+def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients(
+    apply_b_dec_to_input,
+):
     ours = training_sae(apply_b_dec_to_input=apply_b_dec_to_input)
     reference = DenseReference(ours)
     x = inputs(32)
@@ -97,15 +107,25 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
     assert output.feature_acts.is_sparse  # the sparse path ran
     expected_acts, expected_pre = reference.acts_and_pre(x)
     expected_out = expected_acts @ reference.W_dec + reference.b_dec
-    torch.testing.assert_close(output.feature_acts.to_dense(), expected_acts.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        output.feature_acts.to_dense(), expected_acts.detach(), rtol=1e-5, atol=1e-5
+    )
     # hidden_pre: the pre-activations at the entries TopK selected, a detached sparse tensor
     selected = expected_pre.detach().unflatten(-1, (N_HEADS, PER_HEAD)).topk(K, dim=-1).indices
-    expected_selected = torch.zeros(32, N_HEADS, PER_HEAD, dtype=torch.bool).scatter_(-1, selected, True)
+    expected_selected = torch.zeros(32, N_HEADS, PER_HEAD, dtype=torch.bool).scatter_(
+        -1, selected, True
+    )
     pre = output.hidden_pre.coalesce()
     assert pre.shape == (32, D_SAE) and not pre.requires_grad
-    assert torch.equal(torch.zeros(32, D_SAE, dtype=torch.bool).index_put_(tuple(pre.indices()), torch.tensor(True)),
-                       expected_selected.flatten(-2))
-    torch.testing.assert_close(pre.values(), expected_pre.detach()[tuple(pre.indices())], rtol=1e-6, atol=1e-6)
+    assert torch.equal(
+        torch.zeros(32, D_SAE, dtype=torch.bool).index_put_(
+            tuple(pre.indices()), torch.tensor(True)
+        ),
+        expected_selected.flatten(-2),
+    )
+    torch.testing.assert_close(
+        pre.values(), expected_pre.detach()[tuple(pre.indices())], rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(output.sae_out, expected_out, rtol=1e-5, atol=1e-5)
     output.loss.backward()
     (expected_out - x).pow(2).sum(-1).mean().backward()
@@ -159,9 +179,14 @@ def test_sparse_step_touches_no_batch_by_d_sae_tensor(with_dead):
         output.loss.backward()
     dense_shapes = ([batch, D_SAE], [batch, N_HEADS, PER_HEAD], [N_HEADS, batch, PER_HEAD])
     events = [*forward.events(), *backward.events()]
-    seen = [(e.name, e.input_shapes) for e in events if any(s in e.input_shapes for s in dense_shapes)]
+    seen = [
+        (e.name, e.input_shapes) for e in events if any(s in e.input_shapes for s in dense_shapes)
+    ]
     assert not seen, seen
-    assert any(e.name == "aten::baddbmm" and [N_HEADS, CHUNK_ROWS, PER_HEAD] in e.input_shapes for e in events)
+    assert any(
+        e.name == "aten::baddbmm" and [N_HEADS, CHUNK_ROWS, PER_HEAD] in e.input_shapes
+        for e in events
+    )
     assert any(e.name == "sae_lens_attn::scatter_outer" for e in backward.events())
 
 
@@ -177,7 +202,9 @@ def test_inference_encode_and_forward_equal_the_dense_reference_over_leading_dim
     hook_z = x.unflatten(-1, (N_HEADS, D_HEAD))
     ours.turn_on_forward_pass_hook_z_reshaping()
     with torch.no_grad():
-        torch.testing.assert_close(ours(hook_z), reference(x).unflatten(-1, (N_HEADS, D_HEAD)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours(hook_z), reference(x).unflatten(-1, (N_HEADS, D_HEAD)), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_encode_with_gradients_equals_the_dense_reference():
@@ -189,7 +216,9 @@ def test_encode_with_gradients_equals_the_dense_reference():
     (reference.acts_and_pre(x)[0] * weights).sum().backward()
     grads = reference.block_grads()
     for name in ("W_enc_blocks", "b_enc", "b_dec"):
-        torch.testing.assert_close(getattr(ours, name).grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            getattr(ours, name).grad, grads[name], rtol=1e-5, atol=1e-5, msg=name
+        )
 
 
 def test_a_hook_on_the_acts_sees_and_changes_the_dense_acts():
@@ -249,7 +278,9 @@ def test_row_kernels_equal_gather_and_sum(dtype):
         for j in range(3):
             expected_scatter[indices[n, j]] += weights[n, j].float() * rows[n].float()
     tolerance = 1e-5 if dtype == torch.float32 else 5e-2
-    torch.testing.assert_close(gather_dot(table, indices, rows).float(), expected_dot, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(
+        gather_dot(table, indices, rows).float(), expected_dot, rtol=tolerance, atol=tolerance
+    )
     out = scatter_outer(indices, weights, rows, 10)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), expected_scatter, rtol=tolerance, atol=tolerance)
@@ -305,6 +336,10 @@ def test_cuda_sparse_step_matches_cpu(autocast):
     output.loss.backward()
     cpu.training_forward_pass(step_input(x)).loss.backward()
     tolerance = 0.1 if autocast else 1e-4
-    torch.testing.assert_close(output.sae_out.float().cpu(), cpu(x).detach(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(
+        output.sae_out.float().cpu(), cpu(x).detach(), rtol=tolerance, atol=tolerance
+    )
     for (name, param), ref in zip(gpu.named_parameters(), cpu.parameters(), strict=True):
-        torch.testing.assert_close(param.grad.cpu(), ref.grad, rtol=tolerance, atol=tolerance, msg=name)
+        torch.testing.assert_close(
+            param.grad.cpu(), ref.grad, rtol=tolerance, atol=tolerance, msg=name
+        )
