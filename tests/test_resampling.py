@@ -14,7 +14,11 @@ from sae_lens_attn.architectures.block_diagonal import (
 from sae_lens_attn.cli import main
 from sae_lens_attn.training import train_hook_z_sae
 from sae_lens_attn.training.multi_training import HookZSAESpec, train_hook_z_saes
-from sae_lens_attn.training.resampling import DeadResampling, resample_dead_features
+from sae_lens_attn.training.resampling import (
+    DeadResampling,
+    resample_dead_features,
+    unsupported_reason,
+)
 from tests.test_training_cli import REDUCED, tiny_embedded  # noqa: F401 (a fixture)
 
 N_HEADS, D_HEAD, PER_HEAD = 4, 8, 16
@@ -165,3 +169,20 @@ def test_resampling_asked_for_under_torchrun_exits_2_before_training(tmp_path, c
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --resample-dead-tokens runs on one process")
     assert not (tmp_path / "out").exists()
+
+
+def test_saes_without_an_encoder_and_b_enc_are_named_and_refused():
+    from sae_lens import GatedTrainingSAE, GatedTrainingSAEConfig
+
+    gated = GatedTrainingSAE(GatedTrainingSAEConfig(d_in=8, d_sae=16))
+    assert unsupported_reason(gated) == "GatedTrainingSAE has no trainable encoder weight and b_enc to move"
+    assert unsupported_reason(block_sae()) is None
+    with pytest.raises(ValueError, match="GatedTrainingSAE has no trainable encoder"):
+        resample_dead_features(gated, torch.optim.Adam(gated.parameters()), torch.ones(16, dtype=torch.bool),
+                               torch.randn(4, 8))
+
+
+@pytest.mark.usefixtures("tiny_embedded")
+def test_train_says_when_an_architecture_cannot_resample(tmp_path, capsys):
+    assert main(["train", "--layer", "1", *REDUCED, "--architecture", "gated", "--out", str(tmp_path / "g")]) == 0
+    assert "dead-feature resampling skipped: GatedTrainingSAE has no trainable encoder" in capsys.readouterr().out

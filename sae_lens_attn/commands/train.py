@@ -412,6 +412,8 @@ def resample_every_tokens(args: argparse.Namespace) -> int | None:
 def describe_resampling(record: dict[str, Any]) -> str:
     """One line on what dead-feature resampling did in training (`record`: the SAE's
     `metadata.resampling`)."""
+    if "skipped" in record:
+        return f"dead-feature resampling skipped: {record['skipped']}"
     steps = ", ".join(f"{moved} at step {step}" for step, moved in record["resampled"] if moved)
     return (f"dead-feature resampling every {record['every_steps']} steps to step {record['last_step']}: "
             f"moved {steps or 'none'}")

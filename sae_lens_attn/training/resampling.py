@@ -58,18 +58,23 @@ class DeadResampling:
         return step % self.every_steps == 0 and step <= self.last_step
 
 
+def unsupported_reason(sae: nn.Module) -> str | None:
+    """Why `sae` cannot be resampled (None: it can): it needs a trainable encoder
+    (`W_enc` or `W_enc_blocks`) and `b_enc`, which gated and matching-pursuit SAEs lack."""
+    encoder = getattr(sae, "W_enc_blocks", getattr(sae, "W_enc", None))
+    if isinstance(encoder, nn.Parameter) and isinstance(getattr(sae, "b_enc", None), nn.Parameter):
+        return None
+    return f"{type(sae).__name__} has no trainable encoder weight and b_enc to move"
+
+
 def _weights(sae: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
     """`(decoder, encoder)`: the SAE's weights, read as `[G, m, w]` and `[G, w, m]` by
     `_view` (G heads for a block-diagonal SAE, 1 for a dense one)."""
+    if (reason := unsupported_reason(sae)) is not None:
+        raise ValueError(f"dead-feature resampling: {reason}")
     if hasattr(sae, "W_dec_blocks"):
         return sae.W_dec_blocks, sae.W_enc_blocks
-    encoder = getattr(sae, "W_enc", None)
-    if not isinstance(encoder, nn.Parameter) or not hasattr(sae, "b_enc"):
-        raise ValueError(
-            f"{type(sae).__name__} has no trainable W_enc and b_enc: dead-feature resampling "
-            "needs an encoder to move"
-        )
-    return sae.W_dec, encoder
+    return sae.W_dec, sae.W_enc
 
 
 def _view(tensor: torch.Tensor) -> torch.Tensor:

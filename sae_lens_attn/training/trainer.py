@@ -41,7 +41,11 @@ from sae_lens_attn.training.checkpoints import (
     write_data_state,
 )
 from sae_lens_attn.training.parallel.base import Parallelism
-from sae_lens_attn.training.resampling import DeadResampling, resample_dead_features
+from sae_lens_attn.training.resampling import (
+    DeadResampling,
+    resample_dead_features,
+    unsupported_reason,
+)
 
 _REPEAT_SIGNAL_GRACE_S = 2.0  # torchrun forwards the terminal's Ctrl-C: count it once
 
@@ -93,17 +97,21 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
     _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
     resampling: DeadResampling | None = None  # dead-feature resampling (`resampling.py`)
     resampled: list[tuple[int, int]]  # (step, features moved) of each resampling
+    resampling_skipped: str | None = None  # why an SAE that was asked to resample cannot
 
     def resample_dead(self, every_tokens: int | None) -> None:
         """Resample dead features every `every_tokens` training tokens (rounded up to whole
         steps) until 80% of the run (`DeadResampling.for_run`); None: never."""
         self.resampled = []
-        self.resampling = None if every_tokens is None else DeadResampling.for_run(
+        self.resampling_skipped = None if every_tokens is None else unsupported_reason(self.sae)
+        self.resampling = None if every_tokens is None or self.resampling_skipped else DeadResampling.for_run(
             every_tokens, self.cfg.train_batch_size_samples, self.cfg.total_training_samples
         )
 
     def resampling_record(self) -> dict[str, Any] | None:
-        """What resampling did, for the SAE's metadata (None: it was off)."""
+        """What resampling did, for the SAE's metadata (None: it was not asked for)."""
+        if self.resampling_skipped:
+            return {"skipped": self.resampling_skipped}
         if self.resampling is None:
             return None
         return {**asdict(self.resampling), "resampled": [list(pair) for pair in self.resampled]}
