@@ -14,10 +14,11 @@ tokens in the same order, one model forward pass per batch), then the default SA
    process, exactly what a user runs);
 4. **dead share at expansion 32**: the default per-head architecture at expansion 32
    with three initialisations (SAELens's; mean b_dec with the active-subspace decoder;
-   mean b_dec with decoder rows drawn from data samples), dead = never fires on
+   mean b_dec with the k-means decoder), dead = never fires on
    `--dead-tokens` held-out tokens; the best initialisation's share is reported.
 
-Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
+Every SAE trains with `train`'s dead-feature resampling (every 16,384 tokens until 80% of
+the run; `sae_lens_attn.training.resampling`). Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
 held-out prompts) and the frontier files (`sae_lens_attn.training.frontier`) are written to
 `--out/frontier`. CE loss recovered at L0 8/20/40 is interpolated along each
 architecture's line linearly in log(L0) between the two SAEs that bracket the target (no
@@ -53,6 +54,7 @@ from types import SimpleNamespace
 from _bench import load_average
 
 from sae_lens_attn.commands._values import positive_int
+from sae_lens_attn.dead import DEAD_WINDOW_TOKENS
 
 LAST_LINE_KEYS = ("frontier_min_gap_equal_tokens", "frontier_min_gap_equal_time", "default_l0", "default_ce", "dead_share_x32")
 
@@ -124,7 +126,7 @@ def sweep(model, labels, out: Path, settings, tokens: int, held_out) -> float:
     trained = train_hook_z_saes(
         model, specs(labels, settings.expansion_factor), dataset=settings.train_rows, training_tokens=tokens,
         context_size=settings.context_size, lr=settings.lr, train_batch_size_tokens=settings.batch_size,
-        output_path=out, seed=0,
+        output_path=out, seed=0, resample_every_tokens=DEAD_WINDOW_TOKENS,  # as train does by default
     )
     seconds = time.perf_counter() - began
     args = SimpleNamespace(eval_batches=settings.eval_batches)
@@ -157,8 +159,8 @@ def child_env(settings) -> dict:
 
 def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     """The default per-head SAE at expansion 32, trained on `--training-tokens` tokens with
-    SAELens's initialisation, with the active-subspace decoder and with decoder rows drawn
-    from data samples, both with mean b_dec (one pass); the smallest share of features that never fire on `settings.dead_tokens`
+    SAELens's initialisation, with the active-subspace decoder and with the k-means
+    decoder, both with mean b_dec (one pass); the smallest share of features that never fire on `settings.dead_tokens`
     held-out tokens (`sae_lens_attn.dead`), with N and the initialisation reaching it."""
     import torch
 
@@ -170,7 +172,7 @@ def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     inits = {
         "kaiming": None,
         "active_subspace+mean": SAEInit(b_dec="mean", decoder="active_subspace"),
-        "data_samples+mean": SAEInit(b_dec="mean", decoder="data_samples"),
+        "kmeans+mean": SAEInit(b_dec="mean", decoder="kmeans"),
     }
     specs = [  # train's default architecture: per-head TopK, k from d_head
         HookZSAESpec(LAYER, None, "block_diagonal", {"activation": "topk"}, 32, name=f"x32_{name}", init=init)
@@ -179,7 +181,7 @@ def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     trained = train_hook_z_saes(
         model, specs, dataset=settings.train_rows, training_tokens=settings.training_tokens,
         context_size=settings.context_size, lr=settings.lr, train_batch_size_tokens=settings.batch_size,
-        output_path=out, seed=0,
+        output_path=out, seed=0, resample_every_tokens=DEAD_WINDOW_TOKENS,
     )
     rows = -(-settings.dead_tokens // settings.context_size)
     tokens = torch.tensor(corpus_dataset(settings.context_size, rows, split="test")["input_ids"])

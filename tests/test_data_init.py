@@ -29,6 +29,7 @@ from sae_lens_attn.architectures.data_init import (
     geometric_median,
     initialise_from_sample,
     principal_subspace,
+    spherical_kmeans,
 )
 from sae_lens_attn.cli import main
 from sae_lens_attn.training import train_hook_z_sae
@@ -146,6 +147,65 @@ def test_data_sample_rows_point_at_distinct_sampled_tokens(make):
         best = cosine.max(dim=1)
         assert (best.values > 1 - 1e-6).all()  # every row is a sampled token's direction
         assert len(set(best.indices.tolist())) == rows.shape[0]  # distinct tokens
+    assert torch.allclose(decoder.norm(dim=-1), norms_before, atol=1e-6)
+    encoder = sae.W_enc_blocks if make == "block" else sae.W_enc.unsqueeze(0)
+    assert torch.equal(encoder, decoder.transpose(1, 2))
+
+
+def planted_clusters(n_clusters, width, per_cluster=30, seed=0):
+    """`(points [n_clusters * per_cluster, width], directions [n_clusters, width])`: each
+    point one planted unit direction times a log-normal length plus 5% noise; the
+    directions are the +- axes of a random rotation (cosine 0 or -1 between any two)."""
+    g = torch.Generator().manual_seed(seed)
+    rotation = torch.linalg.qr(torch.randn(width, width, generator=g))[0]
+    directions = torch.cat([rotation, -rotation])[torch.randperm(2 * width, generator=g)[:n_clusters]]
+    lengths = torch.randn(n_clusters, per_cluster, 1, generator=g).exp()
+    noise = 0.05 * torch.randn(n_clusters, per_cluster, width, generator=g)
+    return ((directions.unsqueeze(1) + noise) * lengths).flatten(0, 1), directions
+
+
+def test_spherical_kmeans_finds_every_planted_direction_once():
+    """Planted direction clusters: each centre is a distinct planted direction (a
+    permutation), the mean direction of the points it serves, and no cluster is empty."""
+    points, directions = planted_clusters(16, D_HEAD)
+    centres, sizes = spherical_kmeans(points, 16, torch.Generator().manual_seed(0))
+    cosine = centres @ directions.T
+    assert sorted(cosine.argmax(dim=1).tolist()) == list(range(16))
+    assert (cosine.max(dim=1).values > 0.99).all()
+    assert sizes.tolist() == [30] * 16
+    unit = torch.nn.functional.normalize(points, dim=-1)
+    assignment = (unit @ centres.T).argmax(dim=1)
+    for c in range(16):  # a fixed point of Lloyd's step
+        mean = unit[assignment == c].mean(0)
+        assert torch.allclose(centres[c], mean / mean.norm(), atol=1e-5)
+
+
+def test_spherical_kmeans_refuses_fewer_tokens_than_centres():
+    with pytest.raises(ValueError, match="at least 16 sampled tokens"):
+        spherical_kmeans(torch.randn(15, D_HEAD), 16)
+
+
+@pytest.mark.parametrize("make", ["block", "dense"])
+def test_kmeans_rows_are_the_centroids_of_each_head_s_directions(make):
+    """Per head for a block-diagonal SAE (joint for a dense one): each decoder row is a
+    planted direction of that head's slice, every direction once; norms kept and the
+    encoder the decoder's transpose."""
+    sae = block_sae() if make == "block" else TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=N_HEADS * D_HEAD, d_sae=16, k=4)
+    )
+    groups = N_HEADS if make == "block" else 1
+    width = N_HEADS * D_HEAD // groups
+    planted = [planted_clusters(16, width, seed=g) for g in range(groups)]
+    sample = torch.cat([points for points, _ in planted], dim=1)
+    decoder = sae.W_dec_blocks if make == "block" else sae.W_dec.unsqueeze(0)
+    norms_before = decoder.norm(dim=-1).clone()
+    report = initialise_from_sample(sae, sample, SAEInit(decoder="kmeans"), torch.Generator().manual_seed(0))
+    assert report["kmeans_smallest_cluster"] == [30] * groups
+    for g, (_, directions) in enumerate(planted):
+        rows = torch.nn.functional.normalize(decoder[g].detach(), dim=-1)
+        cosine = rows @ directions.T
+        assert sorted(cosine.argmax(dim=1).tolist()) == list(range(16))
+        assert (cosine.max(dim=1).values > 0.99).all()
     assert torch.allclose(decoder.norm(dim=-1), norms_before, atol=1e-6)
     encoder = sae.W_enc_blocks if make == "block" else sae.W_enc.unsqueeze(0)
     assert torch.equal(encoder, decoder.transpose(1, 2))

@@ -11,7 +11,10 @@ data back in, per head for per-head SAEs:
   features of a 1M-feature attention SAE from 87% to under 1%); or "data_samples": each
   decoder row is the direction of one sampled token's input minus `b_dec` (distinct
   tokens while the sample has enough, each group's own), so every feature starts pointing
-  at a place where the data is. Row norms stay what the architecture chose
+  at a place where the data is; or "kmeans": the rows are the centroids of a spherical
+  k-means of the sample's directions (minus `b_dec`), each group's own, so every row
+  starts as the best-aligned row of a share of the sample's tokens (its cluster) instead
+  of crowding where tokens repeat. Row norms stay what the architecture chose
   (`decoder_init_norm`).
 - The encoder is always the decoder's transpose afterwards (SAELens's default, kept).
 
@@ -33,7 +36,13 @@ from torch import nn
 
 from sae_lens_attn.architectures.init_options import SAEInit
 
-__all__ = ["SAEInit", "geometric_median", "initialise_from_sample", "principal_subspace"]
+__all__ = [
+    "SAEInit",
+    "geometric_median",
+    "initialise_from_sample",
+    "principal_subspace",
+    "spherical_kmeans",
+]
 
 
 @torch.no_grad()
@@ -74,6 +83,9 @@ def principal_subspace(centred: torch.Tensor, variance: float) -> tuple[torch.Te
     )
     rank = min(rank, energy.numel())
     return vh[:rank].T, float(cumulative[rank - 1])
+
+
+KMEANS_ITERATIONS = 20  # Lloyd steps of the "kmeans" decoder initialisation
 
 
 def _groups(sae: nn.Module) -> int:
@@ -127,6 +139,8 @@ def initialise_from_sample(
         )
     elif init.decoder == "data_samples":
         _draw_from_samples(sae, x - centre.unsqueeze(1), generator)
+    elif init.decoder == "kmeans":
+        report.update(_kmeans_centroids(sae, x - centre.unsqueeze(1), generator))
     _encoder_from_decoder(sae)
     return report
 
@@ -174,6 +188,72 @@ def _draw_from_samples(
         rows = points[order]
         rows = rows / rows.norm(dim=-1, keepdim=True)
         decoder[group].copy_((rows * norms[group].double()).to(decoder.dtype))
+
+
+@torch.no_grad()
+def spherical_kmeans(
+    points: torch.Tensor,
+    n_centres: int,
+    generator: torch.Generator | None = None,
+    iterations: int = KMEANS_ITERATIONS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spherical k-means of the directions of `points [n, w]` (rows of norm 0 dropped):
+    `(centres [n_centres, w] of norm 1, sizes [n_centres])`, the cluster sizes of the last
+    assignment (each point to the centre of largest cosine).
+
+    Seeded by k-means++ on the cosine distance (a direction already taken is not drawn
+    again while others are left), then `iterations` Lloyd steps; a centre left without
+    points moves to the point worst served. Needs at least `n_centres` points."""
+    unit = points[points.norm(dim=-1) > 0]
+    if len(unit) < n_centres:
+        raise ValueError(
+            f"k-means of {n_centres} centres needs at least {n_centres} sampled tokens with "
+            f"spread around b_dec, got {len(unit)}: draw more (--init-batches)"
+        )
+    unit = unit / unit.norm(dim=-1, keepdim=True)
+    centres = _kmeans_plus_plus(unit, n_centres, generator)
+    for _ in range(iterations):
+        best = (unit @ centres.T).max(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, best.indices, unit)
+        sizes = torch.bincount(best.indices, minlength=n_centres)
+        empty = (sizes == 0).nonzero().flatten()
+        centres = sums / sums.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if len(empty):
+            centres[empty] = unit[best.values.argsort()[: len(empty)]]
+    sizes = torch.bincount((unit @ centres.T).argmax(dim=1), minlength=n_centres)
+    return centres, sizes
+
+
+def _kmeans_plus_plus(
+    unit: torch.Tensor, n_centres: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """`[n_centres, w]` seeds from the unit rows `unit [n, w]`: each next seed drawn with
+    probability proportional to the squared cosine distance to the nearest seed so far
+    (uniformly once every row coincides with a seed)."""
+    chosen = [int(torch.randint(len(unit), (1,), generator=generator))]
+    nearest = unit @ unit[chosen[0]]
+    for _ in range(n_centres - 1):
+        weights = (1 - nearest).clamp_min(0).square()
+        if float(weights.sum()) <= 0:
+            weights = torch.ones_like(weights)
+        chosen.append(int(torch.multinomial(weights, 1, generator=generator)))
+        nearest = torch.maximum(nearest, unit @ unit[chosen[-1]])
+    return unit[chosen].clone()
+
+
+def _kmeans_centroids(
+    sae: nn.Module, centred: torch.Tensor, generator: torch.Generator | None
+) -> dict[str, Any]:
+    """Decoder rows of each group set to the spherical k-means centroids of `centred [G,
+    n, w]`, row norms kept; reports each group's smallest cluster."""
+    decoder = _decoder(sae)
+    norms = decoder.norm(dim=-1, keepdim=True)
+    smallest = []
+    for group in range(decoder.shape[0]):
+        centres, sizes = spherical_kmeans(centred[group].float(), decoder.shape[1], generator)
+        decoder[group].copy_((centres * norms[group].double()).to(decoder.dtype))
+        smallest.append(int(sizes.min()))
+    return {"kmeans_smallest_cluster": smallest}
 
 
 def _encoder_from_decoder(sae: nn.Module) -> None:

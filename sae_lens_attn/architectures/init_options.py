@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
-DECODER_INITS = ("kaiming", "active_subspace", "data_samples")
+DECODER_INITS = ("kaiming", "active_subspace", "data_samples", "kmeans")
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class SAEInit:
 
     Args:
         b_dec: "zeros", "mean" or "geometric_median" of the sample.
-        decoder: "kaiming", "active_subspace" or "data_samples".
+        decoder: "kaiming", "active_subspace", "data_samples" or "kmeans".
         variance: share of the sample's spread around `b_dec` that the active subspace
             holds, in (0, 1].
         n_batches: LLM batches of training data drawn (and consumed) for the sample.
