@@ -2,7 +2,8 @@
 
     python benchmarks/block_diagonal.py [--device cuda] [--batch 4096] [--rounds 3]
         [--shapes gpt2-small,gelu-2l] [--saes standard,...] [--k-per-head 8] [--threads N]
-        [--relu-density 0.03] [--relu-path auto] [--no-bf16] [--compile] [--huge-pages] [--smoke]
+        [--relu-density 0.03] [--relu-path auto] [--dead-share 0] [--no-bf16] [--compile]
+        [--huge-pages] [--smoke]
 
 For gpt2-small's hook_z shape (12 heads x 64) and gelu-2l's (8 heads x 64), expansion 32,
 it times at the same `d_in` and `d_sae`:
@@ -22,7 +23,9 @@ random input has 0.5): `b_enc` is set, feature by feature, to minus that quantil
 feature's pre-activations on the batch, identically on both sides. SAELens's dense
 products cost the same at any density; ours choose the sparse ReLU step below
 `sparse_relu.SPARSE_MAX_DENSITY` (`--relu-path sparse|dense` forces one, to measure the
-crossover). Each (shape, SAE) runs in a fresh child process, so its peak memory is
+crossover). `--dead-share F` marks a share F of the features (drawn with seed 0) dead in
+every step's input, so the TopK SAEs also compute their auxiliary loss for dead features
+(default 0: none dead, no auxiliary loss). Each (shape, SAE) runs in a fresh child process, so its peak memory is
 its own: on CPU the growth of the peak resident set over the process's size before the
 SAE was built, on CUDA `torch.cuda.max_memory_allocated`. The SAEs are measured in
 alternation, `--rounds` times (each run: median of `--repeats` steps after `--warmup`),
@@ -164,8 +167,12 @@ def _train_step_ms(
         _set_relu_density(sae, x, args.relu_density)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
     forward = torch.compile(sae.training_forward_pass) if args.compile else sae.training_forward_pass
+    dead = None
+    if args.dead_share > 0:
+        draw = torch.rand(sae.cfg.d_sae, generator=torch.Generator().manual_seed(0))
+        dead = (draw < args.dead_share).to(x.device)
     step_input = TrainStepInput(
-        sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+        sae_in=x, coefficients={"l1": 1.0}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False
     )
     densities: list[float] = []
 
@@ -232,6 +239,7 @@ def run_child(args: argparse.Namespace, shape: str, architecture: str) -> dict[s
         "--device", args.device, "--batch", str(args.batch), "--k-per-head", str(args.k_per_head),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
         "--relu-density", str(args.relu_density), "--relu-path", args.relu_path,
+        "--dead-share", str(args.dead_share),
     ] + (["--compile"] if args.compile else []) + (["--no-bf16"] if args.no_bf16 else [])  # fmt: skip
     result = run_python(command, child_environment(args))
     if result.returncode != 0:
@@ -244,6 +252,14 @@ def density(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a share of active features in (0, 1]")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share in [0, 1]")
     return value
 
 
@@ -261,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of non-zero acts of the ReLU SAEs, set through b_enc on both sides (default 0.03)")
     parser.add_argument("--relu-path", choices=("auto", "sparse", "dense"), default="auto",
                         help="our ReLU step: chosen per step from the density (auto), or forced")
+    parser.add_argument("--dead-share", type=share, default=0.0,
+                        help="share of features marked dead in each step (TopK: auxiliary loss; default 0)")
     add_environment_arguments(parser)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast training steps")
     parser.add_argument("--compile", action="store_true", help="torch.compile training_forward_pass")
@@ -290,6 +308,7 @@ def main() -> None:
     print(
         f"device={args.device} batch={args.batch} tokens, expansion {EXPANSION}, k per head "
         f"{args.k_per_head}, ReLU density {args.relu_density} (our path: {args.relu_path}), "
+        f"dead share {args.dead_share}, "
         f"{args.rounds} alternated rounds x median of {args.repeats} after {args.warmup} warm-up, "
         f"bf16={'off' if args.no_bf16 else 'autocast column'}, compile={args.compile}, "
         f"{environment_summary(args)}"

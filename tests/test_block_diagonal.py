@@ -202,7 +202,8 @@ def test_topk_auxiliary_loss_is_saelens_topk_auxiliary_loss_head_by_head(dead_fe
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[dead_features] = True
     output = ours.training_forward_pass(step_input(x, dead))
-    expected = saelens_aux_per_head(ours, x, output.sae_out, output.hidden_pre, dead)
+    hidden_pre = ours.encode_with_hidden_pre(x)[1]  # dense outside a step (the step's is sparse)
+    expected = saelens_aux_per_head(ours, x, output.sae_out, hidden_pre, dead)
     assert expected > 0
     torch.testing.assert_close(output.losses["auxiliary_reconstruction_loss"], expected, rtol=1e-5, atol=1e-6)
     assert ours.get_coefficients() == {}

@@ -17,10 +17,17 @@ from sae_lens_attn import (
     BlockDiagonalTrainingSAE,
     BlockDiagonalTrainingSAEConfig,
 )
+from sae_lens_attn.architectures import chunked_topk
 from sae_lens_attn.architectures.sparse_rows import gather_dot, scatter_outer
 
 N_HEADS, D_HEAD, PER_HEAD, K = 3, 4, 6, 2
 D_IN, D_SAE = N_HEADS * D_HEAD, N_HEADS * PER_HEAD
+CHUNK_ROWS = 6  # batches of 16, 20, 32 rows: several chunks and a shorter last one
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(chunked_topk, "CHUNK_BYTES", CHUNK_ROWS * D_SAE * 4)
 
 
 def randomised(sae, seed: int = 0):
@@ -32,12 +39,16 @@ def randomised(sae, seed: int = 0):
 
 
 def training_sae(**changes) -> BlockDiagonalTrainingSAE:
-    cfg = BlockDiagonalTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes)
+    cfg = BlockDiagonalTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes
+    )
     return randomised(BlockDiagonalTrainingSAE(cfg))
 
 
 def inference_sae(**changes) -> BlockDiagonalSAE:
-    cfg = BlockDiagonalSAEConfig(d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes)
+    cfg = BlockDiagonalSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, n_heads=N_HEADS, activation="topk", k=K, **changes
+    )
     return randomised(BlockDiagonalSAE(cfg))
 
 
@@ -46,7 +57,9 @@ def inputs(*shape: int, seed: int = 1) -> torch.Tensor:
 
 
 def step_input(x: torch.Tensor, dead: torch.Tensor | None = None) -> TrainStepInput:
-    return TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
+    return TrainStepInput(
+        sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False
+    )
 
 
 class DenseReference(torch.nn.Module):
@@ -72,7 +85,9 @@ class DenseReference(torch.nn.Module):
 
     def block_grads(self) -> dict[str, torch.Tensor]:
         def blocks(full: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-            return torch.stack([full[h * rows : (h + 1) * rows, h * cols : (h + 1) * cols] for h in range(N_HEADS)])
+            return torch.stack(
+                [full[h * rows : (h + 1) * rows, h * cols : (h + 1) * cols] for h in range(N_HEADS)]
+            )
 
         grads = {"b_enc": self.b_enc.grad, "b_dec": self.b_dec.grad}
         grads["W_enc_blocks"] = blocks(self.W_enc.grad, D_HEAD, PER_HEAD)
@@ -82,7 +97,9 @@ class DenseReference(torch.nn.Module):
 
 
 @pytest.mark.parametrize("apply_b_dec_to_input", [True, False])
-def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients(apply_b_dec_to_input):
+def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients(
+    apply_b_dec_to_input,
+):
     ours = training_sae(apply_b_dec_to_input=apply_b_dec_to_input)
     reference = DenseReference(ours)
     x = inputs(32)
@@ -90,8 +107,25 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
     assert output.feature_acts.is_sparse  # the sparse path ran
     expected_acts, expected_pre = reference.acts_and_pre(x)
     expected_out = expected_acts @ reference.W_dec + reference.b_dec
-    torch.testing.assert_close(output.feature_acts.to_dense(), expected_acts.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(output.hidden_pre, expected_pre, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        output.feature_acts.to_dense(), expected_acts.detach(), rtol=1e-5, atol=1e-5
+    )
+    # hidden_pre: the pre-activations at the entries TopK selected, a detached sparse tensor
+    selected = expected_pre.detach().unflatten(-1, (N_HEADS, PER_HEAD)).topk(K, dim=-1).indices
+    expected_selected = torch.zeros(32, N_HEADS, PER_HEAD, dtype=torch.bool).scatter_(
+        -1, selected, True
+    )
+    pre = output.hidden_pre.coalesce()
+    assert pre.shape == (32, D_SAE) and not pre.requires_grad
+    assert torch.equal(
+        torch.zeros(32, D_SAE, dtype=torch.bool).index_put_(
+            tuple(pre.indices()), torch.tensor(True)
+        ),
+        expected_selected.flatten(-2),
+    )
+    torch.testing.assert_close(
+        pre.values(), expected_pre.detach()[tuple(pre.indices())], rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(output.sae_out, expected_out, rtol=1e-5, atol=1e-5)
     output.loss.backward()
     (expected_out - x).pow(2).sum(-1).mean().backward()
@@ -100,15 +134,18 @@ def test_sparse_training_step_equals_the_dense_reference_in_values_and_gradients
         torch.testing.assert_close(param.grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path():
-    """The auxiliary loss reads d_head // 2 dead pre-activations a head (`gather_pre`):
-    its gradient joins the sparse one. Losses and gradients equal those of our hooked
-    dense path, whose auxiliary loss gathers from the dense pre-activations (which
-    tests/test_block_diagonal.py checks against SAELens's own TopK auxiliary loss)."""
+@pytest.mark.parametrize("dead_features", [[0, 3, 7, 8, 14], [0, 3, 4], list(range(D_SAE))])
+def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path(dead_features):
+    """The auxiliary loss reads d_head // 2 dead pre-activations a head, taken by the
+    chunked encode: their gradient joins the sparse one. Losses and gradients equal those
+    of our hooked dense path, whose auxiliary loss gathers from the dense pre-activations
+    (which tests/test_block_diagonal.py checks against SAELens's own TopK auxiliary
+    loss). Dead sets: a head with fewer dead features than d_head // 2; heads without
+    any; every feature dead."""
     ours = training_sae(aux_loss_coefficient=0.3)
     x = inputs(16)
     dead = torch.zeros(D_SAE, dtype=torch.bool)
-    dead[[0, 3, 7, 8, 14]] = True
+    dead[dead_features] = True
     sparse = ours.training_forward_pass(step_input(x, dead))
     assert sparse.feature_acts.is_sparse
     sparse.loss.backward()
@@ -126,23 +163,31 @@ def test_sparse_step_with_the_auxiliary_loss_equals_the_dense_path():
 
 
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_backward_touches_no_batch_by_d_sae_tensor(with_dead):
-    """After the forward (pre-activations, TopK), the backward works on `[batch, H, k]`
-    codes and `[batch, d_head]` rows only: no op sees a `[batch, d_sae]` tensor, also
-    when dead features make the auxiliary loss read d_head // 2 pre-activations a head."""
+def test_sparse_step_touches_no_batch_by_d_sae_tensor(with_dead):
+    """The forward computes the pre-activations a chunk of rows at a time, and the
+    backward works on `[batch, H, k]` codes and `[batch, d_head]` rows only: no op sees a
+    `[batch, d_sae]` tensor, also when dead features make the auxiliary loss read
+    d_head // 2 pre-activations a head."""
     ours = training_sae(aux_loss_coefficient=0.3)
     batch = 64
     dead = torch.zeros(D_SAE, dtype=torch.bool)
     dead[[0, 3, 7, 8, 14]] = with_dead
-    output = ours.training_forward_pass(step_input(inputs(batch), dead))
+    with torch.profiler.profile(record_shapes=True) as forward:
+        output = ours.training_forward_pass(step_input(inputs(batch), dead))
     assert (output.losses["auxiliary_reconstruction_loss"] > 0) == with_dead
-    loss = output.loss
-    with torch.profiler.profile(record_shapes=True) as profile:
-        loss.backward()
+    with torch.profiler.profile(record_shapes=True) as backward:
+        output.loss.backward()
     dense_shapes = ([batch, D_SAE], [batch, N_HEADS, PER_HEAD], [N_HEADS, batch, PER_HEAD])
-    seen = [(e.name, e.input_shapes) for e in profile.events() if any(s in e.input_shapes for s in dense_shapes)]
+    events = [*forward.events(), *backward.events()]
+    seen = [
+        (e.name, e.input_shapes) for e in events if any(s in e.input_shapes for s in dense_shapes)
+    ]
     assert not seen, seen
-    assert any(e.name == "sae_lens_attn::scatter_outer" for e in profile.events())
+    assert any(
+        e.name == "aten::baddbmm" and [N_HEADS, CHUNK_ROWS, PER_HEAD] in e.input_shapes
+        for e in events
+    )
+    assert any(e.name == "sae_lens_attn::scatter_outer" for e in backward.events())
 
 
 def test_inference_encode_and_forward_equal_the_dense_reference_over_leading_dims():
@@ -157,7 +202,9 @@ def test_inference_encode_and_forward_equal_the_dense_reference_over_leading_dim
     hook_z = x.unflatten(-1, (N_HEADS, D_HEAD))
     ours.turn_on_forward_pass_hook_z_reshaping()
     with torch.no_grad():
-        torch.testing.assert_close(ours(hook_z), reference(x).unflatten(-1, (N_HEADS, D_HEAD)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours(hook_z), reference(x).unflatten(-1, (N_HEADS, D_HEAD)), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_encode_with_gradients_equals_the_dense_reference():
@@ -169,7 +216,9 @@ def test_encode_with_gradients_equals_the_dense_reference():
     (reference.acts_and_pre(x)[0] * weights).sum().backward()
     grads = reference.block_grads()
     for name in ("W_enc_blocks", "b_enc", "b_dec"):
-        torch.testing.assert_close(getattr(ours, name).grad, grads[name], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            getattr(ours, name).grad, grads[name], rtol=1e-5, atol=1e-5, msg=name
+        )
 
 
 def test_a_hook_on_the_acts_sees_and_changes_the_dense_acts():
@@ -229,7 +278,9 @@ def test_row_kernels_equal_gather_and_sum(dtype):
         for j in range(3):
             expected_scatter[indices[n, j]] += weights[n, j].float() * rows[n].float()
     tolerance = 1e-5 if dtype == torch.float32 else 5e-2
-    torch.testing.assert_close(gather_dot(table, indices, rows).float(), expected_dot, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(
+        gather_dot(table, indices, rows).float(), expected_dot, rtol=tolerance, atol=tolerance
+    )
     out = scatter_outer(indices, weights, rows, 10)
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), expected_scatter, rtol=tolerance, atol=tolerance)
@@ -256,7 +307,7 @@ def test_torch_compile_captures_the_sparse_encode_and_decode():
     x = inputs(16)
 
     def reconstruction_loss(sae_in: torch.Tensor) -> torch.Tensor:
-        return (ours._decode_topk_code(ours._encode_topk_code(sae_in)[1]) - sae_in).pow(2).sum()
+        return (ours._decode_topk_code(ours._encode_topk_code(sae_in).code) - sae_in).pow(2).sum()
 
     reconstruction_loss(x).backward()
     expected_grads = {name: p.grad.clone() for name, p in ours.named_parameters()}
@@ -285,6 +336,10 @@ def test_cuda_sparse_step_matches_cpu(autocast):
     output.loss.backward()
     cpu.training_forward_pass(step_input(x)).loss.backward()
     tolerance = 0.1 if autocast else 1e-4
-    torch.testing.assert_close(output.sae_out.float().cpu(), cpu(x).detach(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(
+        output.sae_out.float().cpu(), cpu(x).detach(), rtol=tolerance, atol=tolerance
+    )
     for (name, param), ref in zip(gpu.named_parameters(), cpu.parameters(), strict=True):
-        torch.testing.assert_close(param.grad.cpu(), ref.grad, rtol=tolerance, atol=tolerance, msg=name)
+        torch.testing.assert_close(
+            param.grad.cpu(), ref.grad, rtol=tolerance, atol=tolerance, msg=name
+        )

@@ -58,12 +58,17 @@ from typing_extensions import override
 
 from sae_lens_attn.architectures._read_only import read_only_view
 from sae_lens_attn.architectures.block_ops import block_diagonal_dense, block_diagonal_matmul
-from sae_lens_attn.architectures.per_head_aux import per_head_topk_aux_loss
+from sae_lens_attn.architectures.per_head_aux import (
+    aux_k,
+    dead_pre_aux_loss,
+    per_head_topk_aux_loss,
+)
 from sae_lens_attn.architectures.per_head_topk import (
+    ChunkedEncoding,
     PerHeadTopKCode,
-    gather_pre,
     per_head_topk_decode,
     per_head_topk_encode,
+    per_head_topk_encode_chunked,
 )
 from sae_lens_attn.architectures.relu_decode import relu_decode
 from sae_lens_attn.architectures.sparse_relu import sparse_pays, sparse_relu_decode
@@ -151,7 +156,9 @@ def _check_block_diagonal_config(cfg: Any) -> None:
 
 
 def _is_hooked(hook_point: nn.Module) -> bool:
-    return bool(hook_point._forward_hooks or hook_point._forward_pre_hooks or hook_point._backward_hooks)
+    return bool(
+        hook_point._forward_hooks or hook_point._forward_pre_hooks or hook_point._backward_hooks
+    )
 
 
 def _nearest_multiples(size: int, n: int) -> str:
@@ -264,26 +271,20 @@ class _BlockDiagonalMixin:
             _is_hooked(self.hook_sae_acts_pre) or _is_hooked(self.hook_sae_acts_post)  # type: ignore[attr-defined]
         )
 
-    def _encode_topk_code(self, x: torch.Tensor) -> tuple[torch.Tensor, PerHeadTopKCode]:
-        """`x` -> `(hidden_pre [..., d_sae], code)` through the sparse per-head TopK; in a
-        training pass the encoder's input is kept for the auxiliary loss's sparse gather."""
+    def _encode_topk_code(
+        self, x: torch.Tensor, dead: torch.Tensor | None = None
+    ) -> ChunkedEncoding:
+        """`x` -> its sparse per-head TopK code, a chunk of rows at a time (no dense
+        `[..., d_sae]` pre-activations); with `dead [d_sae]` also each head's top dead
+        pre-activations, as many as the auxiliary loss reads."""
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
-        hidden_pre, code = per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, self.cfg.k)  # type: ignore[arg-type]
-        if getattr(self, "_in_training_forward_pass", False):  # training SAEs only
-            self._encoder_input = (weakref.ref(hidden_pre), sae_in)
-        return hidden_pre, code
+        k_dead = 0 if dead is None else aux_k(dead, self.cfg.n_heads, self.cfg.d_head)
+        k: int = self.cfg.k  # type: ignore[assignment]
+        return per_head_topk_encode_chunked(sae_in, self.W_enc_blocks, self.b_enc, k, dead, k_dead)
 
     def _decode_topk_code(self, code: PerHeadTopKCode) -> torch.Tensor:
         """Reconstruction from a code: k decoder rows per head, then as `decode`."""
         return self._finish_decode(per_head_topk_decode(code, self.W_dec_blocks))
-
-    def _dense_acts(self, hidden_pre: torch.Tensor, code: PerHeadTopKCode) -> torch.Tensor:
-        """The code as dense `[..., d_sae]` acts. Without autograd the pre-activations'
-        buffer is reused (it is not returned): no fresh `[batch, d_sae]` allocation."""
-        if torch.is_grad_enabled() and (hidden_pre.requires_grad or code.values.requires_grad):
-            return code.to_dense(self.cfg.d_sae_per_head)
-        blocks = hidden_pre.unflatten(-1, (self.cfg.n_heads, -1)).zero_()
-        return blocks.scatter_(-1, code.indices, code.values.to(blocks.dtype)).flatten(-2)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +292,7 @@ class _BlockDiagonalMixin:
         error term is asked for: that recomputation runs SAELens's own path)."""
         if not self._topk_code_usable() or self.use_error_term:  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
-        sae_out = self._decode_topk_code(self._encode_topk_code(x)[1])
+        sae_out = self._decode_topk_code(self._encode_topk_code(x).code)
         return self.hook_sae_output(sae_out)  # type: ignore[attr-defined]
 
     def _decoder_row_norms(self) -> torch.Tensor:
@@ -444,11 +445,15 @@ def _sparse_coo(code: PerHeadTopKCode, d_sae_per_head: int) -> torch.Tensor:
     feature, zeros from the ReLU included)."""
     values, indices = code.values.detach(), code.indices
     *lead, n_heads, k = values.shape
-    features = indices + torch.arange(n_heads, device=values.device).view(n_heads, 1) * d_sae_per_head
+    features = (
+        indices + torch.arange(n_heads, device=values.device).view(n_heads, 1) * d_sae_per_head
+    )
     coordinates = features.reshape(1, -1)
     if lead:
         tokens = torch.arange(math.prod(lead), device=values.device).repeat_interleave(n_heads * k)
-        coordinates = torch.cat([torch.stack(torch.unravel_index(tokens, tuple(lead))), coordinates])
+        coordinates = torch.cat(
+            [torch.stack(torch.unravel_index(tokens, tuple(lead))), coordinates]
+        )
     shape = (*lead, n_heads * d_sae_per_head)
     return torch.sparse_coo_tensor(coordinates, values.reshape(-1), shape, check_invariants=False)
 
@@ -473,7 +478,7 @@ class BlockDiagonalSAE(_BlockDiagonalMixin, SAE[BlockDiagonalSAEConfig]):
     @override
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if self._topk_code_usable():
-            return self._dense_acts(*self._encode_topk_code(x))
+            return self._encode_topk_code(x).code.to_dense(self.cfg.d_sae_per_head)
         return self._encode_with_hidden_pre(x)[0]
 
 
@@ -512,7 +517,10 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
     _acts_token_sum: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _decoded: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
     _topk_code: tuple[weakref.ref[torch.Tensor], PerHeadTopKCode] | None = None
-    _encoder_input: tuple[weakref.ref[torch.Tensor], torch.Tensor] | None = None
+    # and, for the TopK auxiliary loss, the dead features of the step and each head's top
+    # dead pre-activations, keyed by the `hidden_pre` returned with them
+    _aux_dead: torch.Tensor | None = None
+    _dead_pre: tuple[weakref.ref[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     _in_training_forward_pass = False
 
     @override
@@ -520,30 +528,40 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
         """SAELens's training pass. With the per-head TopK code, `feature_acts` in the
         output is a detached sparse COO tensor (as SAELens's TopK with
         `use_sparse_activations`; its trainer counts firings on it) and the reconstruction
-        is decoded from the code. With ReLU and the L1 term (lp_norm 1), ReLU, decoder and
-        the L1 token sum run as one autograd node (`relu_decode`)."""
+        is decoded from the code, and `hidden_pre` is a detached sparse COO tensor of the
+        pre-activations at the code's entries alone (SAELens's trainer does not read it;
+        the auxiliary loss gets the dead pre-activations it needs from the same chunked
+        encode). With ReLU and the L1 term (lp_norm 1), ReLU, decoder and the L1 token
+        sum run as one autograd node (`relu_decode`)."""
         self._in_training_forward_pass = True
+        dead = step_input.dead_neuron_mask
+        self._aux_dead = dead if dead is not None and bool(dead.any()) else None
         try:
             return super().training_forward_pass(step_input)
         finally:  # nothing of the graph outlives the pass (deepcopy, memory)
             self._in_training_forward_pass = False
-            self._acts_token_sum = self._decoded = self._topk_code = self._encoder_input = None
+            self._acts_token_sum = self._decoded = self._topk_code = None
+            self._dead_pre = self._aux_dead = None
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._acts_token_sum = self._decoded = self._topk_code = None
         if self._topk_code_usable():
-            hidden_pre, code = self._encode_topk_code(x)
-            if not self._in_training_forward_pass:
+            if not self._in_training_forward_pass:  # the caller may read the dense pre-activations
+                sae_in = self.process_sae_in(x)
+                k: int = self.cfg.k  # type: ignore[assignment]
+                hidden_pre, code = per_head_topk_encode(sae_in, self.W_enc_blocks, self.b_enc, k)
                 return code.to_dense(self.cfg.d_sae_per_head), hidden_pre
-            feature_acts = _sparse_coo(code, self.cfg.d_sae_per_head)
-            self._topk_code = (weakref.ref(feature_acts), code)
-            return feature_acts, hidden_pre
+            return self._encode_topk_training(x)
         if self._in_training_forward_pass and self._uses_token_sum_l1() and torch.is_grad_enabled():
             if not _is_hooked(self.hook_sae_acts_post):
                 return self._encode_relu_decode(x)
         feature_acts, hidden_pre = self._encode_with_hidden_pre(x)
-        if self._in_training_forward_pass and self._uses_token_sum_l1() and feature_acts.requires_grad:
+        if (
+            self._in_training_forward_pass
+            and self._uses_token_sum_l1()
+            and feature_acts.requires_grad
+        ):
             # The L1 term needs the acts summed over tokens. Summing here, before
             # `decode` builds its graph node, makes autograd run the decoder's backward
             # first, so the L1 gradient (a broadcast) is added in place into the
@@ -551,6 +569,19 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
             # the sum out of place (about 10% of a CPU step at gpt2-small's shape).
             token_sum = feature_acts.reshape(-1, self.cfg.d_sae).sum(0)
             self._acts_token_sum = (weakref.ref(feature_acts), token_sum)
+        return feature_acts, hidden_pre
+
+    def _encode_topk_training(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pass's sparse TopK encode: feature acts and `hidden_pre` as sparse
+        COO tensors (`training_forward_pass`), the code and the dead pre-activations
+        stashed for `decode` and the auxiliary loss."""
+        encoding = self._encode_topk_code(x, self._aux_dead)
+        feature_acts = _sparse_coo(encoding.code, self.cfg.d_sae_per_head)
+        selected = PerHeadTopKCode(encoding.selected_pre, encoding.code.indices)
+        hidden_pre = _sparse_coo(selected, self.cfg.d_sae_per_head)
+        self._topk_code = (weakref.ref(feature_acts), encoding.code)
+        if encoding.dead is not None:
+            self._dead_pre = (weakref.ref(hidden_pre), encoding.dead)
         return feature_acts, hidden_pre
 
     def _encode_relu_decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -601,7 +632,11 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         if self.cfg.activation == "topk":
-            return {"auxiliary_reconstruction_loss": self._topk_aux_loss(step_input, sae_out, hidden_pre)}
+            return {
+                "auxiliary_reconstruction_loss": self._topk_aux_loss(
+                    step_input, sae_out, hidden_pre
+                )
+            }
         return {"l1_loss": self._l1_loss(step_input.coefficients["l1"], feature_acts)}
 
     def _l1_loss(self, coefficient: float, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -630,14 +665,11 @@ class BlockDiagonalTrainingSAE(_BlockDiagonalMixin, TrainingSAE[BlockDiagonalTra
                 f"{self.cfg.normalize_activations!r}; use 'none' or 'expected_average_only_in'"
             )
         residual = (step_input.sae_in - sae_out).detach()
-        gather = None
-        stash, self._encoder_input = self._encoder_input, None
-        if stash is not None and stash[0]() is hidden_pre:  # the sparse TopK encoded it
-
-            def gather(indices: torch.Tensor, sae_in: torch.Tensor = stash[1]) -> torch.Tensor:
-                return gather_pre(hidden_pre, sae_in, self.W_enc_blocks, self.b_enc, indices)
-
-        aux_loss = per_head_topk_aux_loss(hidden_pre, dead, residual, self.W_dec_blocks, gather)
+        stash, self._dead_pre = self._dead_pre, None
+        if stash is not None and stash[0]() is hidden_pre:  # the chunked TopK encode took them
+            aux_loss = dead_pre_aux_loss(*stash[1], dead, residual, self.W_dec_blocks)
+        else:
+            aux_loss = per_head_topk_aux_loss(hidden_pre, dead, residual, self.W_dec_blocks)
         return self.cfg.aux_loss_coefficient * aux_loss
 
     @override

@@ -2,8 +2,9 @@
 
 With k features per head, each token's code is `values [..., H, k]` (after ReLU) and
 `indices [..., H, k]` (feature index inside head h's block of `m` features). Only the
-pre-activations `[..., H * m]` are dense (TopK must see them all); everything after is
-k-sparse:
+pre-activations `[..., H * m]` are dense (TopK must see them all), and
+`per_head_topk_encode_chunked` makes them a chunk of rows at a time, never the whole
+`[batch, d_sae]` tensor (`chunked_topk`); everything after is k-sparse:
 
 - decode: `out[b, h] = sum_j values[b, h, j] * W_dec_blocks[h, indices[b, h, j]]`, a
   gather of k decoder rows per head (`embedding_bag`);
@@ -11,7 +12,8 @@ k-sparse:
   decoder's gradient touches only the selected rows (`sparse_rows`);
 - encoder backward: the gradient of the pre-activations is non-zero only at the selected
   entries, so `W_enc_blocks`, `b_enc` and the input get it from those k columns per
-  head, never through a `[batch, d_sae]` gradient.
+  head, never through a `[batch, d_sae]` gradient. The TopK auxiliary loss's dead
+  pre-activations (taken in the same chunks) get their gradient the same way.
 
 Values and gradients equal the dense reference (block matmul, SAELens's `TopK` on each
 head's block, block matmul) to float precision; ties between pre-activations may pick a
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_lens_attn.architectures.block_ops import block_diagonal_matmul
+from sae_lens_attn.architectures.chunked_topk import chunked_block_topk
 from sae_lens_attn.architectures.sparse_rows import gather_dot, scatter_outer
 
 
@@ -39,8 +42,8 @@ class PerHeadTopKCode(NamedTuple):
     def to_dense(self, d_sae_per_head: int) -> torch.Tensor:
         """The dense feature acts `[..., H * m]` (zeros off the code); differentiable."""
         shape = (*self.values.shape[:-1], d_sae_per_head)
-        dense = self.values.new_zeros(shape).scatter(-1, self.indices, self.values)
-        return dense.flatten(-2)
+        # in place into the fresh zeros: one [..., H * m] allocation, still differentiable
+        return self.values.new_zeros(shape).scatter_(-1, self.indices, self.values).flatten(-2)
 
 
 def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -63,38 +66,64 @@ def _global_rows(indices: torch.Tensor, d_sae_per_head: int) -> torch.Tensor:
 def per_head_topk_encode(
     sae_in: torch.Tensor, W_enc_blocks: torch.Tensor, b_enc: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, PerHeadTopKCode]:
-    """`sae_in [..., H * d_head]` -> `(hidden_pre [..., H * m], code)`.
+    """`sae_in [..., H * d_head]` -> `(hidden_pre [..., H * m], code)`, for callers that
+    need the dense pre-activations (`per_head_topk_encode_chunked` never makes them).
 
-    `hidden_pre` carries the dense block-matmul gradient (used only if a loss reads it,
-    such as the TopK auxiliary loss); the code's values carry the sparse one.
+    `hidden_pre` carries the dense block-matmul gradient (used only if a loss reads it);
+    the code's values carry the sparse one.
     """
     sae_in, W_enc_blocks, b_enc = _autocast(sae_in, W_enc_blocks, b_enc)
     pre = block_diagonal_matmul(sae_in, W_enc_blocks).add_(b_enc)
-    values, indices = _SparseTopK.apply(pre.detach(), sae_in, W_enc_blocks, b_enc, k)
-    return pre, PerHeadTopKCode(values, indices)
+    top = pre.detach().unflatten(-1, (W_enc_blocks.shape[0], -1)).topk(k, dim=-1, sorted=False)
+    values = _AtEntries.apply(top.values, top.indices, sae_in, W_enc_blocks, b_enc, True)
+    return pre, PerHeadTopKCode(values, top.indices)
+
+
+class ChunkedEncoding(NamedTuple):
+    """What `per_head_topk_encode_chunked` returns.
+
+    Attributes:
+        code: the per-head TopK code (values with the sparse gradient).
+        selected_pre: `[..., H, k]` detached pre-activations at the code's entries
+            (before the ReLU).
+        dead: `(values, indices)` `[..., H, k_dead]`: each head's top `k_dead`
+            pre-activations among the dead features (sorted, -inf where a head has
+            fewer), values with the sparse gradient; None without a dead mask.
+    """
+
+    code: PerHeadTopKCode
+    selected_pre: torch.Tensor
+    dead: tuple[torch.Tensor, torch.Tensor] | None
+
+
+def per_head_topk_encode_chunked(
+    sae_in: torch.Tensor,
+    W_enc_blocks: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    dead: torch.Tensor | None = None,
+    k_dead: int = 0,
+) -> ChunkedEncoding:
+    """`sae_in [..., H * d_head]` -> its per-head TopK code, computed a chunk of rows at
+    a time (`chunked_block_topk`): the dense `[..., H * m]` pre-activations never exist.
+    With `dead [H * m]` (bool), also each head's top `k_dead` dead pre-activations (what
+    the TopK auxiliary loss reads). Gradients flow through the selected entries alone."""
+    sae_in, W_enc_blocks, b_enc = _autocast(sae_in, W_enc_blocks, b_enc)
+    with torch.autocast(sae_in.device.type, enabled=False):  # inputs already cast; out= refuses it
+        top = chunked_block_topk(sae_in, W_enc_blocks, b_enc, k, dead, k_dead)
+    encoder = (sae_in, W_enc_blocks, b_enc)
+    code = PerHeadTopKCode(_AtEntries.apply(top.values, top.indices, *encoder, True), top.indices)
+    dead_pre = None
+    if top.dead_values is not None and top.dead_indices is not None:
+        dead_values = _AtEntries.apply(top.dead_values, top.dead_indices, *encoder, False)
+        dead_pre = (dead_values, top.dead_indices)
+    return ChunkedEncoding(code, top.values, dead_pre)
 
 
 def per_head_topk_decode(code: PerHeadTopKCode, W_dec_blocks: torch.Tensor) -> torch.Tensor:
     """`code` -> `[..., H * d_head]` (without `b_dec`): k decoder rows per head."""
     values, W_dec_blocks = _autocast(code.values, W_dec_blocks)
     return _SparseDecode.apply(values, code.indices, W_dec_blocks)
-
-
-def gather_pre(
-    pre: torch.Tensor,
-    sae_in: torch.Tensor,
-    W_enc_blocks: torch.Tensor,
-    b_enc: torch.Tensor,
-    indices: torch.Tensor,
-) -> torch.Tensor:
-    """`[..., H, j]` pre-activations at `indices [..., H, j]` (inside each head's block) of
-    `pre [..., H * m]` (the encoder's output for `sae_in`, read detached), with the
-    gradient sent to `sae_in`, `W_enc_blocks` and `b_enc` through those entries alone:
-    what `pre.gather(...)` gives, without a `[batch, d_sae]` gradient and its dense block
-    matmul backward (the TopK auxiliary loss reads d_head // 2 entries per head)."""
-    sae_in, W_enc_blocks, b_enc = _autocast(sae_in, W_enc_blocks, b_enc)  # as the encoder
-    values = pre.detach().unflatten(-1, (W_enc_blocks.shape[0], -1)).gather(-1, indices)
-    return _SparseGather.apply(values, indices, sae_in, W_enc_blocks, b_enc)
 
 
 def _encoder_grads(
@@ -122,42 +151,26 @@ def _encoder_grads(
     return grad_in, grad_w, grad_b
 
 
-class _SparseTopK(torch.autograd.Function):
-    """TopK of each head's block of `pre` (given detached), with the gradient of the
-    selected values sent to `sae_in`, `W_enc_blocks` and `b_enc` through those entries."""
+class _AtEntries(torch.autograd.Function):
+    """`values [..., H, j]`, the encoder's pre-activations at `indices` (computed
+    detached), as a function of `sae_in`, `W_enc_blocks` and `b_enc`, ReLU'd when `relu`
+    is True: the gradient flows through those entries alone."""
 
     @staticmethod
-    def forward(ctx, pre, sae_in, W_enc_blocks, b_enc, k):  # type: ignore[override]
-        n_heads, _, per_head = W_enc_blocks.shape
-        top = pre.unflatten(-1, (n_heads, per_head)).topk(k, dim=-1, sorted=False)
-        values = top.values.relu_()
-        ctx.save_for_backward(values, top.indices, sae_in, W_enc_blocks)
-        ctx.mark_non_differentiable(top.indices)
-        return values, top.indices
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
-        values, indices, sae_in, W_enc_blocks = ctx.saved_tensors
-        grad = grad_values.masked_fill(values <= 0, 0).flatten(0, -2)  # ReLU'; [N * H, k]
-        needs = ctx.needs_input_grad[1:4]
-        return None, *_encoder_grads(needs, grad, indices, sae_in, W_enc_blocks), None
-
-
-class _SparseGather(torch.autograd.Function):
-    """`values` (gathered detached at `indices`) as a function of `sae_in`,
-    `W_enc_blocks` and `b_enc`: the gradient flows through those entries alone."""
-
-    @staticmethod
-    def forward(ctx, values, indices, sae_in, W_enc_blocks, b_enc):  # type: ignore[override]
-        ctx.save_for_backward(indices, sae_in, W_enc_blocks)
-        return values.clone()
+    def forward(ctx, values, indices, sae_in, W_enc_blocks, b_enc, relu):  # type: ignore[override]
+        out = values.relu() if relu else values.clone()
+        ctx.relu = relu
+        ctx.save_for_backward(out, indices, sae_in, W_enc_blocks)
+        return out
 
     @staticmethod
     def backward(ctx, grad_values):  # type: ignore[override]
-        indices, sae_in, W_enc_blocks = ctx.saved_tensors
+        out, indices, sae_in, W_enc_blocks = ctx.saved_tensors
+        if ctx.relu:
+            grad_values = grad_values.masked_fill(out <= 0, 0)  # ReLU'
         grad = grad_values.flatten(0, -2)  # [N * H, j]
         needs = ctx.needs_input_grad[2:5]
-        return None, None, *_encoder_grads(needs, grad, indices, sae_in, W_enc_blocks)
+        return None, None, *_encoder_grads(needs, grad, indices, sae_in, W_enc_blocks), None
 
 
 class _SparseDecode(torch.autograd.Function):

@@ -173,6 +173,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="training tokens a feature must stay silent before the TopK auxiliary loss "
                         "(AuxK, per head for per-head SAEs) tries to revive it: SAELens's "
                         f"dead_feature_window, rounded up to whole batches (default: {DEAD_WINDOW_TOKENS})")
+    parser.add_argument("--resample-dead-tokens", type=non_negative_int, default=None,
+                        help="every this many training tokens (until 80%% of the run), move the features "
+                        "silent for --dead-window-tokens onto the worst-reconstructed tokens of their head "
+                        "(dead-feature resampling); 0: never (default: "
+                        f"{DEAD_WINDOW_TOKENS}, off under torchrun)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     parser.add_argument("--wandb-project", default="sae_lens_attn", help="W&B project with --wandb (default: sae_lens_attn)")
     parser.add_argument("--device", default="cpu", help="torch device for the model and the SAEs (default: cpu)")
@@ -381,6 +386,7 @@ def train_saes(
             "autocast": args.autocast,
             "dead_feature_window": dead_feature_window(args.dead_window_tokens, args.batch_size),
         },
+        resample_every_tokens=resample_every_tokens(args),
     )
     if len(specs) == 1:
         [spec] = specs
@@ -392,6 +398,25 @@ def train_saes(
         return {spec.sae_name: (sae, layout, args.out)}
     trained = train_hook_z_saes(model, specs, output_path=args.out, **run)
     return {name: (sae, layout, args.out / name) for name, (sae, layout) in trained.items()}
+
+
+def resample_every_tokens(args: argparse.Namespace) -> int | None:
+    """The dead-feature resampling interval in tokens, None for none: `--resample-dead-tokens`,
+    by default the dead window's length on one process and off under torchrun (each rank
+    would resample on its own batch)."""
+    if args.resample_dead_tokens is None:
+        return None if under_torchrun() else DEAD_WINDOW_TOKENS
+    return args.resample_dead_tokens or None
+
+
+def describe_resampling(record: dict[str, Any]) -> str:
+    """One line on what dead-feature resampling did in training (`record`: the SAE's
+    `metadata.resampling`)."""
+    if "skipped" in record:
+        return f"dead-feature resampling skipped: {record['skipped']}"
+    steps = ", ".join(f"{moved} at step {step}" for step, moved in record["resampled"] if moved)
+    return (f"dead-feature resampling every {record['every_steps']} steps to step {record['last_step']}: "
+            f"moved {steps or 'none'}")
 
 
 def evaluate(
@@ -458,6 +483,9 @@ def run(args: argparse.Namespace) -> int:
     if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
                     f"these options ask for {len(specs)} ({', '.join(spec.sae_name for spec in specs)})")
+    if args.resample_dead_tokens and under_torchrun():
+        usage_error("--resample-dead-tokens runs on one process (each rank would move its features to its "
+                    "own batch's errors): leave it out or give 0 under torchrun")
     model = load_model(args.model)
     check_against_model(args, model, specs)
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
@@ -474,6 +502,8 @@ def run(args: argparse.Namespace) -> int:
             f"(d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}) to {folder}"
         )
         print(f"training L0 {sae.cfg.metadata.l0:.2f}")
+        if (resampled := getattr(sae.cfg.metadata, "resampling", None)) is not None:
+            print(describe_resampling(resampled))
         dead = count_dead(args, model, name, sae, layout, held_out)
         metrics = {**training_metrics(sae), **(dead.metrics() if dead else {}),
                    **evaluate(args, model, name, sae, layout, held_out, folder, dead)}

@@ -109,8 +109,10 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         folders: Mapping[str, str] | None = None,
         n_batches_for_head_norm: int = 8,
         inits: Mapping[str, SAEInit] | None = None,
+        resample_every_tokens: int | None = None,
     ) -> None:
         check_config_matches_sources(cfg, sources)
+        self.resample_every_tokens = resample_every_tokens
         if cfg.compile_llm:
             raise ValueError(
                 "compile_llm compiles the model's run_with_cache, which the hook_z sources do "
@@ -169,6 +171,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         progress_every_step(trainer)
         for name, sae_trainer in trainer.trainers.items():  # stop at the first NaN/inf, naming the SAE
             DivergenceCheckedTrainer.watch(sae_trainer, f"SAE {name!r}: ", "no SAE of this run was saved")
+            sae_trainer.resample_dead(self.resample_every_tokens)
         began = time.perf_counter()
         with timed_steps(trainer.trainers) as step_seconds:
             saes = super()._run_with_interruption_handling(trainer)
@@ -179,6 +182,9 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
             except ValueError as error:
                 raise ValueError(f"SAE {name!r}: {error}; no SAE of this run was saved") from None
         record_training_time(saes, step_seconds, total_seconds, trainer.n_training_samples)
+        for name, sae in saes.items():
+            if (record := trainer.trainers[name].resampling_record()) is not None:
+                sae.cfg.metadata["resampling"] = record
         return saes
 
     @override

@@ -71,6 +71,7 @@ def train_hook_z_saes(
     device: str = "cpu",
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
+    resample_every_tokens: int | None = None,
 ) -> dict[str, tuple[SAE[Any], HeadLayout]]:
     """Train one SAE per spec with SAELens's `MultiSAETrainingRunner`, all from one
     forward pass per batch (stopped after the deepest spec's hook_z), and return
@@ -82,7 +83,8 @@ def train_hook_z_saes(
     With `output_path`, SAE `name` is saved to `output_path/name` (each folder published
     whole) and `output_path/saes.json` lists them (`training_l0` as their metric;
     `sae-lens-attn train` adds the evals and the dead count on held-out tokens). `runner_kwargs` are further
-    `MultiSAETrainingRunnerConfig` fields. A learning rate shared by all SAEs is
+    `MultiSAETrainingRunnerConfig` fields; `resample_every_tokens` as in
+    `train_hook_z_sae`, for every SAE. A learning rate shared by all SAEs is
     SAELens's multi-SAE design; sweep sparsity through `sae_kwargs`.
     """
     if not specs:
@@ -127,6 +129,7 @@ def train_hook_z_saes(
         runner = HookZMultiSAETrainingRunner(
             cfg, sources, override_dataset=override_dataset, override_saes=saes,
             inits={spec.sae_name: spec.init for spec in specs if spec.init is not None},
+            resample_every_tokens=resample_every_tokens,
         )
         seed_data_order(seed)
         runner.run()

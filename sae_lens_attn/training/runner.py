@@ -83,8 +83,15 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         checkpoint_every: int | None = None,
         resume_from: str | Path | None = None,
         init: SAEInit | None = None,
+        resample_every_tokens: int | None = None,
     ) -> None:
         check_config_matches_source(cfg, source)
+        if resample_every_tokens is not None and parallel is not None and parallel.world_size > 1:
+            raise ValueError(
+                "dead-feature resampling runs on one process: each rank would move its "
+                "features to its own batch's errors; turn it off under torchrun"
+            )
+        self.resample_every_tokens = resample_every_tokens
         if source.per_head_norm and cfg.sae.normalize_activations not in PER_HEAD_NORM_COMPATIBLE:
             raise ValueError(
                 f"per_head_norm cannot be combined with normalize_activations="
@@ -173,6 +180,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
     def run_trainer_with_interruption_handling(self, trainer: Any) -> TrainingSAE[Any] | None:
         """Train (SAELens's `fit`), then finish the SAE: on rank 0 the whole SAE, else None."""
         trainer = HookZSAETrainer.adopt(trainer, self.parallel, self.checkpoint_every)
+        trainer.resample_dead(self.resample_every_tokens)
         progress_every_step(trainer)
         self._resume(trainer)
         self.parallel.install(self.sae)
@@ -191,6 +199,8 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         record_training_time({"sae": sae}, {"sae": 0.0}, seconds, trainer.n_training_samples)
         for key, value in self.parallel.metadata().items():
             sae.cfg.metadata[key] = value
+        if (record := trainer.resampling_record()) is not None:
+            sae.cfg.metadata["resampling"] = record
         return sae
 
     def _resume(self, trainer: HookZSAETrainer) -> None:

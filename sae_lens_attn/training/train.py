@@ -54,6 +54,7 @@ def train_hook_z_sae(
     checkpoint_every: int | None = None,
     resume_from: str | Path | None = None,
     init: SAEInit | None = None,
+    resample_every_tokens: int | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -80,6 +81,9 @@ def train_hook_z_sae(
     checkpoint folder: see `HookZTrainingRunner`. `init` (`SAEInit`): b_dec from the
     data's mean or geometric median and decoder rows in each head's active subspace,
     from the first training batches (default: SAELens's initialisation).
+    `resample_every_tokens`: move dead features onto the reconstruction error every that
+    many training tokens until 80% of the run (`sae_lens_attn.training.resampling`;
+    default None: never; one process only).
     """
     device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
@@ -117,6 +121,7 @@ def train_hook_z_sae(
         runner = HookZTrainingRunner(
             cfg, source, override_dataset=override_dataset, parallel=plan,
             checkpoint_every=checkpoint_every, resume_from=resume_from, init=init,
+            resample_every_tokens=resample_every_tokens,
         )
         seed_data_order(seed)
         runner.run()

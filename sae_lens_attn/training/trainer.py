@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ from sae_lens_attn.training.checkpoints import (
     write_data_state,
 )
 from sae_lens_attn.training.parallel.base import Parallelism
+from sae_lens_attn.training.resampling import (
+    DeadResampling,
+    resample_dead_features,
+    unsupported_reason,
+)
 
 _REPEAT_SIGNAL_GRACE_S = 2.0  # torchrun forwards the terminal's Ctrl-C: count it once
 
@@ -89,6 +95,26 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
     checkpoint_hint = ""
     last_checkpoint: Path | None = None
     _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
+    resampling: DeadResampling | None = None  # dead-feature resampling (`resampling.py`)
+    resampled: list[tuple[int, int]]  # (step, features moved) of each resampling
+    resampling_skipped: str | None = None  # why an SAE that was asked to resample cannot
+
+    def resample_dead(self, every_tokens: int | None) -> None:
+        """Resample dead features every `every_tokens` training tokens (rounded up to whole
+        steps) until 80% of the run (`DeadResampling.for_run`); None: never."""
+        self.resampled = []
+        self.resampling_skipped = None if every_tokens is None else unsupported_reason(self.sae)
+        self.resampling = None if every_tokens is None or self.resampling_skipped else DeadResampling.for_run(
+            every_tokens, self.cfg.train_batch_size_samples, self.cfg.total_training_samples
+        )
+
+    def resampling_record(self) -> dict[str, Any] | None:
+        """What resampling did, for the SAE's metadata (None: it was not asked for)."""
+        if self.resampling_skipped:
+            return {"skipped": self.resampling_skipped}
+        if self.resampling is None:
+            return None
+        return {**asdict(self.resampling), "resampled": [list(pair) for pair in self.resampled]}
 
     @classmethod
     def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
@@ -106,6 +132,15 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         if not bool(torch.stack(finite).all()):
             raise TrainingDiverged(self, output)
         self._last_finite_loss = (self.n_training_steps + 1, float(loss))
+        step = self.n_training_steps + 1
+        if self.resampling is not None and self.resampling.due(step):
+            dead = self.dead_neurons
+            moved = resample_dead_features(
+                self.sae, self.optimizer, dead, self.activation_scaler(batch.to(self.sae.device)),
+                torch.Generator(device=self.sae.device).manual_seed(step),
+            )
+            self.n_forward_passes_since_fired[dead] = 0  # each gets a whole window to fire
+            self.resampled.append((step, moved))
         return output
 
 
