@@ -27,11 +27,17 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-            "SAE_LENS_ATTN_DIST_TIMEOUT": "60"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "SAE_LENS_ATTN_DIST_TIMEOUT": "60",
+    }
 
 
-def run_worker(out: Path, *args: str, torchrun: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_worker(
+    out: Path, *args: str, torchrun: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     command = [*(TORCHRUN if torchrun else [sys.executable]), WORKER, str(out), *args]
     return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=timeout)
 
@@ -73,8 +79,13 @@ def heads_run(tmp_path_factory) -> Path:
 
 
 def test_python_m_sae_lens_attn_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "sae_lens_attn", "train", "--help"],
-                            capture_output=True, text=True, env=_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sae_lens_attn", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert result.returncode == 0
     assert "--parallel" in result.stdout and "--resume" in result.stdout
 
@@ -87,7 +98,9 @@ def test_data_parallel_matches_one_process_with_the_same_global_batch(data_run, 
     assert sae.cfg.metadata.l0 == pytest.approx(one_process.cfg.metadata.l0, rel=1e-6)
 
 
-def test_head_parallel_assembles_one_block_diagonal_sae_equal_to_one_process(heads_run, one_process):
+def test_head_parallel_assembles_one_block_diagonal_sae_equal_to_one_process(
+    heads_run, one_process
+):
     sae = SAE.load_from_disk(heads_run / "sae")
     assert type(sae).__name__ == "BlockDiagonalSAE"
     assert (sae.cfg.n_heads, sae.cfg.d_sae) == (one_process.cfg.n_heads, one_process.cfg.d_sae)
@@ -106,9 +119,13 @@ def test_head_parallel_checkpoint_holds_each_ranks_blocks(heads_run):
 
 
 @pytest.mark.parametrize("mode", ["data", "heads"])
-def test_a_checkpoint_resumes_under_torchrun_to_the_uninterrupted_result(mode, data_run, heads_run, tmp_path):
+def test_a_checkpoint_resumes_under_torchrun_to_the_uninterrupted_result(
+    mode, data_run, heads_run, tmp_path
+):
     uninterrupted = data_run if mode == "data" else heads_run
-    result = run_worker(tmp_path, "--parallel", mode, "--resume", str(checkpoint(uninterrupted, 10)))
+    result = run_worker(
+        tmp_path, "--parallel", mode, "--resume", str(checkpoint(uninterrupted, 10))
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = SAE.load_from_disk(tmp_path / "sae")
     assert max_difference(resumed, SAE.load_from_disk(uninterrupted / "sae")) == 0
@@ -118,7 +135,9 @@ def test_a_checkpoint_resumes_under_torchrun_to_the_uninterrupted_result(mode, d
 def test_resuming_with_another_world_size_is_refused(data_run, tmp_path):
     result = run_worker(tmp_path, "--resume", str(checkpoint(data_run, 10)), torchrun=False)
     assert result.returncode != 0
-    assert "written by 2 rank(s)" in result.stderr and "torchrun --nproc-per-node 2" in result.stderr
+    assert (
+        "written by 2 rank(s)" in result.stderr and "torchrun --nproc-per-node 2" in result.stderr
+    )
     assert not (tmp_path / "sae").exists()
 
 
@@ -127,8 +146,9 @@ def test_resume_with_default_shuffling_is_bit_exact(tmp_path):
     differed by ~1e-3); ours saves both."""
     torch.set_num_threads(1)
     whole, _ = worker.train(tmp_path / "whole", None, shuffle=True, checkpoint_every=7)
-    resumed, _ = worker.train(tmp_path / "resumed", None, shuffle=True,
-                              resume_from=checkpoint(tmp_path / "whole", 7))
+    resumed, _ = worker.train(
+        tmp_path / "resumed", None, shuffle=True, resume_from=checkpoint(tmp_path / "whole", 7)
+    )
     assert max_difference(whole, resumed) == 0
     assert resumed.cfg.metadata.l0 == whole.cfg.metadata.l0
 
@@ -151,18 +171,33 @@ def _rank_pid(parent: int, rank: int) -> int:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        ppid = int(
+            next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        )
         if ppid == parent and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     raise AssertionError(f"no worker with RANK={rank} under pid {parent}")
 
 
 def test_a_killed_rank_ends_the_run_with_an_error_naming_it(tmp_path):
-    command = [*TORCHRUN, WORKER, str(tmp_path), "--parallel", "data", "--steps", "1000000",
-               "--checkpoint-every", "20"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    command = [
+        *TORCHRUN,
+        WORKER,
+        str(tmp_path),
+        "--parallel",
+        "data",
+        "--steps",
+        "1000000",
+        "--checkpoint-every",
+        "20",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     try:
-        _wait_for(lambda: any((tmp_path / "checkpoints").glob("*/step_20/parallel.json")), process, 240)
+        _wait_for(
+            lambda: any((tmp_path / "checkpoints").glob("*/step_20/parallel.json")), process, 240
+        )
         os.kill(_rank_pid(process.pid, 1), signal.SIGKILL)
         started = time.monotonic()
         _, stderr = process.communicate(timeout=90)
@@ -180,10 +215,33 @@ def test_a_killed_rank_ends_the_run_with_an_error_naming_it(tmp_path):
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     out = tmp_path / "sae_out"
     checkpoints = Path(f"{out}-checkpoints")
-    command = [sys.executable, "-m", "sae_lens_attn", "train", "--layer", "1", "--training-tokens",
-               "16000", "--batch-size", "64", "--context-size", "16", "--expansion-factor", "2",
-               "--eval-batches", "0", "--dead-tokens", "0", "--checkpoint-every", "50", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    command = [
+        sys.executable,
+        "-m",
+        "sae_lens_attn",
+        "train",
+        "--layer",
+        "1",
+        "--training-tokens",
+        "16000",
+        "--batch-size",
+        "64",
+        "--context-size",
+        "16",
+        "--expansion-factor",
+        "2",
+        "--eval-batches",
+        "0",
+        "--dead-tokens",
+        "0",
+        "--checkpoint-every",
+        "50",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
     try:
         _wait_for(lambda: any(checkpoints.glob("*/step_50/parallel.json")), process, 240)
         process.send_signal(signal.SIGINT)
@@ -194,14 +252,17 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path):
     assert process.returncode == 130, stderr[-3000:]
     assert "resume with: sae-lens-attn train" in stdout
     assert not out.exists()
-    folder = max(checkpoints.glob("*/step_*"), key=lambda path: int(path.name.removeprefix("step_")))
+    folder = max(
+        checkpoints.glob("*/step_*"), key=lambda path: int(path.name.removeprefix("step_"))
+    )
     assert (folder / "parallel.json").is_file()
     assert str(folder) in stdout
     step = int(folder.name.removeprefix("step_"))
     assert 50 <= step < 250  # interrupted part-way: 16000 tokens / 64 = 250 steps
 
-    resumed = subprocess.run([*command, "--resume", str(folder)], capture_output=True, text=True,
-                             env=_env(), timeout=600)
+    resumed = subprocess.run(
+        [*command, "--resume", str(folder)], capture_output=True, text=True, env=_env(), timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert SAE.load_from_disk(out).cfg.metadata.parallel == "none"
 
@@ -214,7 +275,9 @@ def test_head_groups_split_a_block_diagonal_state_and_concatenate_back():
     from sae_lens_attn.training.parallel.heads import head_positions, select_heads
 
     torch.manual_seed(0)
-    sae = BlockDiagonalTrainingSAE(BlockDiagonalTrainingSAEConfig(d_in=5 * 3, d_sae=5 * 4, n_heads=5))
+    sae = BlockDiagonalTrainingSAE(
+        BlockDiagonalTrainingSAEConfig(d_in=5 * 3, d_sae=5 * 4, n_heads=5)
+    )
     state = sae.state_dict()
     groups = head_positions(5, 2)
     assert sorted(sum(groups, [])) == [0, 1, 2, 3, 4] and {len(g) for g in groups} == {2, 3}
