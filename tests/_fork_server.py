@@ -61,8 +61,7 @@ def serve() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     from _bench import finish_forked, start_forked
 
-    requests = sys.stdin
-    for line in requests:
+    for line in sys.stdin:
         request = json.loads(line)
         os.chdir(request["cwd"])  # the child inherits it
         child = start_forked(request["command"], request["env"])
