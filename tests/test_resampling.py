@@ -153,7 +153,7 @@ def test_train_resamples_by_default_and_says_what_it_moved(tmp_path, capsys):
                  "--dead-window-tokens", "128", "--resample-dead-tokens", "256", "--out", str(tmp_path / "on")]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dead-feature resampling"))
     assert line.startswith("dead-feature resampling every 2 steps to step 12: moved ")
-    assert "at step 2" in line
+    assert " of 6 resamplings (most at once: " in line
     assert main(["train", "--layer", "1", *REDUCED, "--out", str(tmp_path / "default")]) == 0
     record = SAE.load_from_disk(tmp_path / "default").cfg.metadata["resampling"]
     assert record["every_steps"] == 128  # the default: the dead window, 16,384 tokens at batch 128

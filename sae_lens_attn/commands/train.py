@@ -414,9 +414,14 @@ def describe_resampling(record: dict[str, Any]) -> str:
     `metadata.resampling`)."""
     if "skipped" in record:
         return f"dead-feature resampling skipped: {record['skipped']}"
-    steps = ", ".join(f"{moved} at step {step}" for step, moved in record["resampled"] if moved)
-    return (f"dead-feature resampling every {record['every_steps']} steps to step {record['last_step']}: "
-            f"moved {steps or 'none'}")
+    done = record["resampled"]
+    moved = [count for _, count in done if count]
+    head = f"dead-feature resampling every {record['every_steps']} steps to step {record['last_step']}: "
+    if not moved:
+        return head + f"nothing to move in {len(done)} resamplings"
+    step, most = max(done, key=lambda pair: pair[1])
+    return head + (f"moved {sum(moved)} features in {len(moved)} of {len(done)} resamplings "
+                   f"(most at once: {most} at step {step})")
 
 
 def evaluate(
