@@ -183,8 +183,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
                 raise ValueError(f"SAE {name!r}: {error}; no SAE of this run was saved") from None
         record_training_time(saes, step_seconds, total_seconds, trainer.n_training_samples)
         for name, sae in saes.items():
-            if (record := trainer.trainers[name].resampling_record()) is not None:
-                sae.cfg.metadata["resampling"] = record
+            trainer.trainers[name].record_resampling(sae)
         return saes
 
     @override

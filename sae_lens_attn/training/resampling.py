@@ -67,20 +67,27 @@ def unsupported_reason(sae: nn.Module) -> str | None:
     return f"{type(sae).__name__} has no trainable encoder weight and b_enc to move"
 
 
-def _weights(sae: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
-    """`(decoder, encoder)`: the SAE's weights, read as `[G, m, w]` and `[G, w, m]` by
-    `_view` (G heads for a block-diagonal SAE, 1 for a dense one)."""
+KINDS = ("decoder", "encoder", "bias")  # what `_feature_tensors` returns, in order
+
+
+def _feature_tensors(sae: nn.Module) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+    """`(decoder, encoder, b_enc)`: the parameters a feature owns a slice of."""
     if (reason := unsupported_reason(sae)) is not None:
         raise ValueError(f"dead-feature resampling: {reason}")
     if hasattr(sae, "W_dec_blocks"):
-        return sae.W_dec_blocks, sae.W_enc_blocks
-    return sae.W_dec, sae.W_enc
+        return sae.W_dec_blocks, sae.W_enc_blocks, sae.b_enc
+    return sae.W_dec, sae.W_enc, sae.b_enc
 
 
-def _view(tensor: torch.Tensor) -> torch.Tensor:
-    """A weight (or its Adam moment) as `[G, m, w]` (decoder) or `[G, w, m]` (encoder):
-    block weights as they are, a dense one as its only group."""
-    return tensor if tensor.ndim == 3 else tensor.unsqueeze(0)
+def _by_feature(tensor: torch.Tensor, n_groups: int, kind: str) -> torch.Tensor:
+    """A view of a feature parameter (or its Adam moment) of `kind` (one of `KINDS`) with
+    feature `f` of group `g` at `[g, f]`: `[G, m, w]` for the decoder and the (transposed)
+    encoder, `[G, m]` for the bias. Block weights are `[G, ...]` already; a dense weight
+    is its only group."""
+    if kind == "bias":
+        return tensor.view(n_groups, -1)
+    grouped = tensor if tensor.ndim == 3 else tensor.unsqueeze(0)
+    return grouped.transpose(1, 2) if kind == "encoder" else grouped
 
 
 @torch.no_grad()
@@ -97,11 +104,14 @@ def resample_dead_features(
     rows and `b_enc` 0 (no live feature to match)."""
     if not bool(dead.any()):
         return 0
-    decoder, encoder = _weights(sae)
-    dec, enc = _view(decoder.data), _view(encoder.data)
-    n_groups, per_group, width = dec.shape
+    params = _feature_tensors(sae)
+    n_groups = params[0].shape[0] if params[0].ndim == 3 else 1
+    dec, enc, bias = (
+        _by_feature(param.data, n_groups, kind) for param, kind in zip(params, KINDS, strict=True)
+    )
+    width = dec.shape[-1]
     error = (sae_in - sae(sae_in)).reshape(-1, n_groups, width)  # [batch, G, w]
-    dead_rows = dead.view(n_groups, per_group)
+    dead_rows = dead.view(n_groups, -1)
     moved = []
     for group in range(n_groups):
         rows = dead_rows[group].nonzero().flatten()
@@ -115,36 +125,14 @@ def resample_dead_features(
         )
         directions = nn.functional.normalize(error[tokens, group], dim=-1)  # [n, w]
         live = ~dead_rows[group]
-        dec_norm = dec[group][live].norm(dim=-1).mean() if live.any() else 1.0
-        enc_norm = enc[group][:, live].norm(dim=0).mean() if live.any() else 1.0
-        bias = sae.b_enc.data[group * per_group : (group + 1) * per_group]
-        dec[group, rows] = directions * dec_norm
-        enc[group][:, rows] = directions.T * enc_norm
-        bias[rows] = bias[live].mean() if live.any() else 0.0
+        any_live = bool(live.any())
+        dec[group, rows] = directions * (dec[group][live].norm(dim=-1).mean() if any_live else 1.0)
+        enc[group, rows] = directions * (enc[group][live].norm(dim=-1).mean() if any_live else 1.0)
+        bias[group, rows] = bias[group][live].mean() if any_live else 0.0
         moved.append((group, rows))
-    _reset_adam(optimizer, decoder, encoder, sae.b_enc, per_group, moved)
-    return sum(len(rows) for _, rows in moved)
-
-
-def _reset_adam(
-    optimizer: torch.optim.Optimizer,
-    decoder: nn.Parameter,
-    encoder: nn.Parameter,
-    b_enc: nn.Parameter,
-    per_group: int,
-    moved: list[tuple[int, torch.Tensor]],
-) -> None:
-    """Zero the Adam moments (`exp_avg`, `exp_avg_sq`) of the moved features' entries."""
-    for param, kind in ((decoder, "decoder"), (encoder, "encoder"), (b_enc, "bias")):
+    for param, kind in zip(params, KINDS, strict=True):  # Adam's moments of the moved entries restart
         state = optimizer.state.get(param, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key not in state:
-                continue
-            moment = state[key]
+        for moment in (state[key] for key in ("exp_avg", "exp_avg_sq") if key in state):
             for group, rows in moved:
-                if kind == "decoder":
-                    _view(moment)[group, rows] = 0
-                elif kind == "encoder":
-                    _view(moment)[group][:, rows] = 0
-                else:
-                    moment[group * per_group + rows] = 0
+                _by_feature(moment, n_groups, kind)[group, rows] = 0
+    return sum(len(rows) for _, rows in moved)

@@ -199,8 +199,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         record_training_time({"sae": sae}, {"sae": 0.0}, seconds, trainer.n_training_samples)
         for key, value in self.parallel.metadata().items():
             sae.cfg.metadata[key] = value
-        if (record := trainer.resampling_record()) is not None:
-            sae.cfg.metadata["resampling"] = record
+        trainer.record_resampling(sae)
         return sae
 
     def _resume(self, trainer: HookZSAETrainer) -> None:

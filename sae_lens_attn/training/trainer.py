@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.saes.sae import TrainStepOutput
+from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
@@ -108,13 +108,14 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
             every_tokens, self.cfg.train_batch_size_samples, self.cfg.total_training_samples
         )
 
-    def resampling_record(self) -> dict[str, Any] | None:
-        """What resampling did, for the SAE's metadata (None: it was not asked for)."""
+    def record_resampling(self, sae: TrainingSAE[Any]) -> None:
+        """Write what resampling did into `sae.cfg.metadata["resampling"]` (the finished
+        SAE of this trainer); nothing when it was not asked for."""
         if self.resampling_skipped:
-            return {"skipped": self.resampling_skipped}
-        if self.resampling is None:
-            return None
-        return {**asdict(self.resampling), "resampled": [list(pair) for pair in self.resampled]}
+            sae.cfg.metadata["resampling"] = {"skipped": self.resampling_skipped}
+        elif self.resampling is not None:
+            resampled = [list(pair) for pair in self.resampled]
+            sae.cfg.metadata["resampling"] = {**asdict(self.resampling), "resampled": resampled}
 
     @classmethod
     def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
