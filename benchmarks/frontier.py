@@ -17,8 +17,9 @@ tokens in the same order, one model forward pass per batch), then the default SA
    mean b_dec with the k-means decoder), dead = never fires on
    `--dead-tokens` held-out tokens; the best initialisation's share is reported.
 
-Every SAE trains with `train`'s dead-feature resampling (every 16,384 tokens until 80% of
-the run; `sae_lens_attn.training.resampling`). Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
+Every SAE trains with `train`'s dead-feature defaults: resampling every 16,384 tokens until
+80% of the run (`sae_lens_attn.training.resampling`) and, on the per-head TopK SAEs, the
+silent-feature bias lift (`sae_lens_attn.training.silent_bias`). Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
 held-out prompts) and the frontier files (`sae_lens_attn.training.frontier`) are written to
 `--out/frontier`. CE loss recovered at L0 8/20/40 is interpolated along each
 architecture's line linearly in log(L0) between the two SAEs that bracket the target (no
@@ -54,8 +55,9 @@ from types import SimpleNamespace
 from _bench import load_average
 
 from sae_lens_attn.commands._values import positive_int
-from sae_lens_attn.dead import DEAD_WINDOW_TOKENS
+from sae_lens_attn.dead import DEAD_WINDOW_TOKENS, SILENT_BIAS_LIFT
 
+TRAIN_REVIVAL = {"resample_every_tokens": DEAD_WINDOW_TOKENS, "silent_bias_lift": SILENT_BIAS_LIFT}  # train's defaults
 LAST_LINE_KEYS = ("frontier_min_gap_equal_tokens", "frontier_min_gap_equal_time", "default_l0", "default_ce", "dead_share_x32")
 
 LAYER = 1
@@ -126,7 +128,7 @@ def sweep(model, labels, out: Path, settings, tokens: int, held_out) -> float:
     trained = train_hook_z_saes(
         model, specs(labels, settings.expansion_factor), dataset=settings.train_rows, training_tokens=tokens,
         context_size=settings.context_size, lr=settings.lr, train_batch_size_tokens=settings.batch_size,
-        output_path=out, seed=0, resample_every_tokens=DEAD_WINDOW_TOKENS,  # as train does by default
+        output_path=out, seed=0, **TRAIN_REVIVAL,
     )
     seconds = time.perf_counter() - began
     args = SimpleNamespace(eval_batches=settings.eval_batches)
@@ -181,7 +183,7 @@ def dead_share(model, settings, out: Path) -> tuple[float, int, str]:
     trained = train_hook_z_saes(
         model, specs, dataset=settings.train_rows, training_tokens=settings.training_tokens,
         context_size=settings.context_size, lr=settings.lr, train_batch_size_tokens=settings.batch_size,
-        output_path=out, seed=0, resample_every_tokens=DEAD_WINDOW_TOKENS,
+        output_path=out, seed=0, **TRAIN_REVIVAL,
     )
     rows = -(-settings.dead_tokens // settings.context_size)
     tokens = torch.tensor(corpus_dataset(settings.context_size, rows, split="test")["input_ids"])

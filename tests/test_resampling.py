@@ -149,7 +149,7 @@ def test_a_run_records_each_resampling_in_the_sae_s_metadata(tiny_model, tmp_pat
 
 @pytest.mark.usefixtures("tiny_embedded")
 def test_train_resamples_by_default_and_says_what_it_moved(tmp_path, capsys):
-    assert main(["train", "--layer", "1", *REDUCED, "--k", "1", "--expansion-factor", "8",
+    assert main(["train", "--layer", "1", *REDUCED, "--k", "1", "--expansion-factor", "8", "--silent-bias-lift", "0",
                  "--dead-window-tokens", "128", "--resample-dead-tokens", "256", "--out", str(tmp_path / "on")]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dead-feature resampling"))
     assert line.startswith("dead-feature resampling every 2 steps to step 12: moved ")
@@ -167,7 +167,7 @@ def test_resampling_asked_for_under_torchrun_exits_2_before_training(tmp_path, c
     argv = ["train", "--layer", "1", *REDUCED, "--resample-dead-tokens", "256", "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: --resample-dead-tokens runs on one process")
+    assert line.startswith("error: --resample-dead-tokens and --silent-bias-lift run on one process")
     assert not (tmp_path / "out").exists()
 
 
@@ -185,4 +185,6 @@ def test_saes_without_an_encoder_and_b_enc_are_named_and_refused():
 @pytest.mark.usefixtures("tiny_embedded")
 def test_train_says_when_an_architecture_cannot_resample(tmp_path, capsys):
     assert main(["train", "--layer", "1", *REDUCED, "--architecture", "gated", "--out", str(tmp_path / "g")]) == 0
-    assert "dead-feature resampling skipped: GatedTrainingSAE has no trainable encoder" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dead-feature resampling skipped: GatedTrainingSAE has no trainable encoder" in out
+    assert "silent-feature" not in out  # the bias lift is for per-head TopK SAEs: no news by default

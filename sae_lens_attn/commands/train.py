@@ -36,12 +36,13 @@ from sae_lens_attn.commands._train_knobs import (
 from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
+    non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
     positive_int,
 )
-from sae_lens_attn.dead import DEAD_TOKENS, DEAD_WINDOW_TOKENS, DeadFeatures
+from sae_lens_attn.dead import DEAD_TOKENS, DEAD_WINDOW_TOKENS, SILENT_BIAS_LIFT, DeadFeatures
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -173,6 +174,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="training tokens a feature must stay silent before the TopK auxiliary loss "
                         "(AuxK, per head for per-head SAEs) tries to revive it: SAELens's "
                         f"dead_feature_window, rounded up to whole batches (default: {DEAD_WINDOW_TOKENS})")
+    parser.add_argument("--silent-bias-lift", type=non_negative_float, default=None,
+                        help="per-head TopK SAEs: after every step, raise b_enc of each feature that did not "
+                        "fire on the batch by this many times its head's pre-activation spread, so that no "
+                        f"feature stays silent (docs/initialisation.md); 0: never (default: {SILENT_BIAS_LIFT}, "
+                        "off under torchrun; other architectures train without it)")
     parser.add_argument("--resample-dead-tokens", type=non_negative_int, default=None,
                         help="every this many training tokens (until 80%% of the run), move the features "
                         "silent for --dead-window-tokens onto the worst-reconstructed tokens of their head "
@@ -387,6 +393,7 @@ def train_saes(
             "dead_feature_window": dead_feature_window(args.dead_window_tokens, args.batch_size),
         },
         resample_every_tokens=resample_every_tokens(args),
+        silent_bias_lift=silent_bias_lift(args),
     )
     if len(specs) == 1:
         [spec] = specs
@@ -409,6 +416,15 @@ def resample_every_tokens(args: argparse.Namespace) -> int | None:
     return args.resample_dead_tokens or None
 
 
+def silent_bias_lift(args: argparse.Namespace) -> float | None:
+    """The silent-feature bias lift, None for none: `--silent-bias-lift`, by default
+    `SILENT_BIAS_LIFT` on one process and off under torchrun (each rank would lift by its
+    own batch)."""
+    if args.silent_bias_lift is None:
+        return None if under_torchrun() else SILENT_BIAS_LIFT
+    return args.silent_bias_lift or None
+
+
 def describe_resampling(record: dict[str, Any]) -> str:
     """One line on what dead-feature resampling did in training (`record`: the SAE's
     `metadata.resampling`)."""
@@ -422,6 +438,15 @@ def describe_resampling(record: dict[str, Any]) -> str:
     step, most = max(done, key=lambda pair: pair[1])
     return head + (f"moved {sum(moved)} features in {len(moved)} of {len(done)} resamplings "
                    f"(most at once: {most} at step {step})")
+
+
+def describe_lift(record: dict[str, Any]) -> str:
+    """One line on what the silent-feature bias lift did in training (`record`: the SAE's
+    `metadata.silent_bias_lift`)."""
+    if "skipped" in record:
+        return f"silent-feature bias lift skipped: {record['skipped']}"
+    return (f"silent-feature bias lift {record['lift']:g} x the head's pre-activation spread: "
+            f"{record['lifted']:,} lifts (a feature silent on a batch counts once per step)")
 
 
 def evaluate(
@@ -488,9 +513,9 @@ def run(args: argparse.Namespace) -> int:
     if len(specs) > 1 and (args.parallel or args.resume or args.checkpoint_every or under_torchrun()):
         usage_error(f"--parallel, --resume, --checkpoint-every and torchrun train one SAE per run; "
                     f"these options ask for {len(specs)} ({', '.join(spec.sae_name for spec in specs)})")
-    if args.resample_dead_tokens and under_torchrun():
-        usage_error("--resample-dead-tokens runs on one process (each rank would move its features to its "
-                    "own batch's errors): leave it out or give 0 under torchrun")
+    if (args.resample_dead_tokens or args.silent_bias_lift) and under_torchrun():
+        usage_error("--resample-dead-tokens and --silent-bias-lift run on one process (each rank would move "
+                    "its features by its own batch): leave them out or give 0 under torchrun")
     model = load_model(args.model)
     check_against_model(args, model, specs)
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
@@ -509,6 +534,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"training L0 {sae.cfg.metadata.l0:.2f}")
         if (resampled := getattr(sae.cfg.metadata, "resampling", None)) is not None:
             print(describe_resampling(resampled))
+        lifted = getattr(sae.cfg.metadata, "silent_bias_lift", None)
+        if lifted is not None and ("skipped" not in lifted or args.silent_bias_lift):  # a default skip is no news
+            print(describe_lift(lifted))
         dead = count_dead(args, model, name, sae, layout, held_out)
         metrics = {**training_metrics(sae), **(dead.metrics() if dead else {}),
                    **evaluate(args, model, name, sae, layout, held_out, folder, dead)}

@@ -110,9 +110,10 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         n_batches_for_head_norm: int = 8,
         inits: Mapping[str, SAEInit] | None = None,
         resample_every_tokens: int | None = None,
+        silent_bias_lift: float | None = None,
     ) -> None:
         check_config_matches_sources(cfg, sources)
-        self.resample_every_tokens = resample_every_tokens
+        self.revival = (resample_every_tokens, silent_bias_lift)
         if cfg.compile_llm:
             raise ValueError(
                 "compile_llm compiles the model's run_with_cache, which the hook_z sources do "
@@ -171,7 +172,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         progress_every_step(trainer)
         for name, sae_trainer in trainer.trainers.items():  # stop at the first NaN/inf, naming the SAE
             DivergenceCheckedTrainer.watch(sae_trainer, f"SAE {name!r}: ", "no SAE of this run was saved")
-            sae_trainer.resample_dead(self.resample_every_tokens)
+            sae_trainer.revive_dead(*self.revival)
         began = time.perf_counter()
         with timed_steps(trainer.trainers) as step_seconds:
             saes = super()._run_with_interruption_handling(trainer)
@@ -183,7 +184,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
                 raise ValueError(f"SAE {name!r}: {error}; no SAE of this run was saved") from None
         record_training_time(saes, step_seconds, total_seconds, trainer.n_training_samples)
         for name, sae in saes.items():
-            trainer.trainers[name].record_resampling(sae)
+            trainer.trainers[name].record_revival(sae)
         return saes
 
     @override

@@ -72,6 +72,7 @@ def train_hook_z_saes(
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
     resample_every_tokens: int | None = None,
+    silent_bias_lift: float | None = None,
 ) -> dict[str, tuple[SAE[Any], HeadLayout]]:
     """Train one SAE per spec with SAELens's `MultiSAETrainingRunner`, all from one
     forward pass per batch (stopped after the deepest spec's hook_z), and return
@@ -83,8 +84,8 @@ def train_hook_z_saes(
     With `output_path`, SAE `name` is saved to `output_path/name` (each folder published
     whole) and `output_path/saes.json` lists them (`training_l0` as their metric;
     `sae-lens-attn train` adds the evals and the dead count on held-out tokens). `runner_kwargs` are further
-    `MultiSAETrainingRunnerConfig` fields; `resample_every_tokens` as in
-    `train_hook_z_sae`, for every SAE. A learning rate shared by all SAEs is
+    `MultiSAETrainingRunnerConfig` fields; `resample_every_tokens` and
+    `silent_bias_lift` as in `train_hook_z_sae`, for every SAE. A learning rate shared by all SAEs is
     SAELens's multi-SAE design; sweep sparsity through `sae_kwargs`.
     """
     if not specs:
@@ -129,7 +130,7 @@ def train_hook_z_saes(
         runner = HookZMultiSAETrainingRunner(
             cfg, sources, override_dataset=override_dataset, override_saes=saes,
             inits={spec.sae_name: spec.init for spec in specs if spec.init is not None},
-            resample_every_tokens=resample_every_tokens,
+            resample_every_tokens=resample_every_tokens, silent_bias_lift=silent_bias_lift,
         )
         seed_data_order(seed)
         runner.run()

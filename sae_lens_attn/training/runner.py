@@ -84,14 +84,15 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         resume_from: str | Path | None = None,
         init: SAEInit | None = None,
         resample_every_tokens: int | None = None,
+        silent_bias_lift: float | None = None,
     ) -> None:
         check_config_matches_source(cfg, source)
-        if resample_every_tokens is not None and parallel is not None and parallel.world_size > 1:
+        if (resample_every_tokens is not None or silent_bias_lift) and parallel is not None and parallel.world_size > 1:
             raise ValueError(
-                "dead-feature resampling runs on one process: each rank would move its "
-                "features to its own batch's errors; turn it off under torchrun"
+                "dead-feature resampling and the silent-feature bias lift run on one process: "
+                "each rank would move its features by its own batch; turn them off under torchrun"
             )
-        self.resample_every_tokens = resample_every_tokens
+        self.revival = (resample_every_tokens, silent_bias_lift)
         if source.per_head_norm and cfg.sae.normalize_activations not in PER_HEAD_NORM_COMPATIBLE:
             raise ValueError(
                 f"per_head_norm cannot be combined with normalize_activations="
@@ -180,7 +181,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
     def run_trainer_with_interruption_handling(self, trainer: Any) -> TrainingSAE[Any] | None:
         """Train (SAELens's `fit`), then finish the SAE: on rank 0 the whole SAE, else None."""
         trainer = HookZSAETrainer.adopt(trainer, self.parallel, self.checkpoint_every)
-        trainer.resample_dead(self.resample_every_tokens)
+        trainer.revive_dead(*self.revival)
         progress_every_step(trainer)
         self._resume(trainer)
         self.parallel.install(self.sae)
@@ -199,7 +200,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         record_training_time({"sae": sae}, {"sae": 0.0}, seconds, trainer.n_training_samples)
         for key, value in self.parallel.metadata().items():
             sae.cfg.metadata[key] = value
-        trainer.record_resampling(sae)
+        trainer.record_revival(sae)
         return sae
 
     def _resume(self, trainer: HookZSAETrainer) -> None:

@@ -55,6 +55,7 @@ def train_hook_z_sae(
     resume_from: str | Path | None = None,
     init: SAEInit | None = None,
     resample_every_tokens: int | None = None,
+    silent_bias_lift: float | None = None,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -83,7 +84,10 @@ def train_hook_z_sae(
     from the first training batches (default: SAELens's initialisation).
     `resample_every_tokens`: move dead features onto the reconstruction error every that
     many training tokens until 80% of the run (`sae_lens_attn.training.resampling`;
-    default None: never; one process only).
+    default None: never; one process only). `silent_bias_lift`: after every step, raise
+    `b_enc` of each feature that did not fire on the batch by that many times its head's
+    pre-activation spread (`sae_lens_attn.training.silent_bias`; `sae-lens-attn train`
+    uses `sae_lens_attn.dead.SILENT_BIAS_LIFT`; default None here: never; one process only).
     """
     device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)
@@ -121,7 +125,7 @@ def train_hook_z_sae(
         runner = HookZTrainingRunner(
             cfg, source, override_dataset=override_dataset, parallel=plan,
             checkpoint_every=checkpoint_every, resume_from=resume_from, init=init,
-            resample_every_tokens=resample_every_tokens,
+            resample_every_tokens=resample_every_tokens, silent_bias_lift=silent_bias_lift,
         )
         seed_data_order(seed)
         runner.run()

@@ -46,6 +46,7 @@ from sae_lens_attn.training.resampling import (
     resample_dead_features,
     unsupported_reason,
 )
+from sae_lens_attn.training.silent_bias import lift_silent_biases, lift_unsupported_reason
 
 _REPEAT_SIGNAL_GRACE_S = 2.0  # torchrun forwards the terminal's Ctrl-C: count it once
 
@@ -97,25 +98,42 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
     _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
     resampling: DeadResampling | None = None  # dead-feature resampling (`resampling.py`)
     resampled: list[tuple[int, int]]  # (step, features moved) of each resampling
-    resampling_skipped: str | None = None  # why an SAE that was asked to resample cannot
+    silent_bias_lift: float | None = None  # the silent-feature bias lift (`silent_bias.py`)
+    lifted: int  # features lifted, summed over steps
+    revival_skipped: dict[str, str]  # metadata key -> why this SAE cannot do what was asked
 
-    def resample_dead(self, every_tokens: int | None) -> None:
-        """Resample dead features every `every_tokens` training tokens (rounded up to whole
-        steps) until 80% of the run (`DeadResampling.for_run`); None: never."""
-        self.resampled = []
-        self.resampling_skipped = None if every_tokens is None else unsupported_reason(self.sae)
-        self.resampling = None if every_tokens is None or self.resampling_skipped else DeadResampling.for_run(
-            every_tokens, self.cfg.train_batch_size_samples, self.cfg.total_training_samples
-        )
+    def revive_dead(self, resample_every_tokens: int | None, silent_bias_lift: float | None) -> None:
+        """Resample dead features every `resample_every_tokens` training tokens (rounded up
+        to whole steps) until 80% of the run (`DeadResampling.for_run`), and lift the bias
+        of every feature silent on a step's batch by `silent_bias_lift` (`silent_bias.py`);
+        None: neither. What an SAE cannot do (resampling without a trainable encoder and
+        `b_enc`, the lift on anything but a per-head TopK SAE) it skips."""
+        self.resampled, self.lifted, self.revival_skipped = [], 0, {}
+        self.resampling, self.silent_bias_lift = None, None
+        if resample_every_tokens is not None:
+            if (reason := unsupported_reason(self.sae)) is not None:
+                self.revival_skipped["resampling"] = reason
+            else:
+                self.resampling = DeadResampling.for_run(
+                    resample_every_tokens, self.cfg.train_batch_size_samples, self.cfg.total_training_samples
+                )
+        if silent_bias_lift:
+            if (reason := lift_unsupported_reason(self.sae)) is not None:
+                self.revival_skipped["silent_bias_lift"] = reason
+            else:
+                self.silent_bias_lift = silent_bias_lift
 
-    def record_resampling(self, sae: TrainingSAE[Any]) -> None:
-        """Write what resampling did into `sae.cfg.metadata["resampling"]` (the finished
-        SAE of this trainer); nothing when it was not asked for."""
-        if self.resampling_skipped:
-            sae.cfg.metadata["resampling"] = {"skipped": self.resampling_skipped}
-        elif self.resampling is not None:
+    def record_revival(self, sae: TrainingSAE[Any]) -> None:
+        """Write what resampling and the bias lift did into `sae.cfg.metadata["resampling"]`
+        and `["silent_bias_lift"]` (the finished SAE of this trainer): `{"skipped": why}`
+        where the SAE could not, nothing for what was not asked for."""
+        for key, reason in self.revival_skipped.items():
+            sae.cfg.metadata[key] = {"skipped": reason}
+        if self.resampling is not None:
             resampled = [list(pair) for pair in self.resampled]
             sae.cfg.metadata["resampling"] = {**asdict(self.resampling), "resampled": resampled}
+        if self.silent_bias_lift is not None:
+            sae.cfg.metadata["silent_bias_lift"] = {"lift": self.silent_bias_lift, "lifted": self.lifted}
 
     @classmethod
     def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
@@ -134,14 +152,20 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
             raise TrainingDiverged(self, output)
         self._last_finite_loss = (self.n_training_steps + 1, float(loss))
         step = self.n_training_steps + 1
-        if self.resampling is not None and self.resampling.due(step):
+        resampling_due = self.resampling is not None and self.resampling.due(step)
+        if not resampling_due and self.silent_bias_lift is None:
+            return output
+        sae_in = self.activation_scaler(batch.to(self.sae.device))
+        if resampling_due:
             dead = self.dead_neurons
             moved = resample_dead_features(
-                self.sae, self.optimizer, dead, self.activation_scaler(batch.to(self.sae.device)),
-                torch.Generator(device=self.sae.device).manual_seed(step),
+                self.sae, self.optimizer, dead, sae_in, torch.Generator(device=self.sae.device).manual_seed(step)
             )
             self.n_forward_passes_since_fired[dead] = 0  # each gets a whole window to fire
             self.resampled.append((step, moved))
+        if self.silent_bias_lift is not None:
+            silent = self.n_forward_passes_since_fired > 0  # did not fire on this batch
+            self.lifted += lift_silent_biases(self.sae, silent, sae_in, self.silent_bias_lift)
         return output
 
 
