@@ -55,9 +55,9 @@ from types import SimpleNamespace
 from _bench import load_average
 
 from sae_lens_attn.commands._values import positive_int
-from sae_lens_attn.dead import DEAD_WINDOW_TOKENS, SILENT_BIAS_LIFT
+from sae_lens_attn.dead import DEAD_WINDOW_TOKENS
 
-TRAIN_REVIVAL = {"resample_every_tokens": DEAD_WINDOW_TOKENS, "silent_bias_lift": SILENT_BIAS_LIFT}  # train's defaults
+TRAIN_REVIVAL = {"resample_every_tokens": DEAD_WINDOW_TOKENS, "silent_bias_lift": True}  # train's defaults
 LAST_LINE_KEYS = ("frontier_min_gap_equal_tokens", "frontier_min_gap_equal_time", "default_l0", "default_ce", "dead_share_x32")
 
 LAYER = 1

@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # only tensor methods are called: the wording needs no torch 
 
 DEAD_TOKENS = 100_000  # held-out tokens needed before a feature that never fired is "dead"
 DEAD_WINDOW_TOKENS = 16_384  # training tokens without firing before AuxK acts on a feature
-SILENT_BIAS_LIFT = 0.4  # `train`'s default: see sae_lens_attn.training.silent_bias
 
 
 @dataclass(frozen=True)

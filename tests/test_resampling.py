@@ -149,7 +149,7 @@ def test_a_run_records_each_resampling_in_the_sae_s_metadata(tiny_model, tmp_pat
 
 @pytest.mark.usefixtures("tiny_embedded")
 def test_train_resamples_by_default_and_says_what_it_moved(tmp_path, capsys):
-    assert main(["train", "--layer", "1", *REDUCED, "--k", "1", "--expansion-factor", "8", "--silent-bias-lift", "0",
+    assert main(["train", "--layer", "1", *REDUCED, "--k", "1", "--expansion-factor", "8", "--no-silent-bias-lift",
                  "--dead-window-tokens", "128", "--resample-dead-tokens", "256", "--out", str(tmp_path / "on")]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dead-feature resampling"))
     assert line.startswith("dead-feature resampling every 2 steps to step 12: moved ")

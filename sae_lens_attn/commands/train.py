@@ -36,13 +36,12 @@ from sae_lens_attn.commands._train_knobs import (
 from sae_lens_attn.commands._values import (
     comma_list,
     int_at_least,
-    non_negative_float,
     non_negative_int,
     parse_index_list,
     positive_float,
     positive_int,
 )
-from sae_lens_attn.dead import DEAD_TOKENS, DEAD_WINDOW_TOKENS, SILENT_BIAS_LIFT, DeadFeatures
+from sae_lens_attn.dead import DEAD_TOKENS, DEAD_WINDOW_TOKENS, DeadFeatures
 from sae_lens_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -174,11 +173,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="training tokens a feature must stay silent before the TopK auxiliary loss "
                         "(AuxK, per head for per-head SAEs) tries to revive it: SAELens's "
                         f"dead_feature_window, rounded up to whole batches (default: {DEAD_WINDOW_TOKENS})")
-    parser.add_argument("--silent-bias-lift", type=non_negative_float, default=None,
+    parser.add_argument("--silent-bias-lift", action=argparse.BooleanOptionalAction, default=None,
                         help="per-head TopK SAEs: after every step, raise b_enc of each feature that did not "
-                        "fire on the batch by this many times its head's pre-activation spread, so that no "
-                        f"feature stays silent (docs/initialisation.md); 0: never (default: {SILENT_BIAS_LIFT}, "
-                        "off under torchrun; other architectures train without it)")
+                        "fire on the batch to the edge of firing, so that no feature stays silent "
+                        "(docs/initialisation.md; default: on, off under torchrun; other architectures "
+                        "train without it)")
     parser.add_argument("--resample-dead-tokens", type=non_negative_int, default=None,
                         help="every this many training tokens (until 80%% of the run), move the features "
                         "silent for --dead-window-tokens onto the worst-reconstructed tokens of their head "
@@ -416,13 +415,12 @@ def resample_every_tokens(args: argparse.Namespace) -> int | None:
     return args.resample_dead_tokens or None
 
 
-def silent_bias_lift(args: argparse.Namespace) -> float | None:
-    """The silent-feature bias lift, None for none: `--silent-bias-lift`, by default
-    `SILENT_BIAS_LIFT` on one process and off under torchrun (each rank would lift by its
-    own batch)."""
+def silent_bias_lift(args: argparse.Namespace) -> bool:
+    """Whether to lift silent features: `--[no-]silent-bias-lift`, by default on one process
+    and off under torchrun (each rank would lift by its own batch)."""
     if args.silent_bias_lift is None:
-        return None if under_torchrun() else SILENT_BIAS_LIFT
-    return args.silent_bias_lift or None
+        return not under_torchrun()
+    return args.silent_bias_lift
 
 
 def describe_resampling(record: dict[str, Any]) -> str:
@@ -445,8 +443,8 @@ def describe_lift(record: dict[str, Any]) -> str:
     `metadata.silent_bias_lift`)."""
     if "skipped" in record:
         return f"silent-feature bias lift skipped: {record['skipped']}"
-    return (f"silent-feature bias lift {record['lift']:g} x the head's pre-activation spread: "
-            f"{record['lifted']:,} lifts (a feature silent on a batch counts once per step)")
+    return (f"silent-feature bias lift to the edge of firing: {record['lifted']:,} lifts "
+            "(a feature silent on a step's batch counts once)")
 
 
 def evaluate(

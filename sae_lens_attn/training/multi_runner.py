@@ -110,7 +110,7 @@ class HookZMultiSAETrainingRunner(MultiSAETrainingRunner):
         n_batches_for_head_norm: int = 8,
         inits: Mapping[str, SAEInit] | None = None,
         resample_every_tokens: int | None = None,
-        silent_bias_lift: float | None = None,
+        silent_bias_lift: bool = False,
     ) -> None:
         check_config_matches_sources(cfg, sources)
         self.revival = (resample_every_tokens, silent_bias_lift)

@@ -72,7 +72,7 @@ def train_hook_z_saes(
     seed: int = 42,
     runner_kwargs: dict[str, Any] | None = None,
     resample_every_tokens: int | None = None,
-    silent_bias_lift: float | None = None,
+    silent_bias_lift: bool = False,
 ) -> dict[str, tuple[SAE[Any], HeadLayout]]:
     """Train one SAE per spec with SAELens's `MultiSAETrainingRunner`, all from one
     forward pass per batch (stopped after the deepest spec's hook_z), and return

@@ -84,7 +84,7 @@ class HookZTrainingRunner(LanguageModelSAETrainingRunner):
         resume_from: str | Path | None = None,
         init: SAEInit | None = None,
         resample_every_tokens: int | None = None,
-        silent_bias_lift: float | None = None,
+        silent_bias_lift: bool = False,
     ) -> None:
         check_config_matches_source(cfg, source)
         if (resample_every_tokens is not None or silent_bias_lift) and parallel is not None and parallel.world_size > 1:

@@ -1,27 +1,28 @@
-"""Lifting the encoder bias of silent features of a per-head TopK SAE while training
+"""Lifting silent features of a per-head TopK SAE to the edge of firing while training
 (`train`'s default for them).
 
-After every training step, each feature that did not fire on the step's batch gets its
-`b_enc` raised by `lift` times its group's pre-activation spread (a group is a head of a
-block-diagonal SAE, the whole input of a dense one):
+After every training step, each feature that did not fire on the step's batch has its
+`b_enc` raised by the least amount that would have made it win a TopK slot in its head on
+one token of that batch (plus `MARGIN` of the head's mean firing threshold):
 
-    sigma_g = sqrt(mean_t ||x_tg - b_dec_g||^2 * mean_f ||W_enc[g][:, f]||^2 / width_g)
+    lift_f = max(0, min_t (threshold_h(t) - pre_f(t))) + MARGIN * mean_t threshold_h(t)
 
-which is the standard deviation of the pre-activations `W_enc^T (x - b_dec)` when inputs
-and encoder columns point in independent directions, so `lift` means the same on any
-model and input scale. A feature that keeps losing every TopK slot (or stays below ReLU's
-zero) climbs until it wins one on some token, where its own gradient takes over; a
-feature is left alone on every batch it fires in. It is pressure towards a minimum firing
-rate of about once per batch, in the spirit of the bias-only load balancing of
-DeepSeek-V3's expert routing (Wang et al. 2024, "Auxiliary-loss-free load balancing
-strategy for mixture-of-experts"), but it moves the SAE's own `b_enc`, so the saved SAE
-encodes exactly as it was trained.
+where `pre_f(t)` is the feature's pre-activation on token t (current weights) and
+`threshold_h(t)` the smallest activation that fired in head h on token t in the step (0
+where fewer than k fired: any positive pre-activation wins there). A feature that keeps
+losing every slot so sits at the edge of firing, where one token's gradient can take over;
+a feature is untouched on every batch it fires in. The lift has no scale to choose: it is
+measured in the head's own pre-activations. It is pressure towards a minimum firing rate
+of about once per batch, in the spirit of the bias-only load balancing of DeepSeek-V3's
+expert routing (Wang et al. 2024, "Auxiliary-loss-free load balancing strategy for
+mixture-of-experts"), but on the SAE's own `b_enc`, so the saved SAE encodes exactly as it
+was trained.
 
 Why: at expansion 32 the live features of a per-head TopK SAE outgrow the rest within tens
 of steps at `train`'s learning rate, and dead-feature resampling alone left 4% of them
 dead. Only per-head TopK SAEs are lifted: where a threshold decides L0 (ReLU, JumpReLU,
 BatchTopK's inference threshold) a higher `b_enc` raises L0, and on SAELens's dense TopK
-it cost CE loss recovered at low k. The measurements are in docs/initialisation.md.
+a lift cost CE loss recovered at low k. The measurements are in docs/initialisation.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sae_lens_attn.training.resampling import by_feature, feature_groups
+MARGIN = 0.01  # of the head's mean firing threshold: the lifted feature wins, not ties
 
 
 def lift_unsupported_reason(sae: nn.Module) -> str | None:
@@ -41,23 +42,44 @@ def lift_unsupported_reason(sae: nn.Module) -> str | None:
             "the only kind it is measured to help")
 
 
-def pre_activation_spread(sae: nn.Module, sae_in: torch.Tensor) -> torch.Tensor:
-    """`[n_groups]`: each group's `sigma_g` (module docstring) on `sae_in [batch, d_in]`."""
-    n_groups, (_, encoder, _) = feature_groups(sae)
-    columns = by_feature(encoder.detach(), n_groups, "encoder")  # [G, m, w]
-    width = columns.shape[-1]
-    centred = (sae_in - sae.b_dec.detach()).reshape(-1, n_groups, width)  # [batch, G, w]
-    input_power = centred.square().sum(-1).mean(0)  # [G]
-    encoder_power = columns.square().sum(-1).mean(-1)  # [G]
-    return (input_power * encoder_power / width).sqrt()
+def firing_thresholds(feature_acts: torch.Tensor, n_heads: int, k: int) -> torch.Tensor:
+    """`[batch, n_heads]`: the smallest activation that fired in each head on each token of
+    `feature_acts [batch, d_sae]` (dense or sparse COO), 0 where fewer than `k` fired."""
+    batch, d_sae = feature_acts.shape
+    if feature_acts.is_sparse:
+        acts = feature_acts.coalesce()
+        (tokens, features), values = acts.indices(), acts.values()
+        fired = values > 0
+        tokens, features, values = tokens[fired], features[fired], values[fired]
+    else:
+        tokens, features = feature_acts.nonzero(as_tuple=True)
+        values = feature_acts[tokens, features]
+    cells = tokens * n_heads + features // (d_sae // n_heads)
+    smallest = torch.full((batch * n_heads,), float("inf"), dtype=values.dtype, device=values.device)
+    smallest.scatter_reduce_(0, cells, values, reduce="amin")
+    counts = torch.zeros(batch * n_heads, dtype=torch.long, device=values.device).index_add_(
+        0, cells, torch.ones_like(cells)
+    )
+    return torch.where(counts >= k, smallest, torch.zeros_like(smallest)).view(batch, n_heads)
 
 
 @torch.no_grad()
-def lift_silent_biases(sae: nn.Module, silent: torch.Tensor, sae_in: torch.Tensor, lift: float) -> int:
-    """Raise `b_enc` of the `silent [d_sae]` features of `sae` by `lift` times their group's
-    pre-activation spread on `sae_in [batch, d_in]` (the trainer's scaled batch), in
-    place. Returns how many features were lifted."""
-    n_groups, (_, _, bias) = feature_groups(sae)
-    step = lift * pre_activation_spread(sae, sae_in)  # [G]
-    by_feature(bias.data, n_groups, "bias").add_(silent.view(n_groups, -1).to(step.dtype) * step.unsqueeze(1))
+def lift_silent_biases(
+    sae: nn.Module, silent: torch.Tensor, sae_in: torch.Tensor, feature_acts: torch.Tensor
+) -> int:
+    """Raise `b_enc` of the `silent [d_sae]` features of the per-head TopK `sae` to the edge
+    of firing on `sae_in [batch, d_in]` (the trainer's scaled batch), in place, given the
+    step's `feature_acts [batch, d_sae]` on it. Returns how many features were lifted."""
+    n_heads, d_head, per_head = sae.W_enc_blocks.shape
+    thresholds = firing_thresholds(feature_acts.detach(), n_heads, sae.cfg.k)  # [batch, H]
+    centred = (sae_in - sae.b_dec.detach()).view(-1, n_heads, d_head)
+    biases = sae.b_enc.data.view(n_heads, per_head)
+    silent_by_head = silent.view(n_heads, per_head)
+    for head in range(n_heads):
+        rows = silent_by_head[head].nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        pre = centred[:, head] @ sae.W_enc_blocks.detach()[head][:, rows] + biases[head, rows]  # [batch, n]
+        gap = (thresholds[:, head : head + 1] - pre).min(dim=0).values.clamp(min=0)
+        biases[head, rows] += gap + MARGIN * thresholds[:, head].mean()
     return int(silent.sum())

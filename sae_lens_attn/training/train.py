@@ -55,7 +55,7 @@ def train_hook_z_sae(
     resume_from: str | Path | None = None,
     init: SAEInit | None = None,
     resample_every_tokens: int | None = None,
-    silent_bias_lift: float | None = None,
+    silent_bias_lift: bool = False,
 ) -> tuple[SAE[Any], HeadLayout]:
     """Train an SAE on `blocks.{layer}.attn.hook_z` (all heads or `heads`, in that order)
     with SAELens's `LanguageModelSAETrainingRunner` and return `(sae, layout)`.
@@ -85,9 +85,9 @@ def train_hook_z_sae(
     `resample_every_tokens`: move dead features onto the reconstruction error every that
     many training tokens until 80% of the run (`sae_lens_attn.training.resampling`;
     default None: never; one process only). `silent_bias_lift`: after every step, raise
-    `b_enc` of each feature that did not fire on the batch by that many times its head's
-    pre-activation spread (`sae_lens_attn.training.silent_bias`; `sae-lens-attn train`
-    uses `sae_lens_attn.dead.SILENT_BIAS_LIFT`; default None here: never; one process only).
+    `b_enc` of each feature of a per-head TopK SAE that did not fire on the batch to the
+    edge of firing (`sae_lens_attn.training.silent_bias`; `sae-lens-attn train` does by
+    default; default False here; one process only).
     """
     device = rank_device(device)
     source = HookZSource(model, layer, heads, per_head_norm=per_head_norm)

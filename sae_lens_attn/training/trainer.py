@@ -98,18 +98,18 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
     _last_finite_loss: tuple[int, float] | None = None  # (step, loss) of the last finite step
     resampling: DeadResampling | None = None  # dead-feature resampling (`resampling.py`)
     resampled: list[tuple[int, int]]  # (step, features moved) of each resampling
-    silent_bias_lift: float | None = None  # the silent-feature bias lift (`silent_bias.py`)
+    silent_bias_lift: bool = False  # the silent-feature bias lift (`silent_bias.py`)
     lifted: int  # features lifted, summed over steps
     revival_skipped: dict[str, str]  # metadata key -> why this SAE cannot do what was asked
 
-    def revive_dead(self, resample_every_tokens: int | None, silent_bias_lift: float | None) -> None:
+    def revive_dead(self, resample_every_tokens: int | None, silent_bias_lift: bool) -> None:
         """Resample dead features every `resample_every_tokens` training tokens (rounded up
-        to whole steps) until 80% of the run (`DeadResampling.for_run`), and lift the bias
-        of every feature silent on a step's batch by `silent_bias_lift` (`silent_bias.py`);
-        None: neither. What an SAE cannot do (resampling without a trainable encoder and
+        to whole steps; None: never) until 80% of the run (`DeadResampling.for_run`), and
+        with `silent_bias_lift` lift the bias of every feature silent on a step's batch to
+        the edge of firing (`silent_bias.py`). What an SAE cannot do (resampling without a trainable encoder and
         `b_enc`, the lift on anything but a per-head TopK SAE) it skips."""
         self.resampled, self.lifted, self.revival_skipped = [], 0, {}
-        self.resampling, self.silent_bias_lift = None, None
+        self.resampling, self.silent_bias_lift = None, False
         if resample_every_tokens is not None:
             if (reason := unsupported_reason(self.sae)) is not None:
                 self.revival_skipped["resampling"] = reason
@@ -121,7 +121,7 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
             if (reason := lift_unsupported_reason(self.sae)) is not None:
                 self.revival_skipped["silent_bias_lift"] = reason
             else:
-                self.silent_bias_lift = silent_bias_lift
+                self.silent_bias_lift = True
 
     def record_revival(self, sae: TrainingSAE[Any]) -> None:
         """Write what resampling and the bias lift did into `sae.cfg.metadata["resampling"]`
@@ -132,8 +132,8 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         if self.resampling is not None:
             resampled = [list(pair) for pair in self.resampled]
             sae.cfg.metadata["resampling"] = {**asdict(self.resampling), "resampled": resampled}
-        if self.silent_bias_lift is not None:
-            sae.cfg.metadata["silent_bias_lift"] = {"lift": self.silent_bias_lift, "lifted": self.lifted}
+        if self.silent_bias_lift:
+            sae.cfg.metadata["silent_bias_lift"] = {"lifted": self.lifted}
 
     @classmethod
     def watch(cls, trainer: SAETrainer[Any, Any], label: str = "", not_saved: str | None = None) -> SAETrainer[Any, Any]:
@@ -153,7 +153,7 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         self._last_finite_loss = (self.n_training_steps + 1, float(loss))
         step = self.n_training_steps + 1
         resampling_due = self.resampling is not None and self.resampling.due(step)
-        if not resampling_due and self.silent_bias_lift is None:
+        if not resampling_due and not self.silent_bias_lift:
             return output
         sae_in = self.activation_scaler(batch.to(self.sae.device))
         if resampling_due:
@@ -163,9 +163,9 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
             )
             self.n_forward_passes_since_fired[dead] = 0  # each gets a whole window to fire
             self.resampled.append((step, moved))
-        if self.silent_bias_lift is not None:
+        if self.silent_bias_lift:
             silent = self.n_forward_passes_since_fired > 0  # did not fire on this batch
-            self.lifted += lift_silent_biases(self.sae, silent, sae_in, self.silent_bias_lift)
+            self.lifted += lift_silent_biases(self.sae, silent, sae_in, output.feature_acts)
         return output
 
 
