@@ -23,8 +23,8 @@ def fires(sae, batch: torch.Tensor) -> torch.Tensor:
         return (sae.encode(batch) > 0).any(dim=0)
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_the_thresholds_are_each_head_s_smallest_winner_or_zero(sparse):
+@pytest.mark.parametrize("layout", ["dense", "sparse", "sparse with the selected zeros stored"])
+def test_the_thresholds_are_each_head_s_smallest_winner_or_zero(layout):
     generator = torch.Generator().manual_seed(4)
     pre = torch.randn(32, N_HEADS, PER_HEAD, generator=generator)
     pre[0, 1] = -1.0  # head 1 of token 0: nothing positive, so any positive pre-activation wins
@@ -32,7 +32,14 @@ def test_the_thresholds_are_each_head_s_smallest_winner_or_zero(sparse):
     top = pre.topk(2, dim=-1)
     acts = torch.zeros_like(pre).scatter_(-1, top.indices, top.values.relu()).view(32, -1)
     expected = torch.where((acts.view(32, N_HEADS, -1) > 0).sum(-1) >= 2, top.values[..., 1], torch.zeros(()))
-    thresholds = firing_thresholds(acts.to_sparse() if sparse else acts, N_HEADS, 2)
+    if layout == "sparse":
+        acts = acts.to_sparse()
+    elif layout != "dense":  # as the per-head TopK training pass writes them: k entries per token and head
+        features = top.indices + torch.arange(N_HEADS).view(-1, 1) * PER_HEAD
+        tokens = torch.arange(32).repeat_interleave(N_HEADS * 2)
+        acts = torch.sparse_coo_tensor(torch.stack([tokens, features.reshape(-1)]), top.values.relu().reshape(-1),
+                                       (32, N_HEADS * PER_HEAD))
+    thresholds = firing_thresholds(acts, N_HEADS, 2)
     assert torch.equal(thresholds, expected)
     assert thresholds[0, 1] == 0
 

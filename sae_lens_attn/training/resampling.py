@@ -67,20 +67,19 @@ def unsupported_reason(sae: nn.Module) -> str | None:
     return f"{type(sae).__name__} has no trainable encoder weight and b_enc to move"
 
 
-KINDS = ("decoder", "encoder", "bias")  # what `feature_groups` returns, in order
+KINDS = ("decoder", "encoder", "bias")  # what `_feature_tensors` returns, in order
 
 
-def feature_groups(sae: nn.Module) -> tuple[int, tuple[nn.Parameter, nn.Parameter, nn.Parameter]]:
-    """`(n_groups, (decoder, encoder, b_enc))`: the parameters a feature owns a slice of,
-    and how many groups they fall into (a block-diagonal SAE's heads; one for a dense SAE)."""
+def _feature_tensors(sae: nn.Module) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+    """`(decoder, encoder, b_enc)`: the parameters a feature owns a slice of."""
     if (reason := unsupported_reason(sae)) is not None:
-        raise ValueError(reason)
+        raise ValueError(f"dead-feature resampling: {reason}")
     if hasattr(sae, "W_dec_blocks"):
-        return sae.W_dec_blocks.shape[0], (sae.W_dec_blocks, sae.W_enc_blocks, sae.b_enc)
-    return 1, (sae.W_dec, sae.W_enc, sae.b_enc)
+        return sae.W_dec_blocks, sae.W_enc_blocks, sae.b_enc
+    return sae.W_dec, sae.W_enc, sae.b_enc
 
 
-def by_feature(tensor: torch.Tensor, n_groups: int, kind: str) -> torch.Tensor:
+def _by_feature(tensor: torch.Tensor, n_groups: int, kind: str) -> torch.Tensor:
     """A view of a feature parameter (or its Adam moment) of `kind` (one of `KINDS`) with
     feature `f` of group `g` at `[g, f]`: `[G, m, w]` for the decoder and the (transposed)
     encoder, `[G, m]` for the bias. Block weights are `[G, ...]` already; a dense weight
@@ -105,9 +104,10 @@ def resample_dead_features(
     rows and `b_enc` 0 (no live feature to match)."""
     if not bool(dead.any()):
         return 0
-    n_groups, params = feature_groups(sae)
+    params = _feature_tensors(sae)
+    n_groups = params[0].shape[0] if params[0].ndim == 3 else 1
     dec, enc, bias = (
-        by_feature(param.data, n_groups, kind) for param, kind in zip(params, KINDS, strict=True)
+        _by_feature(param.data, n_groups, kind) for param, kind in zip(params, KINDS, strict=True)
     )
     width = dec.shape[-1]
     error = (sae_in - sae(sae_in)).reshape(-1, n_groups, width)  # [batch, G, w]
@@ -134,5 +134,5 @@ def resample_dead_features(
         state = optimizer.state.get(param, {})
         for moment in (state[key] for key in ("exp_avg", "exp_avg_sq") if key in state):
             for group, rows in moved:
-                by_feature(moment, n_groups, kind)[group, rows] = 0
+                _by_feature(moment, n_groups, kind)[group, rows] = 0
     return sum(len(rows) for _, rows in moved)

@@ -46,11 +46,10 @@ def firing_thresholds(feature_acts: torch.Tensor, n_heads: int, k: int) -> torch
     """`[batch, n_heads]`: the smallest activation that fired in each head on each token of
     `feature_acts [batch, d_sae]` (dense or sparse COO), 0 where fewer than `k` fired."""
     batch, d_sae = feature_acts.shape
-    if feature_acts.is_sparse:
-        acts = feature_acts.coalesce()
-        (tokens, features), values = acts.indices(), acts.values()
-        fired = values > 0
-        tokens, features, values = tokens[fired], features[fired], values[fired]
+    if feature_acts.is_sparse:  # entries as built, no coalescing sort: the SAEs here write each once
+        # a stored zero (ReLU after the selection) counts towards k and sets the minimum to
+        # 0, as it should: then fewer than k fired
+        (tokens, features), values = feature_acts._indices(), feature_acts._values()
     else:
         tokens, features = feature_acts.nonzero(as_tuple=True)
         values = feature_acts[tokens, features]
@@ -71,15 +70,20 @@ def lift_silent_biases(
     of firing on `sae_in [batch, d_in]` (the trainer's scaled batch), in place, given the
     step's `feature_acts [batch, d_sae]` on it. Returns how many features were lifted."""
     n_heads, d_head, per_head = sae.W_enc_blocks.shape
-    thresholds = firing_thresholds(feature_acts.detach(), n_heads, sae.cfg.k)  # [batch, H]
-    centred = (sae_in - sae.b_dec.detach()).view(-1, n_heads, d_head)
-    biases = sae.b_enc.data.view(n_heads, per_head)
     silent_by_head = silent.view(n_heads, per_head)
-    for head in range(n_heads):
-        rows = silent_by_head[head].nonzero().flatten()
-        if len(rows) == 0:
-            continue
-        pre = centred[:, head] @ sae.W_enc_blocks.detach()[head][:, rows] + biases[head, rows]  # [batch, n]
-        gap = (thresholds[:, head : head + 1] - pre).min(dim=0).values.clamp(min=0)
-        biases[head, rows] += gap + MARGIN * thresholds[:, head].mean()
-    return int(silent.sum())
+    counts = silent_by_head.sum(-1)  # [H]
+    n_max = int(counts.max())
+    if n_max == 0:
+        return 0
+    thresholds = firing_thresholds(feature_acts.detach(), n_heads, sae.cfg.k).T  # [H, batch]
+    # each head's silent features first (a stable sort), padded to the head with most
+    rows = silent_by_head.to(torch.int8).sort(dim=-1, descending=True, stable=True).indices[:, :n_max]  # [H, n]
+    columns = sae.W_enc_blocks.detach().gather(2, rows.unsqueeze(1).expand(-1, d_head, -1))  # [H, d_head, n]
+    biases = sae.b_enc.data.view(n_heads, per_head)
+    centred = (sae_in - sae.b_dec.detach()).view(-1, n_heads, d_head).transpose(0, 1)  # [H, batch, d_head]
+    pre = torch.bmm(centred, columns).add_(biases.gather(1, rows).unsqueeze(1))  # [H, batch, n]
+    gap = pre.neg_().add_(thresholds.unsqueeze(-1)).amin(dim=1).clamp_(min=0)  # [H, n]
+    lift = gap + MARGIN * thresholds.mean(dim=1, keepdim=True)
+    real = torch.arange(n_max, device=counts.device) < counts.unsqueeze(1)  # [H, n]: not padding
+    biases.scatter_add_(1, rows, lift * real)
+    return int(counts.sum())
