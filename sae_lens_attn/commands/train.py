@@ -513,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
                     f"these options ask for {len(specs)} ({', '.join(spec.sae_name for spec in specs)})")
     if (args.resample_dead_tokens or args.silent_bias_lift) and under_torchrun():
         usage_error("--resample-dead-tokens and --silent-bias-lift run on one process (each rank would move "
-                    "its features by its own batch): leave them out or give 0 under torchrun")
+                    "its features by its own batch): leave them out under torchrun")
     model = load_model(args.model)
     check_against_model(args, model, specs)
     trained = run_training(lambda: train_saes(args, model, specs, training_dataset(args), scaleout))
