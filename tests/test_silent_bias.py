@@ -105,8 +105,9 @@ def test_the_lift_keeps_alive_features_that_a_run_without_it_loses(tiny_model, t
             silent_bias_lift=lift,
         )
         dead[lift] = int(count_firings(tiny_model, sae, layout, held_out, min_tokens=1).mask.sum())
-    # measured: 206 and 41 of 256 features (one per head of 64 wins each token)
-    assert dead[False] >= 100 and dead[True] <= dead[False] // 4, dead
+    # measured: 206 and 41 of 256 features (one per head of 64 wins each token), the same at
+    # 1 and 2 threads; 200-205 and 32-37 with the data and seeds 3-5
+    assert dead[False] >= 100 and dead[True] <= dead[False] // 3, dead
 
 
 @pytest.mark.usefixtures("tiny_embedded")
