@@ -100,6 +100,13 @@ def _decoder(sae: nn.Module) -> torch.Tensor:
     return sae.W_dec.data.unsqueeze(0)
 
 
+def _point_rows(decoder: torch.Tensor, norms: torch.Tensor, group: int, directions: torch.Tensor) -> None:
+    """Decoder rows of `group` (`decoder [G, m, w]`) pointed along `directions [m, w]` (any
+    norm), each keeping its norm from `norms [G, m, 1]`."""
+    unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    decoder[group].copy_((unit * norms[group].double()).to(decoder.dtype))
+
+
 @torch.no_grad()
 def initialise_from_sample(
     sae: nn.Module, sample: torch.Tensor, init: SAEInit, generator: torch.Generator | None = None
@@ -157,9 +164,7 @@ def _draw_in_active_subspace(
         draws = torch.randn(
             decoder.shape[1], basis.shape[1], generator=generator, dtype=torch.float64
         )
-        rows = draws @ basis.T
-        rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        decoder[group].copy_((rows * norms[group].double()).to(decoder.dtype))
+        _point_rows(decoder, norms, group, draws @ basis.T)
         ranks.append(basis.shape[1])
         held.append(share)
     return {"subspace_rank": ranks, "subspace_variance_held": held}
@@ -185,9 +190,7 @@ def _draw_from_samples(
                 for _ in range(-(-rows_per_group // len(points)))
             ]
         )[:rows_per_group]
-        rows = points[order]
-        rows = rows / rows.norm(dim=-1, keepdim=True)
-        decoder[group].copy_((rows * norms[group].double()).to(decoder.dtype))
+        _point_rows(decoder, norms, group, points[order])
 
 
 @torch.no_grad()
@@ -251,7 +254,7 @@ def _kmeans_centroids(
     smallest = []
     for group in range(decoder.shape[0]):
         centres, sizes = spherical_kmeans(centred[group].float(), decoder.shape[1], generator)
-        decoder[group].copy_((centres * norms[group].double()).to(decoder.dtype))
+        _point_rows(decoder, norms, group, centres)
         smallest.append(int(sizes.min()))
     return {"kmeans_smallest_cluster": smallest}
 
