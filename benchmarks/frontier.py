@@ -19,8 +19,9 @@ tokens in the same order, one model forward pass per batch), then the default SA
 
 Every SAE trains with `train`'s dead-feature defaults: resampling every 16,384 tokens until
 80% of the run (`sae_lens_attn.training.resampling`) and, on the per-head TopK SAEs, the
-silent-feature bias lift (`sae_lens_attn.training.silent_bias`). Each SAE is evaluated as `train` does (SAELens's evals and the per-head evals on 4 x 8
-held-out prompts) and the frontier files (`sae_lens_attn.training.frontier`) are written to
+silent-feature bias lift (`sae_lens_attn.training.silent_bias`). Each SAE is evaluated as
+`train` does (SAELens's evals and the per-head evals on 4 x 8 held-out prompts) and the
+frontier files (`sae_lens_attn.training.frontier`) are written to
 `--out/frontier`. CE loss recovered at L0 8/20/40 is interpolated along each
 architecture's line linearly in log(L0) between the two SAEs that bracket the target (no
 extrapolation). Equal time compares, at each target L0, every architecture within the

@@ -106,8 +106,8 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         """Resample dead features every `resample_every_tokens` training tokens (rounded up
         to whole steps; None: never) until 80% of the run (`DeadResampling.for_run`), and
         with `silent_bias_lift` lift the bias of every feature silent on a step's batch to
-        the edge of firing (`silent_bias.py`). What an SAE cannot do (resampling without a trainable encoder and
-        `b_enc`, the lift on anything but a per-head TopK SAE) it skips."""
+        the edge of firing (`silent_bias.py`). What an SAE cannot do (resampling without a
+        trainable encoder and `b_enc`, the lift on anything but a per-head TopK SAE) it skips."""
         self.resampled, self.lifted, self.revival_skipped = [], 0, {}
         self.resampling, self.silent_bias_lift = None, False
         if resample_every_tokens is not None:
@@ -150,8 +150,8 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         finite = [torch.isfinite(loss).all(), *(torch.isfinite(p.detach()).all() for p in self.sae.parameters())]
         if not bool(torch.stack(finite).all()):
             raise TrainingDiverged(self, output)
-        self._last_finite_loss = (self.n_training_steps + 1, float(loss))
         step = self.n_training_steps + 1
+        self._last_finite_loss = (step, float(loss))
         resampling_due = self.resampling is not None and self.resampling.due(step)
         if not resampling_due and not self.silent_bias_lift:
             return output
