@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from sae_lens_attn.detectors.code_region import RegionThresholds, decide, region_statistics
-from sae_lens_attn.detectors.region_stats import rank_auc, region_auc, token_scores
+from sae_lens_attn.detectors.region_stats import (
+    _region_auc,
+    _zero_one,
+    rank_auc,
+    region_auc,
+    region_counts,
+    token_scores,
+)
 from sae_lens_attn.models.code_regions import REGIONS, char_regions, token_regions
 
 SNIPPET = '''"""Module doc."""
@@ -104,6 +111,31 @@ def test_rank_auc_equals_a_pairwise_count():
     assert torch.allclose(
         region_auc(fires, member)[:, 0], rank_auc(member.double().expand(-1, 3), fires)
     )
+
+
+def test_region_auc_counted_in_float32_equals_float64_counts_and_masked_positions():
+    """The float32 products count exactly: bitwise equal to counting in float64, and the
+    masked form (the shuffled control's) equal to gathering the positions first."""
+    generator = torch.Generator().manual_seed(0)
+    fires = torch.rand(3000, 40, generator=generator) < 0.1
+    fires[:, 0] = False  # never fires
+    fires[:, 1] = True  # always fires
+    member = torch.rand(3000, 5, generator=generator) < 0.3
+    where = torch.rand(3000, generator=generator) < 0.7
+
+    def float64_auc(f, m):
+        f64, m64 = f.double(), m.double()
+        n_fire = f64.sum(dim=0)[:, None]
+        n_silent = f.shape[0] - n_fire
+        in_and_fire = f64.T @ m64
+        auc = 0.5 * (1 + in_and_fire / n_fire.clamp_min(1) - (m64.sum(0) - in_and_fire) / n_silent.clamp_min(1))
+        return torch.where((n_fire > 0) & (n_silent > 0), auc, 0.5)
+
+    assert torch.equal(region_auc(fires, member), float64_auc(fires, member))
+    masked = _region_auc(_zero_one(fires), member, where)
+    assert torch.equal(masked, float64_auc(fires[where], member[where]))
+    assert (masked[:2] == 0.5).all()
+    assert torch.equal(region_counts(fires, member), fires.double().T @ member.double())
 
 
 def _synthetic(seed: int = 0):

@@ -35,16 +35,19 @@ are not the embedded corpus's rows and `regions=` is not given) every row says s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sae_lens_attn.attribution._sae_weights import features_encode_independently
 from sae_lens_attn.attribution.heads import sae_head_attribution
 from sae_lens_attn.detectors.base import encode_hook_z_columns, feature_index, resolve_layout
 from sae_lens_attn.detectors.region_stats import (
     rank_auc,
     region_auc,
+    region_counts,
     shuffled_region_auc,
     token_scores,
 )
@@ -66,6 +69,10 @@ DEFAULT_CONTEXT_SIZE = 128
 NO_LABELS = (
     "no region labels for these tokens (not rows of the embedded corpus; pass regions= and known=)"
 )
+
+# Fires of every feature at once (one byte per position and feature) up to this size,
+# for SAEs that encode every feature for any chunk of them (`_chunk_fires`).
+ALL_FIRES_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -143,19 +150,38 @@ def _hook_z(
 
 
 @torch.no_grad()
-def _activations(
-    sae: SAE, layout: HeadLayout, x: torch.Tensor, index: torch.Tensor, batch_size: int = 16
+def _fires(
+    sae: SAE, layout: HeadLayout, x: torch.Tensor, index: torch.Tensor, threshold: float,
+    batch_size: int = 16,
 ) -> torch.Tensor:
-    """`[n, q, F]` activations of features `index` on SAE inputs `x [n, q, d_in]`."""
+    """`[n, q, F]` bool: where features `index` fire (activation > `threshold`) on SAE
+    inputs `x [n, q, d_in]`."""
     device = sae.b_dec.device
     return torch.cat(
         [
-            encode_hook_z_columns(sae, x[start : start + batch_size].to(device), layout, index)
-            .float()
-            .cpu()
+            encode_hook_z_columns(sae, x[start : start + batch_size].to(device), layout, index).float().cpu()
+            > threshold
             for start in range(0, x.shape[0], batch_size)
         ]
     )
+
+
+def _chunk_fires(
+    sae: SAE, layout: HeadLayout, x: torch.Tensor, index: torch.Tensor, chunk_size: int, threshold: float
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(features, fires [n, q, len(features)])` for chunks of `index`. An SAE whose
+    features do not encode on their own (TopK, block-diagonal) encodes every feature for
+    any chunk, so it encodes once for all chunks when their fires fit in
+    `ALL_FIRES_BYTES`."""
+    once = not features_encode_independently(sae) and x.shape[0] * x.shape[1] * len(index) <= ALL_FIRES_BYTES
+    every = _fires(sae, layout, x, index, threshold) if once else None
+    start = 0
+    for chunk in index.split(chunk_size):
+        if every is None:
+            yield chunk, _fires(sae, layout, x, chunk, threshold)
+        else:
+            yield chunk, every[..., start : start + len(chunk)].contiguous()
+        start += len(chunk)
 
 
 def region_statistics(
@@ -178,7 +204,7 @@ def region_statistics(
     features that pass every other test of `decide` on their best region; the others get
     NaN there, and `decide` rejects them either way."""
     flat_fires, flat_regions = fires[known], regions[known]
-    both = flat_fires.double().T @ flat_regions.double()  # [F, R]
+    both = region_counts(flat_fires, flat_regions)  # [F, R]
     n_fires = flat_fires.sum(dim=0).double()
     generator = torch.Generator().manual_seed(seed)
     auc = region_auc(flat_fires, flat_regions)
@@ -266,12 +292,11 @@ class CodeRegionDetector:
                 f"{list(tokens.shape)}, got {list(regions.shape)} and {list(known.shape)}"
             )
         heads = sae_head_attribution(sae, layout.n_heads, index.to(sae.b_dec.device)).cpu()
+        head_labels = [layout.head_labels[h] for h in heads.argmax(dim=1).tolist()]  # per feature
         threshold = float(options.get("activation_threshold", 0.0))
         rows: list[FamilyRow] = []
         x = _hook_z(model, layout, tokens)
-        for start in range(0, len(index), thresholds.feature_chunk_size):
-            chunk = index[start : start + thresholds.feature_chunk_size]
-            fires = _activations(sae, layout, x, chunk) > threshold
+        for chunk, fires in _chunk_fires(sae, layout, x, index, thresholds.feature_chunk_size, threshold):
             stats = region_statistics(
                 fires,
                 tokens,
@@ -282,13 +307,13 @@ class CodeRegionDetector:
                 thresholds,
             )
             member, best, margin = decide(stats, thresholds)
+            live = fires.flatten(0, 1).any(dim=0).tolist()
             for i, feature in enumerate(chunk.tolist()):
-                head = layout.head_labels[int(heads[start + i].argmax())]
                 rows.append(
                     _row(
                         feature,
-                        head,
-                        fires[..., i].any().item(),
+                        head_labels[len(rows)],
+                        live[i],
                         stats,
                         i,
                         member[i].item(),

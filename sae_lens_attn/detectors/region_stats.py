@@ -25,21 +25,53 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rank_auc", "region_auc", "shuffled_region_auc", "token_scores"]
+__all__ = ["rank_auc", "region_auc", "region_counts", "shuffled_region_auc", "token_scores"]
+
+
+def _zero_one(mask: torch.Tensor) -> torch.Tensor:
+    """`mask [N, ...]` bool as 0/1 floats for counting by matrix products: float32 while
+    the counts stay below 2**24, where every count is exact in any summation order
+    (through uint8: torch's bool -> float cast is several times slower)."""
+    return mask.view(torch.uint8).to(torch.float32 if mask.shape[0] < 2**24 else torch.float64)
+
+
+def _co_counts(fires01: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """`[F, R]` float64: positions where feature f fires and `member [N, R]` holds, from
+    `fires01 [N, F]` (`_zero_one`); one product with its narrow side first, 4-6x faster than
+    `fires.double().T @ member.double()` at N 30000, F 256, R 5 (2 threads, AVX2)."""
+    return (_zero_one(member).T @ fires01).T.double()
+
+
+def region_counts(fires: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """`fires [N, F]`, `member [N, R]` bool -> `[F, R]` float64: positions in each region
+    where each feature fires."""
+    return _co_counts(_zero_one(fires), member)
+
+
+def _region_auc(fires01: torch.Tensor, member: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """`region_auc` from `fires01 [N, F]` (`_zero_one` of fires), at the positions `where
+    [N]` marks (all without it)."""
+    n_regions = member.shape[1]
+    if where is not None:
+        member = torch.cat([member & where[:, None], where[:, None]], dim=1)
+    counts = _co_counts(fires01, member)  # [F, R (+1: positions in where)]
+    in_and_fire = counts[:, :n_regions]
+    if where is None:
+        n_fire, n_positions = fires01.sum(dim=0).double()[:, None], fires01.shape[0]
+    else:
+        n_fire, n_positions = counts[:, n_regions:], int(where.sum())
+    n_silent = n_positions - n_fire
+    in_and_silent = member[:, :n_regions].sum(dim=0).double()[None, :] - in_and_fire
+    tpr = in_and_fire / n_fire.clamp_min(1)
+    fpr = in_and_silent / n_silent.clamp_min(1)
+    auc = 0.5 * (1 + tpr - fpr)
+    return torch.where((n_fire > 0) & (n_silent > 0), auc, 0.5)
 
 
 def region_auc(fires: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """`fires [N, F]` bool, `member [N, R]` bool -> `[F, R]` AUC of region membership as a
     predictor of firing (0.5 where a feature never fires or always fires)."""
-    fires_f, member_f = fires.double(), member.double()
-    n_fire = fires_f.sum(dim=0)[:, None]
-    n_silent = fires.shape[0] - n_fire
-    in_and_fire = fires_f.T @ member_f  # [F, R]
-    in_and_silent = member_f.sum(dim=0)[None, :] - in_and_fire
-    tpr = in_and_fire / n_fire.clamp_min(1)
-    fpr = in_and_silent / n_silent.clamp_min(1)
-    auc = 0.5 * (1 + tpr - fpr)
-    return torch.where((n_fire > 0) & (n_silent > 0), auc, 0.5)
+    return _region_auc(_zero_one(fires), member)
 
 
 def rank_auc(scores: torch.Tensor, fires: torch.Tensor) -> torch.Tensor:
@@ -130,6 +162,7 @@ def shuffled_region_auc(
     if n < 2:
         return torch.full((fires.shape[2], regions.shape[2]), 0.5, dtype=torch.float64)
     best = torch.zeros(fires.shape[2], regions.shape[2], dtype=torch.float64)
+    fires01 = _zero_one(fires.reshape(-1, fires.shape[2]))
     for _ in range(n_shuffles):
         shift = int(torch.randint(1, n, (1,), generator=generator))
         permutation = torch.randperm(n, generator=generator)
@@ -137,5 +170,6 @@ def shuffled_region_auc(
         mapping = torch.empty(n, dtype=torch.long)
         mapping[permutation] = source
         both = known & known[mapping]
-        best = torch.maximum(best, region_auc(fires[both], regions[mapping][both]))
+        shuffled = regions[mapping].reshape(-1, regions.shape[2])
+        best = torch.maximum(best, _region_auc(fires01, shuffled, both.flatten()))
     return best

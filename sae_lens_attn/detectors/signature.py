@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae_lens_attn.attribution.dfa import dfa_hook_names, feature_dfa
+from sae_lens_attn.attribution.dfa import dfa_hook_names, site_dfa
 from sae_lens_attn.detectors.base import encode_hook_z
 from sae_lens_attn.runtime import release_freed_memory
 
@@ -244,12 +244,19 @@ def _token_sets(keys: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
     return chosen, consistency
 
 
+def _count_true(mask: torch.Tensor) -> torch.Tensor:
+    """`mask [..., F]` bool -> how many True per feature `[F]` (int64), summed as bytes into
+    int32: torch's own sum of a bool tensor over several dimensions was 8x slower
+    (71 against 9 ms at [256, 128, 256], 2 threads, AVX2 EPYC)."""
+    flat = mask.reshape(-1, mask.shape[-1]).view(torch.uint8)
+    return flat.sum(dim=0, dtype=torch.int32).long()
+
+
 def _count(mask: torch.Tensor, fires: torch.Tensor, mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """`mask, fires, mass [n, q, F]` -> (fires where mask, positions where mask, mass where
     mask) `[F]`."""
     both = mask & fires
-    return (both.sum(dim=(0, 1)).double(), mask.sum(dim=(0, 1)).double(),
-            (mass * both).sum(dim=(0, 1)).double())
+    return _count_true(both).double(), _count_true(mask).double(), (mass * both).sum(dim=(0, 1)).double()
 
 
 def _running_max(values: torch.Tensor) -> torch.Tensor:
@@ -271,25 +278,21 @@ def _chunk_statistics(
     dest = torch.where(fires.any(dim=1), dest, 0)
     n_ex = min(options.n_examples, n)
     top = best.topk(n_ex, dim=0)  # [E, F]
-    selected = torch.zeros(n, n_feat, dtype=torch.bool)
-    selected.scatter_(0, top.indices, torch.isfinite(top.values))
-
+    # The examples as sites (row, feature, destination), each feature's in row order, so
+    # that its key tokens are met in corpus order; DFA is computed at these sites only.
+    site_rows, order = top.indices.sort(dim=0)  # [E, F]
+    valid = torch.isfinite(top.values.gather(0, order))  # the feature fires in that row
+    site_dest = dest.gather(0, site_rows)
     device = run.pattern.device
-    rows = selected.any(dim=1).nonzero().flatten()  # DFA only in rows some feature uses
-    by_source = torch.zeros(n, n_feat, tokens.shape[1])  # [n, F, k]
-    if len(rows) == n:  # the usual case: no copy of the pattern
-        by_source = feature_dfa(sae, run.pattern, run.v, feature_ids.to(device), dest.to(device),
-                                layout).by_source.float().cpu()
-    elif len(rows):
-        dfa = feature_dfa(sae, run.pattern[rows.to(device)], run.v[rows.to(device)], feature_ids.to(device),
-                          dest[rows].to(device), layout)
-        by_source[rows] = dfa.by_source.float().cpu()
-    batch = torch.arange(n)[:, None]
-    category = categories[batch, dest].long()  # [n, F, k]
+    features = feature_ids[None].expand(n_ex, -1)
+    by_source = site_dfa(sae, run.pattern, run.v, site_rows.flatten().to(device), features.flatten().to(device),
+                         site_dest.flatten().to(device), layout).by_source_head.sum(dim=-1)
+    by_source = by_source.float().cpu().view(n_ex, n_feat, -1)  # [E, F, k]
+    category = categories[site_rows, site_dest].long()  # [E, F, k]
     positive = by_source.clamp_min(0)
-    bins = torch.zeros(n, n_feat, len(CATEGORIES) + 1).scatter_add_(2, category, positive)[..., :-1]
+    bins = torch.zeros(n_ex, n_feat, len(CATEGORIES) + 1).scatter_add_(2, category, positive)[..., :-1]
     total = bins.sum(dim=2)
-    usable = selected & (total > 0)
+    usable = valid & (total > 0)
     weight = usable.float()
     shares = bins / total.clamp_min(torch.finfo(total.dtype).tiny)[..., None]
     n_used = weight.sum(dim=0)
@@ -297,8 +300,8 @@ def _chunk_statistics(
     ratio = total**2 / positive.pow(2).sum(dim=2).clamp_min(torch.finfo(total.dtype).tiny)
     effective = (ratio * weight).sum(dim=0) / n_used.clamp_min(1)
 
-    key_position = by_source.argmax(dim=2)  # [n, F]
-    keys = tokens[batch, key_position].masked_fill(~usable, -1)
+    key_position = by_source.argmax(dim=2)  # [E, F]
+    keys = tokens[site_rows, key_position].masked_fill(~usable, -1)
     token_set, consistency = _token_sets(keys.T, options.token_set_size)
 
     in_set = (tokens[:, :, None, None] == token_set[None, None]).any(dim=3)  # [n, q, F]
@@ -328,8 +331,9 @@ def _chunk_statistics(
     stats["document_coverage"] = (coverage * fired_rows).sum(dim=0) / fired_rows.sum(dim=0).clamp_min(1)
     starts = fires.clone()
     starts[:, 1:] &= ~fires[:, :-1]
-    stats["mean_run_length"] = fires.sum(dim=(0, 1)) / starts.sum(dim=(0, 1)).clamp_min(1)
-    stats["fires"] = fires.sum(dim=(0, 1)).double()
+    n_fires = _count_true(fires)
+    stats["mean_run_length"] = n_fires / _count_true(starts).clamp_min(1)
+    stats["fires"] = n_fires.double()
     top_row = top.indices[0]
     stats["top_example"] = torch.stack(
         [top_row.double(), dest[top_row, torch.arange(n_feat)].double(), top.values[0].double()], dim=1)
