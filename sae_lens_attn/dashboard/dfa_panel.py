@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from sae_lens_attn.dashboard.panels import DashboardPanel, PanelOutput, esc
 from sae_lens_attn.models.token_display import quoted
 
@@ -30,10 +32,21 @@ def shade(value: float, scale: float) -> str:
     return f"rgba({rgb},{alpha:.2f})"
 
 
-def head_split_text(values: Sequence[float], labels: Sequence[str]) -> str:
-    """Hover text: the heads' contributions, largest magnitude first."""
-    order = sorted(range(len(values)), key=lambda h: -abs(values[h]))[:MAX_HEADS_ON_HOVER]
+def head_split_text(values: Sequence[float], labels: Sequence[str], order: Sequence[int]) -> str:
+    """Hover text: the heads' contributions in `order` (largest magnitude first)."""
     return "\n".join(f"{labels[h]}: {values[h]:+.4f}" for h in order)
+
+
+def hover_orders(by_head: torch.Tensor) -> list[list[int]]:
+    """`by_head [positions, heads]` -> per position the heads by falling magnitude (ties
+    in head order), the first `MAX_HEADS_ON_HOVER`: one sort for the whole example."""
+    return torch.sort(-by_head.abs(), dim=-1, stable=True).indices[:, :MAX_HEADS_ON_HOVER].tolist()
+
+
+def rounded(values: torch.Tensor) -> list:
+    """`values` as (nested) lists of floats rounded to 4 decimals, as `round(v, 4)` gives
+    them, in one tensor operation instead of a Python call per number."""
+    return torch.round(values.double(), decimals=4).tolist()
 
 
 class DFAPanel(DashboardPanel):
@@ -48,11 +61,11 @@ class DFAPanel(DashboardPanel):
         scale = float(by_source.abs().max()) if by_source.numel() else 0.0
         spans = ['<span class="sla-more">…</span>'] if start > 0 else []
         # one conversion to lists, not a tensor index per token
-        values, by_head = by_source.tolist(), example.dfa.tolist()
+        values, by_head, orders = by_source.tolist(), example.dfa.tolist(), hover_orders(example.dfa)
         for position in range(start, example.dest + 1):
             value = values[position]
             tip = f"position {position}: {value:+.4f}\n" + head_split_text(
-                by_head[position], context.head_labels
+                by_head[position], context.head_labels, orders[position]
             )
             dest = " sla-dest" if position == example.dest else ""
             spans.append(
@@ -94,9 +107,9 @@ class DFAPanel(DashboardPanel):
             "activation": round(example.activation, 4),
             "pre_activation": round(example.pre_activation, 4),
             "bias_terms": round(example.dfa_bias, 4),
-            "dfa_values": [round(v, 4) for v in by_source.tolist()],
+            "dfa_values": rounded(by_source),
             "dfa_maxValue": round(float(by_source.max()), 4),
             "dfa_targetIndex": example.dest,
-            "dfa_values_by_head": [[round(v, 4) for v in row] for row in example.dfa.tolist()],
+            "dfa_values_by_head": rounded(example.dfa),
             "heads": list(context.head_labels),
         }
