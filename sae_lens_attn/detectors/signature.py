@@ -304,7 +304,9 @@ def _chunk_statistics(
     keys = tokens[site_rows, key_position].masked_fill(~usable, -1)
     token_set, consistency = _token_sets(keys.T, options.token_set_size)
 
-    in_set = (tokens[:, :, None, None] == token_set[None, None]).any(dim=3)  # [n, q, F]
+    in_set = tokens[:, :, None] == token_set[:, 0]  # [n, q, F]; slot by slot, no [n, q, F, S]
+    for slot in range(1, token_set.shape[1]):
+        in_set |= tokens[:, :, None] == token_set[:, slot]
     prev_in_set = torch.zeros_like(in_set)
     prev_in_set[:, 1:] = in_set[:, :-1]
     stats: dict[str, torch.Tensor] = {}
@@ -315,17 +317,17 @@ def _chunk_statistics(
                        ("seen", seen[..., None].expand_as(fires))):
         stats[f"fires_{name}"], stats[f"tests_{name}"], stats[f"mass_{name}"] = _count(mask, fires, mass)
 
-    positions = torch.arange(q_len)[None, :, None]
+    positions = torch.arange(q_len, dtype=torch.int32)[None, :, None]  # int32: half the traffic
     latest = _running_max(torch.where(in_set, positions, -1))
     distance = torch.where(latest >= 0, positions - latest, options.max_context + 1)
     width = options.max_context + 2
-    cell = (distance.clamp(max=width - 1) + torch.arange(n_feat) * width).flatten()  # (feature, distance)
+    cell = (distance.clamp(max=width - 1) + torch.arange(n_feat, dtype=torch.int32) * width).flatten()  # (feature, distance)
     stats["distance_tests"] = torch.bincount(cell, minlength=n_feat * width).double().view(n_feat, width)
     stats["distance_fires"] = torch.bincount(cell[fires.flatten()], minlength=n_feat * width).double().view(
         n_feat, width)
 
     fired_rows = fires.any(dim=1)  # [n, F]
-    onset = fires.int().argmax(dim=1)
+    onset = fires.view(torch.uint8).argmax(dim=1)  # the first firing
     coverage = fires.sum(dim=1) / (q_len - onset).clamp_min(1)
     stats["document_share"] = fired_rows.float().mean(dim=0)
     stats["document_coverage"] = (coverage * fired_rows).sum(dim=0) / fired_rows.sum(dim=0).clamp_min(1)
