@@ -3,7 +3,10 @@
 torch reads these once, when it starts (`OMP_NUM_THREADS` sizes its intra-op pool,
 `OMP_WAIT_POLICY` tells OpenMP whether idle threads spin or sleep,
 `THP_MEM_ALLOC_ENABLE=1` makes its CPU allocator ask Linux for transparent huge pages),
-so they must be in the environment before `import torch`. The CLI starts without torch
+so they must be in the environment before `import torch`. With huge pages, glibc's
+allocator is also told to keep freed blocks of up to 32 MiB for reuse
+(`keep_freed_blocks_for_reuse`; `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` for
+child processes). The CLI starts without torch
 and calls `apply_runtime_settings` before any command imports it; importing this module
 does not import torch either.
 
@@ -72,6 +75,7 @@ class RuntimeSettings:
         env[WAIT_POLICY_VARIABLE] = self.wait_policy
         if self.huge_pages and huge_pages_supported():
             env[HUGE_PAGES_VARIABLE] = "1"
+            env.update((name, str(value)) for name, value in MALLOC_VARIABLES.items())
         return env
 
 
@@ -94,6 +98,14 @@ def apply_runtime_settings(settings: RuntimeSettings) -> RuntimeSettings:
     env = settings.environment()
     startup_only = (WAIT_POLICY_VARIABLE, HUGE_PAGES_VARIABLE)
     before = {name: os.environ.get(name) for name in startup_only}
+    ours = {name: str(value) for name, value in MALLOC_VARIABLES.items()}
+    if HUGE_PAGES_VARIABLE in env and "torch" not in sys.modules:
+        keep_freed_blocks_for_reuse()  # before the variables below: it leaves a user's own alone
+    for name in MALLOC_VARIABLES:  # a user's own thresholds stay; ours follow `huge_pages`
+        if name in os.environ and os.environ[name] != ours[name]:
+            env.pop(name, None)
+        elif name not in env:
+            os.environ.pop(name, None)
     if not settings.huge_pages:
         os.environ.pop(HUGE_PAGES_VARIABLE, None)
     os.environ.update(env)
@@ -143,6 +155,40 @@ def release_freed_memory() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return ctypes.CDLL(name) if name else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return getattr(_libc(), "malloc_trim", None)
+
+
+# glibc's `mallopt` parameters (malloc.h) and the values it would reach by itself once it
+# has seen a 32 MiB block freed: blocks up to 32 MiB come from its heap, which it trims
+# only past 64 MiB free at the top.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 * 2**20, 64 * 2**20
+MALLOC_VARIABLES = {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD_BYTES, "MALLOC_TRIM_THRESHOLD_": TRIM_THRESHOLD_BYTES}
+
+
+def keep_freed_blocks_for_reuse() -> bool:
+    """Set glibc's mmap and trim thresholds to `MMAP_THRESHOLD_BYTES` and
+    `TRIM_THRESHOLD_BYTES` in this process (`mallopt`); False where the C library has no
+    `mallopt` or a threshold variable in the environment says otherwise.
+
+    With huge pages on, PyTorch asks for every block of 2 MiB or more 2 MiB-aligned and
+    `madvise`s it; glibc's start-up thresholds then hand such blocks back to the OS when
+    they are freed, and the next one faults in fresh huge pages. Measured on a 2-vCPU AVX2
+    EPYC (2 threads): a ReLU of a fresh 4 MiB tensor took 2.2-3.5 ms against 0.13 ms
+    without huge pages and 0.14 ms with them and these thresholds; the embedded model's
+    forward pass to layer 2 (16 x 128 tokens) 85-105 ms against 48-59 ms; 200 demo training
+    steps 23.9-26.9 s against 20.1-20.3 s. Blocks above 32 MiB still get their own mmap,
+    where huge pages pay off (a ReLU of a fresh 256 MiB tensor: 174 ms without, 39 ms with).
+    """
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None or any(name in os.environ for name in MALLOC_VARIABLES):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
