@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from sae_lens_attn.commands._values import positive_int
+from sae_lens_attn.runtime import MALLOC_VARIABLES
 
 # the CPU flags that move the figures: AVX-512 and AMX matmul kernels, bf16 support
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -183,7 +184,8 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=positive_int, default=None, help="OMP/MKL threads of every child run"
     )
     parser.add_argument(
-        "--huge-pages", action="store_true", help="THP_MEM_ALLOC_ENABLE=1 for every child run"
+        "--huge-pages", action="store_true",
+        help="THP_MEM_ALLOC_ENABLE=1 and glibc's thresholds (the CLI's policy) for every child run"
     )
 
 
@@ -193,8 +195,10 @@ def child_environment(args: argparse.Namespace) -> dict[str, str]:
     env = os.environ.copy()
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    if args.huge_pages:
+    if args.huge_pages:  # the CLI's huge-page policy: THP and glibc's thresholds (docs/runtime.md)
         env["THP_MEM_ALLOC_ENABLE"] = "1"
+        for name, value in MALLOC_VARIABLES.items():
+            env.setdefault(name, str(value))
     return env
 
 

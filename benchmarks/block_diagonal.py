@@ -31,8 +31,10 @@ SAE was built, on CUDA `torch.cuda.max_memory_allocated`. The SAEs are measured 
 alternation, `--rounds` times (each run: median of `--repeats` steps after `--warmup`),
 and the table shows the median over rounds, so load from other processes falls on both
 sides alike. Every child gets the same environment: thread count (`--threads`, default
-torch's) and, with `--huge-pages`, `THP_MEM_ALLOC_ENABLE=1` (PyTorch then backs large CPU
-tensors with transparent huge pages: fewer page faults on `[batch, d_sae]` tensors).
+torch's) and, with `--huge-pages`, the CLI's huge-page policy: `THP_MEM_ALLOC_ENABLE=1`
+(PyTorch then backs large CPU tensors with transparent huge pages: fewer page faults on
+`[batch, d_sae]` tensors) and glibc's thresholds that keep smaller blocks for reuse
+(docs/runtime.md).
 
 The header states device, CPU, threads, load average before and after; the last line is
 `train_step_speedup=<relu> topk_train_step_speedup=<topk vs SAELens's faster mode>

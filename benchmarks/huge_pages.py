@@ -4,7 +4,8 @@
 
 For SAELens's standard SAE and our block-diagonal SAE (relu, L1, expansion 32), runs
 `benchmarks/block_diagonal.py`'s child measurement (median training step of 5 after
-warm-up, in a fresh process) with `THP_MEM_ALLOC_ENABLE` unset and set to 1, alternating
+warm-up, in a fresh process) with the CLI's huge-page policy off and on
+(`THP_MEM_ALLOC_ENABLE=1` and glibc's thresholds, `runtime.RuntimeSettings`), alternating
 the two `--rounds` times so that a change in the machine's load hits both alike. Both use
 `--threads` threads and `OMP_WAIT_POLICY=PASSIVE`. Prints each measurement with the
 1-minute load average, the medians, and last `huge_pages_speedup_standard=<off / on>
@@ -23,20 +24,17 @@ from pathlib import Path
 
 from _bench import machine_summary, parse_with_smoke, run_python
 
+from sae_lens_attn.runtime import HUGE_PAGES_VARIABLE, MALLOC_VARIABLES, RuntimeSettings
+
 BLOCK_DIAGONAL_BENCHMARK = Path(__file__).with_name("block_diagonal.py")
 ARCHITECTURES = ("standard", "block_diagonal")
 LAST_LINE_KEYS = ("huge_pages_speedup_standard", "huge_pages_speedup_block_diagonal")
 
 
 def train_step_ms(architecture: str, huge_pages: bool, args: argparse.Namespace) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    env.update(
-        OMP_NUM_THREADS=str(args.threads),
-        MKL_NUM_THREADS=str(args.threads),
-        OMP_WAIT_POLICY="PASSIVE",
-    )
-    if huge_pages:
-        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    # the CLI's policy either way: threads, passive waiting and, on, huge pages with glibc's thresholds
+    env = {k: v for k, v in os.environ.items() if k not in (HUGE_PAGES_VARIABLE, *MALLOC_VARIABLES)}
+    env.update(RuntimeSettings(threads=args.threads, huge_pages=huge_pages).environment())
     command = [
         sys.executable,
         str(BLOCK_DIAGONAL_BENCHMARK),
