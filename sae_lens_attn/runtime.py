@@ -164,11 +164,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return getattr(_libc(), "malloc_trim", None)
 
 
-# glibc's `mallopt` parameters (malloc.h) and the values it would reach by itself once it
-# has seen a 32 MiB block freed: blocks up to 32 MiB come from its heap, which it trims
-# only past 64 MiB free at the top.
+# glibc's `mallopt` parameters (malloc.h): blocks up to 32 MiB (the largest mmap threshold
+# glibc sets by itself) come from its heap, which it trims only past 1 GiB free at its top
+# (`release_freed_memory` still trims on request). 200 demo training steps took 23.7-27.1 s
+# with huge pages alone, 20.6-22.1 s with a 64 MiB trim threshold (glibc's own largest),
+# 17.6-18.9 s with 1 GiB and 16.2-20.4 s with 4 GiB.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 * 2**20, 64 * 2**20
+MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES = 32 * 2**20, 2**30
 MALLOC_VARIABLES = {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD_BYTES, "MALLOC_TRIM_THRESHOLD_": TRIM_THRESHOLD_BYTES}
 
 
@@ -180,12 +182,11 @@ def keep_freed_blocks_for_reuse() -> bool:
     With huge pages on, PyTorch asks for every block of 2 MiB or more 2 MiB-aligned and
     `madvise`s it; glibc's start-up thresholds then hand such blocks back to the OS when
     they are freed, and the next one faults in fresh huge pages. Measured on a 2-vCPU AVX2
-    EPYC (2 threads): a ReLU of a fresh 4 MiB tensor took 2.2-3.5 ms against 0.13 ms
+    EPYC (2 threads): a ReLU of a fresh 4 MiB tensor took 2.0-3.5 ms against 0.13 ms
     without huge pages and 0.14 ms with them and these thresholds; the embedded model's
-    forward pass to layer 2 (16 x 128 tokens) 85-105 ms against 48-59 ms; 200 demo training
-    steps 23.9-26.9 s against 20.1-20.3 s. Blocks above 32 MiB still get their own mmap,
-    where huge pages pay off (a ReLU of a fresh 256 MiB tensor: 174 ms without, 39 ms with).
-    """
+    forward pass to layer 2 (16 x 128 tokens) 85-105 ms against 48-59 ms. Blocks above
+    32 MiB still get their own mmap, where huge pages pay off (a ReLU of a fresh 256 MiB
+    tensor: 174 ms without, 39 ms with)."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None or any(name in os.environ for name in MALLOC_VARIABLES):
         return False

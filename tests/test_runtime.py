@@ -158,7 +158,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 100)
 def test_with_huge_pages_fresh_mid_size_tensors_reuse_freed_memory():
     """Huge pages alone made glibc hand every freed 2 MiB-aligned block back, so each fresh
     4 MiB tensor faulted its pages in again: 514 minor faults a tensor measured on the AVX2
-    EPYC (a ReLU of it 2.6 ms against 0.14 ms), 62 with the thresholds, 31 without huge
+    EPYC (a ReLU of it 2.6 ms against 0.14 ms), 20-62 with the thresholds, 31 without huge
     pages. A user's own thresholds are left alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "THP_", "OMP_"))}
 
@@ -178,5 +178,5 @@ def test_huge_pages_bring_the_allocator_thresholds_for_child_processes():
     env = RuntimeSettings(threads=2).environment()
     if sys.platform.startswith("linux"):
         assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
-        assert env["MALLOC_TRIM_THRESHOLD_"] == str(64 * 2**20)
+        assert env["MALLOC_TRIM_THRESHOLD_"] == str(2**30)
     assert "MALLOC_TRIM_THRESHOLD_" not in RuntimeSettings(threads=2, huge_pages=False).environment()
