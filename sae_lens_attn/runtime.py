@@ -98,14 +98,13 @@ def apply_runtime_settings(settings: RuntimeSettings) -> RuntimeSettings:
     env = settings.environment()
     startup_only = (WAIT_POLICY_VARIABLE, HUGE_PAGES_VARIABLE)
     before = {name: os.environ.get(name) for name in startup_only}
-    ours = {name: str(value) for name, value in MALLOC_VARIABLES.items()}
     if HUGE_PAGES_VARIABLE in env and "torch" not in sys.modules:
         keep_freed_blocks_for_reuse()  # before the variables below: it leaves a user's own alone
-    for name in MALLOC_VARIABLES:  # a user's own thresholds stay; ours follow `huge_pages`
-        if name in os.environ and os.environ[name] != ours[name]:
-            env.pop(name, None)
+    for name, value in MALLOC_VARIABLES.items():
+        if os.environ.get(name, str(value)) != str(value):
+            env.pop(name, None)  # a user's own threshold stays
         elif name not in env:
-            os.environ.pop(name, None)
+            os.environ.pop(name, None)  # ours, with huge pages now off
     if not settings.huge_pages:
         os.environ.pop(HUGE_PAGES_VARIABLE, None)
     os.environ.update(env)

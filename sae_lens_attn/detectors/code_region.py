@@ -174,14 +174,12 @@ def _chunk_fires(
     any chunk, so it encodes once for all chunks when their fires fit in
     `ALL_FIRES_BYTES`."""
     once = not features_encode_independently(sae) and x.shape[0] * x.shape[1] * len(index) <= ALL_FIRES_BYTES
-    every = _fires(sae, layout, x, index, threshold) if once else None
-    start = 0
-    for chunk in index.split(chunk_size):
-        if every is None:
-            yield chunk, _fires(sae, layout, x, chunk, threshold)
-        else:
-            yield chunk, every[..., start : start + len(chunk)].contiguous()
-        start += len(chunk)
+    chunks = index.split(chunk_size)
+    if not once:
+        yield from ((chunk, _fires(sae, layout, x, chunk, threshold)) for chunk in chunks)
+        return
+    every = _fires(sae, layout, x, index, threshold)
+    yield from zip(chunks, (part.contiguous() for part in every.split(chunk_size, dim=-1)), strict=True)
 
 
 def region_statistics(
