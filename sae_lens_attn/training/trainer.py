@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 from typing_extensions import override
@@ -40,6 +40,7 @@ from sae_lens_attn.training.checkpoints import (
     trainer_folder,
     write_data_state,
 )
+from sae_lens_attn.training.firing_counts import token_firing_counts
 from sae_lens_attn.training.parallel.base import Parallelism
 from sae_lens_attn.training.resampling import (
     DeadResampling,
@@ -142,6 +143,50 @@ class DivergenceCheckedTrainer(SAETrainer[Any, Any]):
         if not_saved is not None:
             trainer.not_saved = not_saved
         return trainer
+
+    @override
+    def _train_step(self, sae: TrainingSAE[Any], sae_in: torch.Tensor) -> TrainStepOutput:
+        """SAELens's `_train_step` (sae_lens 6.54), with the firing statistics counted by
+        `token_firing_counts` instead of `feature_acts.bool().float()` and two sums: the
+        same counts, without a float copy of the batch or torch's sparse sums. Everything
+        else is SAELens's, in SAELens's order (`tests/test_firing_counts.py` checks the
+        weights and counters against `SAETrainer._train_step` step by step)."""
+        sae.train()
+        with self.autocast_if_enabled:
+            output = self.sae.training_forward_pass(
+                step_input=TrainStepInput(
+                    sae_in=sae_in,
+                    dead_neuron_mask=self.dead_neurons,
+                    coefficients=self.get_coefficients(),
+                    n_training_steps=self.n_training_steps,
+                    is_logging_step=self._is_logging_step(),
+                ),
+            )
+            with torch.no_grad():
+                self._count_firings(output.feature_acts)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.lr_scheduler.step()
+        for scheduler in self.coefficient_schedulers.values():
+            scheduler.step()
+        return output
+
+    def _count_firings(self, feature_acts: torch.Tensor) -> None:
+        """SAELens's firing bookkeeping for one batch of `feature_acts [tokens, d_sae]`."""
+        counts = token_firing_counts(feature_acts)
+        if counts is None:  # not [tokens, d_sae]: SAELens's own lines
+            firing = feature_acts.bool().float()
+            did_fire = firing.sum(-2).bool()
+            counts = firing.sum(0)
+            did_fire = did_fire.to_dense() if did_fire.is_sparse else did_fire
+        else:
+            did_fire = counts > 0
+        self.n_forward_passes_since_fired += 1
+        self.n_forward_passes_since_fired[did_fire] = 0
+        self.act_freq_scores += counts
+        self.n_frac_active_samples += self.cfg.train_batch_size_samples
 
     @override
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
