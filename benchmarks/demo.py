@@ -56,6 +56,15 @@ def run_demo(command: list[str]) -> tuple[list[tuple[str, float, float]], float,
     stages: list[tuple[str, float, float]] = []
     current, stage_wall, stage_cpu = "startup", start, 0.0
     buffer, last_cpu, tail = b"", 0.0, []
+
+    def see(text: str) -> None:  # a new stage starts where the bar first shows it
+        nonlocal current, stage_wall, stage_cpu, last_cpu
+        match = STEP.search(text)
+        if match and match.group(1) != current:
+            now, last_cpu = time.perf_counter(), cpu_seconds(child.pid)
+            stages.append((current, now - stage_wall, last_cpu - stage_cpu))
+            current, stage_wall, stage_cpu = match.group(1), now, last_cpu
+
     while True:
         chunk = child.stderr.read1(4096)
         if not chunk:
@@ -65,11 +74,10 @@ def run_demo(command: list[str]) -> tuple[list[tuple[str, float, float]], float,
         for line in lines:
             text = line.decode("utf-8", "replace")
             tail = (tail + [text])[-20:]
-            match = STEP.search(text)
-            if match and match.group(1) != current:
-                now, last_cpu = time.perf_counter(), cpu_seconds(child.pid)
-                stages.append((current, now - stage_wall, last_cpu - stage_cpu))
-                current, stage_wall, stage_cpu = match.group(1), now, last_cpu
+            see(text)
+        # tqdm writes "\r<bar>": a bar's text is terminated only when the next write
+        # starts, which may be many seconds later, so the unfinished rest counts now
+        see(buffer.decode("utf-8", "replace"))
     usage_before = os.times()
     child.wait()
     end = time.perf_counter()

@@ -182,3 +182,30 @@ def test_the_initialisation_smoke_run_reports_every_dead_share(smoke_runs: dict[
     }
     assert all(0 <= float(v) <= 1 for k, v in last.items() if k.startswith("dead_share"))
     assert "not seen in 4,096 tokens" in done["stdout"]  # 32 held-out rows: too few to say dead
+
+
+def test_the_demo_benchmark_starts_a_stage_when_the_bar_first_shows_it(monkeypatch):
+    """tqdm writes `\\r<bar>`: a bar's text ends only when the next write starts. A child
+    that shows stage "first", works 1 s in silence, then shows "second" must have "first"
+    take that second (it used to be counted in the stage before it)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.delenv("SAE_LENS_ATTN_BENCH_FORK", raising=False)
+    from demo import run_demo
+
+    script = (
+        "import sys, time\n"
+        "def bar(text):\n"
+        "    sys.stderr.write(text); sys.stderr.flush()\n"
+        "bar('\\rdemo: first:   0%|          | 0/2 [00:00<?, ?step/s]')\n"
+        "time.sleep(1.0)\n"
+        "bar('\\rdemo: second:  50%|#####     | 1/2 [00:01<00:01, 1.00step/s]')\n"
+        "time.sleep(0.3)\n"
+        "bar('\\n')\n"
+    )
+    stages, wall, _ = run_demo([sys.executable, "-c", script])
+    names = [name for name, _, _ in stages]
+    assert names == ["startup", "first", "second (and exit)"]
+    seconds = {name: stage_wall for name, stage_wall, _ in stages}
+    assert seconds["first"] >= 0.9, stages  # before: about 0.3 s, the sleep went to startup
+    assert seconds["startup"] < seconds["first"], stages
+    assert 0.25 <= seconds["second (and exit)"] < wall
