@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+# torchrun with two local ranks, as the distributed tests and the torchrun example start it
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 def make_tiny_model(

@@ -20,10 +20,10 @@ from sae_lens import SAE
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _distributed_worker as worker  # noqa: E402
+from conftest import TORCHRUN  # noqa: E402
 
 WORKER = str(Path(__file__).parent / "_distributed_worker.py")
 ROOT = Path(__file__).parent.parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 def _env() -> dict[str, str]:

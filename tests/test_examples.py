@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _fork_server import ForkServer  # noqa: E402
+from conftest import TORCHRUN  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -101,16 +102,7 @@ def test_circuit_induction_example_writes_its_report(tmp_path, forks):
 def test_distributed_example_trains_one_sae_over_two_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(EXAMPLES / "distributed_train.py"),
-            "--quick",
-        ],
+        [*TORCHRUN, str(EXAMPLES / "distributed_train.py"), "--quick"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
