@@ -123,3 +123,16 @@ def test_our_step_keeps_saelens_state_bit_identical(name: str):
         assert bool(theirs.dead_neurons.any()), "the dead mask was never exercised"
     assert 0 < int((theirs.act_freq_scores > 0).sum()) <= D_SAE
     assert str(ours.optimizer.state_dict()) == str(theirs.optimizer.state_dict())
+
+
+@pytest.mark.parametrize("columns", [48, 45])  # eight columns per word, and a remainder
+def test_dense_counts_are_exact_across_word_chunks(columns: int):
+    """More than 255 rows (several chunks of word sums), a column that fires on every
+    token (255 per chunk: a byte at its limit) and one that never fires."""
+    generator = torch.Generator().manual_seed(3)
+    acts = (torch.rand(700, columns, generator=generator) < 0.3).float()
+    acts[:, 0], acts[:, -1] = 1.0, 0.0
+    counts = token_firing_counts(acts)
+    assert counts is not None
+    assert torch.equal(counts, saelens_counts(acts))
+    assert counts[0] == 700 and counts[-1] == 0
