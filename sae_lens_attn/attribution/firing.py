@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sae_lens_attn.column_counts import column_counts
 from sae_lens_attn.dead import DEAD_TOKENS, DeadFeatures, dead_features
 from sae_lens_attn.sources.hook_z import HookZSource
 
@@ -46,6 +47,6 @@ def count_firings(
     for start in range(0, tokens.shape[0], batch_size):
         x = source.activations(tokens[start : start + batch_size].to(model.cfg.device))
         acts = encode_flat(sae, x.to(sae.b_dec.device), layout).flatten(0, -2)
-        fire_counts += (acts != 0).sum(dim=0)
+        fire_counts += column_counts(acts)
         n_tokens += acts.shape[0]
     return dead_features(fire_counts, n_tokens, min_tokens)

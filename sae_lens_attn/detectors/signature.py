@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sae_lens_attn.attribution.dfa import dfa_hook_names, site_dfa
+from sae_lens_attn.column_counts import column_counts
 from sae_lens_attn.detectors.base import encode_hook_z
 from sae_lens_attn.runtime import release_freed_memory
 
@@ -245,11 +246,10 @@ def _token_sets(keys: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _count_true(mask: torch.Tensor) -> torch.Tensor:
-    """`mask [..., F]` bool -> how many True per feature `[F]` (int64), summed as bytes into
-    int32: torch's own sum of a bool tensor over several dimensions was 8x slower
-    (71 against 9 ms at [256, 128, 256], 2 threads, AVX2 EPYC)."""
-    flat = mask.reshape(-1, mask.shape[-1]).view(torch.uint8)
-    return flat.sum(dim=0, dtype=torch.int32).long()
+    """`mask [..., F]` bool -> how many True per feature `[F]` (int64); torch's own sum of a
+    bool tensor over several dimensions was 8x slower (71 against 9 ms at [256, 128, 256],
+    2 threads, AVX2 EPYC)."""
+    return column_counts(mask.reshape(-1, mask.shape[-1])).long()
 
 
 def _count(mask: torch.Tensor, fires: torch.Tensor, mass: torch.Tensor) -> tuple[torch.Tensor, ...]:
